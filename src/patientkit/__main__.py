@@ -1,0 +1,3 @@
+from patientkit.cli.app import main
+
+main()
