@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from patientkit import __version__
-from patientkit.cli import output
+from patientkit.cli import export, output, serve
 from patientkit.errors import PatientkitError
 
 app = typer.Typer(
@@ -21,6 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+app.add_typer(export.app, name="export")
+app.command("serve")(serve.serve)
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 

@@ -20,9 +20,17 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
+_consoles: dict[int, Console] = {}
+
+
 def err_console() -> Console:
-    """A console on the current sys.stderr (tests swap it), never highlighting data."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    """The one console on the current sys.stderr (tests swap it), so that warnings print
+    above a live progress bar rather than through it."""
+    key = id(sys.stderr)
+    if key not in _consoles:
+        _consoles.clear()
+        _consoles[key] = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _consoles[key]
 
 
 def info(message: str) -> None:

@@ -1,0 +1,154 @@
+"""Aggregate an export over HTTP: every download streamed, counted and checked, on
+`concurrency` worker processes, merged into one exact total or nothing at all.
+
+A download is one job for a worker. A failed attempt (transport error, 5xx, a stream
+cut short, fewer rows than its metadata says) throws away that attempt's counts and is
+tried again from the start, with backoff, up to `backoff.attempts` times. A download
+that still fails, or holds a malformed row, fails the whole aggregation: partial totals
+are never returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from patientkit.client.exports import ExportClient
+from patientkit.client.http import DEFAULT_BACKOFF, Backoff, Retryable, with_retries
+from patientkit.core import workers
+from patientkit.core.counting import Counts
+from patientkit.errors import DeliveryError, PatientkitError
+
+PROGRESS_EVERY = 4 << 20  # bytes between progress messages from a worker
+
+
+@dataclass(frozen=True)
+class Job:
+    server: str
+    export_id: str
+    download_id: str
+    rows: int
+    backoff: Backoff
+
+
+@dataclass
+class Outcome:
+    download_id: str
+    counts: Counts | None
+    nbytes: int = 0
+    error: str | None = None
+    exit_code: int = 1
+
+
+# Messages from workers to the parent, as plain tuples:
+#   ("progress", download_id, rows, bytes)          counted since the last message
+#   ("retry", download_id, attempt, reason, delay, rows, bytes)   an attempt failed;
+#                                                   rows/bytes of it are taken back
+@dataclass
+class Events:
+    """What the caller wants to hear about; every hook is optional."""
+
+    on_start: Callable[[int, int], None] | None = None  # downloads, rows expected
+    on_progress: Callable[[int, int], None] | None = None  # rows, bytes
+    on_retry: Callable[[str, int, str, float], None] | None = None  # what, attempt, why, wait
+    on_done: Callable[[str, int], None] | None = None  # download id, rows
+
+
+def count_download(job: Job) -> Outcome:
+    """In a worker: count one download, retrying failed attempts from the start."""
+    taken = {"rows": 0, "bytes": 0}  # of the current attempt, reported as progress
+    pending = {"rows": 0, "bytes": 0}
+
+    def on_chunk(rows: int, nbytes: int) -> None:
+        taken["rows"] += rows
+        taken["bytes"] += nbytes
+        pending["rows"] += rows
+        pending["bytes"] += nbytes
+        if pending["bytes"] >= PROGRESS_EVERY:
+            flush()
+
+    def flush() -> None:
+        if pending["bytes"] or pending["rows"]:
+            workers.send(("progress", job.download_id, pending["rows"], pending["bytes"]))
+            pending["rows"] = pending["bytes"] = 0
+
+    def on_retry(attempt: int, reason: str, delay: float) -> None:
+        flush()
+        workers.send(
+            ("retry", job.download_id, attempt, reason, delay, taken["rows"], taken["bytes"])
+        )
+        taken["rows"] = taken["bytes"] = 0
+
+    def attempt() -> tuple[Counts, int]:
+        return client.count_download(job.export_id, job.download_id, job.rows, on_chunk)
+
+    with ExportClient(job.server) as client:
+        try:
+            counts, nbytes = with_retries(attempt, job.backoff, on_retry)
+        except Retryable as exc:
+            flush()
+            return Outcome(job.download_id, None, error=f"download {job.download_id}: {exc}")
+        except PatientkitError as exc:
+            flush()
+            return Outcome(job.download_id, None, error=str(exc), exit_code=exc.exit_code)
+    flush()
+    return Outcome(job.download_id, counts, nbytes)
+
+
+def aggregate_export(
+    server: str,
+    export_id: str,
+    concurrency: int,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    events: Events | None = None,
+) -> Counts:
+    """Count every download of an export; the exact total, or an exception."""
+    events = events or Events()
+
+    def note_retry(what: str) -> Callable[[int, str, float], None]:
+        def hook(attempt: int, reason: str, delay: float) -> None:
+            if events.on_retry is not None:
+                events.on_retry(what, attempt, reason, delay)
+
+        return hook
+
+    with ExportClient(server, backoff) as client:
+        download_ids = client.download_ids(export_id, note_retry(f"export {export_id}"))
+        jobs = [
+            Job(
+                server,
+                export_id,
+                download_id,
+                client.download(export_id, download_id, note_retry(download_id))["rows"],
+                backoff,
+            )
+            for download_id in download_ids
+        ]
+    if events.on_start is not None:
+        events.on_start(len(jobs), sum(job.rows for job in jobs))
+    total = Counts()
+    if not jobs:
+        return total
+
+    def on_message(message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "progress" and events.on_progress is not None:
+            events.on_progress(message[2], message[3])
+        elif kind == "retry":
+            _, download_id, attempt, reason, delay, rows, nbytes = message
+            if events.on_progress is not None:
+                events.on_progress(-rows, -nbytes)
+            if events.on_retry is not None:
+                events.on_retry(f"download {download_id}", attempt, reason, delay)
+
+    with workers.WorkerPool(max(1, min(concurrency, len(jobs))), on_message) as pool:
+        for outcome in pool.imap_unordered(count_download, jobs):
+            if outcome.counts is None:
+                error = DeliveryError(outcome.error or "download failed")
+                error.exit_code = outcome.exit_code
+                raise error
+            total.merge(outcome.counts)
+            if events.on_done is not None:
+                events.on_done(outcome.download_id, outcome.counts.rows)
+    return total

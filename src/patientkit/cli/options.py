@@ -1,0 +1,35 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+Server = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="PATIENTKIT_SERVER",
+        help="Base URL of the export server.",
+        show_default=True,
+    ),
+]
+
+OutFile = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Also write the JSON document to this file."),
+]
+
+Concurrency = Annotated[
+    int | None,
+    typer.Option(min=1, help="Downloads or requests in flight at once (default: CPU count)."),
+]
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,135 @@
+"""Client of the export API: discovery, metadata, and one counted download."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from patientkit.client.http import (
+    DEFAULT_BACKOFF,
+    Backoff,
+    Retryable,
+    is_retryable_status,
+    json_body,
+    make_client,
+    retry_after,
+    with_retries,
+)
+from patientkit.core.counting import Counts, CsvCounter, CsvError
+from patientkit.errors import DeliveryError, RemoteError
+
+CHUNK = 1 << 20
+OnRetry = Callable[[int, str, float], None]
+
+
+class ExportClient:
+    def __init__(self, server: str, backoff: Backoff = DEFAULT_BACKOFF) -> None:
+        self.server, self.backoff = server, backoff
+        self.http = make_client(server)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ExportClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get_json(self, path: str, not_found: str, on_retry: OnRetry | None = None) -> Any:
+        what = f"GET {self.server}{path}"
+
+        def attempt() -> Any:
+            response = self.http.get(path)
+            if response.status_code == 404:
+                raise RemoteError(f"{not_found} on {self.server} (404)")
+            if is_retryable_status(response.status_code):
+                raise Retryable(f"status {response.status_code}", retry_after(response))
+            if response.status_code != 200:
+                raise RemoteError(f"{what}: unexpected status {response.status_code}")
+            return json_body(response, what)
+
+        try:
+            body = with_retries(attempt, self.backoff, on_retry)
+        except Retryable as exc:
+            raise RemoteError(f"cannot get {what}: {exc.reason}") from None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise RemoteError(f"{what}: the answer has no 'data' object")
+        return data
+
+    def export_ids(self, on_retry: OnRetry | None = None) -> list[str]:
+        data = self._get_json("/api/export", "the export list was not found", on_retry)
+        return _strings(data.get("export_ids"), "export_ids")
+
+    def download_ids(self, export_id: str, on_retry: OnRetry | None = None) -> list[str]:
+        data = self._get_json(
+            f"/api/export/{export_id}", f"export '{export_id}' not found", on_retry
+        )
+        return _strings(data.get("download_ids"), "download_ids")
+
+    def download(
+        self, export_id: str, download_id: str, on_retry: OnRetry | None = None
+    ) -> dict[str, Any]:
+        path = f"/api/export/{export_id}/{download_id}"
+        data = self._get_json(path, f"download '{download_id}' not found", on_retry)
+        rows = data.get("rows")
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+            raise RemoteError(f"GET {self.server}{path}: 'rows' is not a count: {rows!r}")
+        return data
+
+    def count_download(
+        self,
+        export_id: str,
+        download_id: str,
+        expected_rows: int,
+        on_chunk: Callable[[int, int], None] | None = None,
+    ) -> tuple[Counts, int]:
+        """Stream one download through a counter: one attempt, no retry.
+
+        Returns the counts and the bytes read. Raises Retryable for a failure worth
+        another attempt (transport, 5xx, a short download), CsvError for bad data,
+        RemoteError for a final refusal. `on_chunk(rows, bytes)` reports progress.
+        """
+        source = f"{export_id}/{download_id}"
+        counter = CsvCounter(source)
+        nbytes = 0
+        path = f"/api/export/{export_id}/{download_id}/data"
+        with self.http.stream("GET", path) as response:
+            status = response.status_code
+            if is_retryable_status(status):
+                raise Retryable(f"status {status}", retry_after(response))
+            if status == 404:
+                raise RemoteError(f"download {source} not found on {self.server} (404)")
+            if status != 200:
+                raise RemoteError(f"GET {self.server}{path}: unexpected status {status}")
+            for chunk in response.iter_bytes(CHUNK):
+                rows = counter.counts.rows
+                counter.feed(chunk)
+                nbytes += len(chunk)
+                if on_chunk is not None:
+                    on_chunk(counter.counts.rows - rows, len(chunk))
+        try:
+            counts = counter.finish()
+        except CsvError:
+            if counter.counts.rows < expected_rows:  # the stream stopped inside a row
+                raise Retryable(_short(counter.counts.rows, expected_rows)) from None
+            raise
+        if counts.rows < expected_rows:
+            raise Retryable(_short(counts.rows, expected_rows))
+        if counts.rows > expected_rows:
+            raise DeliveryError(
+                f"download {source}: counted {counts.rows:,} rows, "
+                f"but its metadata says {expected_rows:,}"
+            )
+        return counts, nbytes
+
+
+def _short(counted: int, expected: int) -> str:
+    return f"short download: counted {counted:,} of {expected:,} rows"
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RemoteError(f"the server's '{name}' is not a list of strings")
+    return value

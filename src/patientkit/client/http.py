@@ -1,0 +1,117 @@
+"""What every patientkit HTTP client shares: one httpx client setup, retry with backoff,
+and one translation of transport failures into patientkit errors.
+
+Retryable: transport errors (refused, reset, cut off mid-answer, timeouts) and the
+statuses 408, 425, 429 and 5xx; `Retry-After` is honoured. Everything else is final.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from patientkit import __version__
+from patientkit.errors import RemoteError
+
+T = TypeVar("T")
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=60.0)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base*2**n))."""
+
+    attempts: int = 6
+    base: float = 0.1
+    cap: float = 5.0
+
+    def delay(self, failures: int, retry_after: float | None = None) -> float:
+        jittered = random.uniform(0, min(self.cap, self.base * 2 ** (failures - 1)))
+        return max(jittered, min(retry_after, 60.0)) if retry_after is not None else jittered
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+class Retryable(Exception):
+    """A failure worth another attempt."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def describe(exc: httpx.HTTPError) -> str:
+    """A short reason for a transport failure, without URLs or secrets."""
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or unreachable"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection dropped mid-answer"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def with_retries(
+    attempt: Callable[[], T],
+    backoff: Backoff,
+    on_retry: Callable[[int, str, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run attempt() until it succeeds; on Retryable or a transport error wait and retry.
+
+    After the last attempt, raise the last failure as Retryable.
+    """
+    for failures in range(1, backoff.attempts + 1):
+        try:
+            return attempt()
+        except (Retryable, httpx.TransportError) as exc:
+            reason = exc.reason if isinstance(exc, Retryable) else describe(exc)
+            if failures == backoff.attempts:
+                raise Retryable(f"{reason} (after {failures} attempts)") from exc
+            wait = backoff.delay(failures, getattr(exc, "retry_after", None))
+            if on_retry is not None:
+                on_retry(failures, reason, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def make_client(server: str, timeout: httpx.Timeout = TIMEOUT, **kwargs: Any) -> httpx.Client:
+    """An httpx client for our APIs: base URL, user agent, bearer token from the
+    environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections."""
+    headers = {"user-agent": f"patientkit/{__version__}"}
+    token = os.environ.get("PATIENTKIT_TOKEN")
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    if not server.startswith(("http://", "https://")):
+        raise RemoteError(f"server URL must start with http:// or https://, not {server!r}")
+    return httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout, **kwargs)
+
+
+def json_body(response: httpx.Response, what: str) -> Any:
+    """The JSON of an answer, or a RemoteError naming what was asked."""
+    try:
+        return response.json()
+    except ValueError:
+        raise RemoteError(f"{what}: the server answered malformed JSON") from None

@@ -1,0 +1,236 @@
+"""Count local CSV files on all cores.
+
+Every file is a piece; a large plain file is cut into byte ranges at line ends, one piece
+each, so that one big file uses every core too. A cut at a line end is only a record
+boundary when an even number of quote characters comes before it (RFC 4180 quoting
+keeps quotes paired), which each piece's quote count lets us check afterwards: a file
+whose cut fell inside a quoted field is counted again as one piece. Pieces return their
+counts, lines and quotes, and at most one error, which the caller places by line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from patientkit.core import workers
+from patientkit.core.counting import BOM, Columns, Counts, CsvCounter, CsvError, read_header
+from patientkit.core.counting import record_end as _record_end
+from patientkit.errors import UsageError
+
+CHUNK = 1 << 20
+MIN_PIECE = 8 << 20  # no piece smaller than this
+PIECES_PER_WORKER = 8  # enough pieces that no worker idles at the end
+GZIP_MAGIC = b"\x1f\x8b"
+
+Progress = Callable[[int], None]  # bytes read since the last call
+
+
+@dataclass(frozen=True)
+class Piece:
+    path: str
+    start: int = 0
+    end: int | None = None  # None: to the end of the file
+    columns: Columns | None = None  # None: the piece starts with the header
+
+
+@dataclass
+class PieceResult:
+    counts: Counts
+    lines: int
+    quotes: int
+    error: tuple[int, str] | None = None  # (line counted from the piece's start, reason)
+
+
+def is_gzip(path: str | Path) -> bool:
+    if str(path).endswith(".gz"):
+        return True
+    with Path(path).open("rb") as stream:
+        return stream.read(2) == GZIP_MAGIC
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing gzip (by extension or content)."""
+    return gzip.open(path, "rb") if is_gzip(path) else Path(path).open("rb")
+
+
+def sniff_gzip(stream: IO[bytes]) -> IO[bytes]:
+    """A peekable binary stream (like sys.stdin.buffer), decompressed if it is gzip."""
+    peek = getattr(stream, "peek", None)
+    if peek is not None and peek(2)[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    return stream
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, and the *.csv / *.csv.gz files of folders, sorted by name."""
+    files: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.name.endswith((".csv", ".csv.gz")))
+            if not found:
+                raise UsageError(f"{given}: no .csv or .csv.gz files in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(given)
+        elif not path.exists():
+            raise UsageError(f"{given}: no such file or folder")
+        else:
+            raise UsageError(f"{given}: not a regular file or folder")
+    return files
+
+
+def read_chunks(
+    stream: IO[bytes], start: int = 0, end: int | None = None, size: int = CHUNK
+) -> Iterator[bytes]:
+    if start:
+        stream.seek(start)
+    left = None if end is None else end - start
+    while left is None or left > 0:
+        chunk = stream.read(size if left is None else min(size, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
+def count_piece(piece: Piece, progress: Progress | None = None) -> PieceResult:
+    """Count one piece; a malformed row ends it with an error instead of an exception."""
+    counter = CsvCounter(piece.path, columns=piece.columns)
+    try:
+        with open_binary(piece.path) as stream:
+            for chunk in read_chunks(stream, piece.start, piece.end):
+                counter.feed(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        counts = counter.finish()
+    except CsvError as exc:
+        return PieceResult(counter.counts, counter.lines, counter.quotes, (exc.line, exc.reason))
+    return PieceResult(counts, counter.lines, counter.quotes)
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    path: str
+    pieces: list[Piece]
+    header_lines: int = 0  # lines of the header when the pieces do not include it
+    header_quotes: int = 0
+
+
+def plan_file(path: str, piece_size: int | None) -> FilePlan:
+    """Cut a plain file into ranges of about piece_size bytes at line ends after its header
+    (piece_size None: one piece)."""
+    size = Path(path).stat().st_size
+    pieces = 1 if piece_size is None else size // max(piece_size, MIN_PIECE)
+    if pieces <= 1 or is_gzip(path):
+        return FilePlan(path, [Piece(path)])
+    with Path(path).open("rb") as stream:
+        head = stream.read(CHUNK)
+        bom = len(BOM) if head.startswith(BOM) else 0
+        cut = _record_end(head[bom:])
+        if not cut:
+            return FilePlan(path, [Piece(path)])  # the header alone fills a chunk
+        columns, header_end, header_lines = read_header(head[bom : bom + cut], path)
+        starts = [bom + header_end]
+        for i in range(1, pieces):
+            stream.seek(size * i // pieces)
+            stream.readline()
+            if stream.tell() >= size or stream.tell() <= starts[-1]:
+                break
+            starts.append(stream.tell())
+    ends: list[int | None] = [*starts[1:], None]
+    return FilePlan(
+        path,
+        [Piece(path, s, e, columns) for s, e in zip(starts, ends, strict=True)],
+        header_lines,
+        head.count(b'"', bom, bom + header_end),
+    )
+
+
+def settle(plan: FilePlan, results: list[PieceResult]) -> Counts | None:
+    """Merge a file's pieces, or raise its first error with its line in the whole file.
+
+    Returns None when a cut turned out to fall inside a quoted field: count the file again
+    as one piece.
+    """
+    total = Counts()
+    lines, quotes = plan.header_lines, plan.header_quotes
+    for result in results:
+        if quotes % 2:
+            return None
+        if result.error is not None:
+            line, reason = result.error
+            raise CsvError(plan.path, lines + line, reason)
+        total.merge(result.counts)
+        lines += result.lines
+        quotes += result.quotes
+    return total
+
+
+def count_files(
+    paths: list[str], workers: int | None = None, on_progress: Progress | None = None
+) -> Counts:
+    """Count local files on up to `workers` processes; raise the first error by file order."""
+    files = expand_paths(paths)
+    workers = max(1, workers or os.cpu_count() or 1)
+    total_size = sum(Path(path).stat().st_size for path in files)
+    piece_size = total_size // (workers * PIECES_PER_WORKER) if workers > 1 else None
+    plans = [plan_file(path, piece_size) for path in files]
+    jobs = [piece for plan in plans for piece in plan.pieces]
+    total = Counts()
+    with _Runner(min(workers, len(jobs)), on_progress) as runner:
+        results = runner.map(jobs)
+        for plan in plans:
+            got, results = results[: len(plan.pieces)], results[len(plan.pieces) :]
+            counts = settle(plan, got)
+            if counts is None:
+                counts = settle(
+                    FilePlan(plan.path, [Piece(plan.path)]), runner.map([Piece(plan.path)])
+                )
+            assert counts is not None
+            total.merge(counts)
+    return total
+
+
+def _count_in_worker(piece: Piece) -> PieceResult:
+    """Count a piece in a worker process, sending byte counts home every few chunks."""
+    pending = 0
+
+    def forward(nbytes: int) -> None:
+        nonlocal pending
+        pending += nbytes
+        if pending >= 8 * CHUNK:
+            workers.send(pending)
+            pending = 0
+
+    try:
+        return count_piece(piece, forward if workers.listening() else None)
+    finally:
+        if pending:
+            workers.send(pending)
+
+
+class _Runner:
+    """Counts pieces in this process (one worker) or in a pool of processes."""
+
+    def __init__(self, processes: int, on_progress: Progress | None) -> None:
+        self.on_progress = on_progress
+        self.pool = workers.WorkerPool(processes, on_progress) if processes > 1 else None
+
+    def map(self, pieces: list[Piece]) -> list[PieceResult]:
+        if self.pool is None:
+            return [count_piece(piece, self.on_progress) for piece in pieces]
+        return self.pool.map(_count_in_worker, pieces)
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.__exit__(*exc)

@@ -1,0 +1,28 @@
+"""The one Starlette application behind `patientkit serve`: all three APIs on one port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from patientkit.server import exports
+from patientkit.server.middleware import Chaos, RequestLog
+
+
+def ping(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def build_app(
+    exports_dir: Path | None = None, chaos: float = 0.0, chaos_seed: int | None = None
+) -> ASGIApp:
+    routes = [Route("/api/ping", ping), *exports.routes(exports.Catalog(exports_dir))]
+    app: ASGIApp = Starlette(routes=routes)
+    if chaos > 0:
+        app = Chaos(app, chaos, chaos_seed)
+    return RequestLog(app)

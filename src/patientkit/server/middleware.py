@@ -1,0 +1,149 @@
+"""ASGI middleware: correlation ids with one log line per request, and chaos."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from patientkit.server.logs import log
+
+REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 200
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestLog:
+    """Gives each request a correlation id (the incoming X-Request-ID, else a new UUID),
+    returns it in the X-Request-ID header, and logs one JSON line when the answer is
+    done. Handlers find the id in scope["state"]["request_id"] for their own log lines."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, REQUEST_ID.encode())
+        request_id = given if given and len(given) <= MAX_REQUEST_ID else str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+        sent = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0] != REQUEST_ID.encode()]
+                headers.append((REQUEST_ID.encode(), request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        outcome = "ok"
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            log(
+                "request",
+                logging.WARNING if outcome != "ok" or status >= 500 else logging.INFO,
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                bytes=sent,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                chaos=scope["state"].get("chaos"),
+            )
+
+
+class Chaos:
+    """Makes `rate` of the requests fail, for testing clients against a hostile network.
+
+    Half of them are answered 503 without being processed. The other half are processed
+    and then cut off: a streamed body after some bytes, any other answer after its headers
+    (the change took effect, but the client never reads the answer)."""
+
+    UNAFFECTED = frozenset({"/api/ping"})
+
+    def __init__(self, app: ASGIApp, rate: float, seed: int | None = None) -> None:
+        self.app, self.rate = app, rate
+        self.random = random.Random(seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self.UNAFFECTED
+            or self.random.random() >= self.rate
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if self.random.random() < 0.5:
+            state["chaos"] = "503"
+            await _unavailable(send)
+            return
+        state["chaos"] = "cut"
+        budget = self.random.randint(0, 4 << 20)  # bytes of a stream that get through
+
+        async def cutting_send(message: Message) -> None:
+            nonlocal budget
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            if not message.get("more_body", False):
+                raise _Cut  # a whole answer: never sent
+            body = message.get("body", b"")
+            if len(body) >= budget:
+                await send({"type": "http.response.body", "body": body[:budget], "more_body": True})
+                raise _Cut
+            budget -= len(body)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, cutting_send)
+        except* _Cut:
+            pass  # uvicorn closes a connection whose answer is not complete
+
+
+class _Cut(Exception):
+    pass
+
+
+async def _unavailable(send: Send) -> None:
+    body = json.dumps({"detail": "Service unavailable (chaos)"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"0"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class QuietCuts(logging.Filter):
+    """Drops uvicorn's complaint about the answers that Chaos cuts on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
