@@ -120,7 +120,9 @@ def aggregate_export(
                 server,
                 export_id,
                 download_id,
-                client.download(export_id, download_id, note_retry(download_id))["rows"],
+                client.download(
+                    export_id, download_id, note_retry(f"metadata of download {download_id}")
+                )["rows"],
                 backoff,
             )
             for download_id in download_ids

@@ -32,6 +32,7 @@ REQUIRED = ("patient_id", "event_type")
 BOM = b"\xef\xbb\xbf"
 MAX_RECORD = 16 << 20  # one record may span chunks, but not without bound
 GLUED_KEYS = 4096  # distinct glued keys a chunk may have before gluing is given up
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD))  # a record may be that long
 _SEPARATORS = b',\n\r"'
 _NOT_SEPARATORS = bytes(b for b in range(256) if b not in _SEPARATORS)
 

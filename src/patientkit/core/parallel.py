@@ -127,7 +127,7 @@ def plan_file(path: str, piece_size: int | None) -> FilePlan:
     """Cut a plain file into ranges of about piece_size bytes at line ends after its header
     (piece_size None: one piece)."""
     size = Path(path).stat().st_size
-    pieces = 1 if piece_size is None else size // max(piece_size, MIN_PIECE)
+    pieces = 1 if piece_size is None else size // piece_size
     if pieces <= 1 or is_gzip(path):
         return FilePlan(path, [Piece(path)])
     with Path(path).open("rb") as stream:
@@ -156,13 +156,13 @@ def plan_file(path: str, piece_size: int | None) -> FilePlan:
 def settle(plan: FilePlan, results: list[PieceResult]) -> Counts | None:
     """Merge a file's pieces, or raise its first error with its line in the whole file.
 
-    Returns None when a cut turned out to fall inside a quoted field: count the file again
-    as one piece.
+    Returns None when a cut turned out to fall inside a quoted field, or when a piece
+    before the last failed (its end may be such a cut): count the file again whole.
     """
     total = Counts()
     lines, quotes = plan.header_lines, plan.header_quotes
-    for result in results:
-        if quotes % 2:
+    for index, result in enumerate(results):
+        if quotes % 2 or (result.error is not None and index < len(results) - 1):
             return None
         if result.error is not None:
             line, reason = result.error
@@ -174,13 +174,21 @@ def settle(plan: FilePlan, results: list[PieceResult]) -> Counts | None:
 
 
 def count_files(
-    paths: list[str], workers: int | None = None, on_progress: Progress | None = None
+    paths: list[str],
+    workers: int | None = None,
+    on_progress: Progress | None = None,
+    piece_size: int | None = None,
 ) -> Counts:
-    """Count local files on up to `workers` processes; raise the first error by file order."""
+    """Count local files on up to `workers` processes; raise the first error by file order.
+
+    Files are cut into pieces of about piece_size bytes (default: enough pieces to keep
+    every worker busy to the end, none under MIN_PIECE).
+    """
     files = expand_paths(paths)
     workers = max(1, workers or os.cpu_count() or 1)
-    total_size = sum(Path(path).stat().st_size for path in files)
-    piece_size = total_size // (workers * PIECES_PER_WORKER) if workers > 1 else None
+    if piece_size is None and workers > 1:
+        total_size = sum(Path(path).stat().st_size for path in files)
+        piece_size = max(MIN_PIECE, total_size // (workers * PIECES_PER_WORKER))
     plans = [plan_file(path, piece_size) for path in files]
     jobs = [piece for plan in plans for piece in plan.pieces]
     total = Counts()

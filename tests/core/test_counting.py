@@ -1,0 +1,167 @@
+import csv
+import io
+import random
+from collections import Counter
+
+import pytest
+
+from patientkit.core.counting import Counts, CsvCounter, CsvError, count_chunks
+
+HEADER = b"patient_id,event_time,event_type,value\n"
+
+
+def count(data: bytes, size: int = 1 << 20, source: str = "x.csv") -> Counts:
+    return count_chunks([data[i : i + size] for i in range(0, len(data), size)], source)
+
+
+def count_every_way(data: bytes) -> Counts | str:
+    """Count with several chunk sizes (down to one byte): all must agree."""
+    results = []
+    for size in (1, 2, 3, 5, 8, 64, 1 << 20):
+        try:
+            c = count(data, size)
+            results.append((c.rows, dict(c.pairs)))
+        except CsvError as exc:
+            results.append(str(exc))
+    assert all(r == results[0] for r in results), results
+    first = results[0]
+    return first if isinstance(first, str) else count(data)
+
+
+def pairs(result: Counts) -> dict[tuple[str, str], int]:
+    return {(p.decode(), e.decode()): n for (p, e), n in result.pairs.items()}
+
+
+def test_plain_rows_are_counted_exactly():
+    data = (
+        HEADER + b"S001,2025-08-26T00:00:02.760570Z,spo2,97\nS001,t,spo2,98\nS002,t,heart_rate,70\n"
+    )
+    result = count_every_way(data)
+    assert result.rows == 3
+    assert pairs(result) == {("S001", "spo2"): 2, ("S002", "heart_rate"): 1}
+
+
+def test_report_is_sorted_with_totals_equal_to_column_sums():
+    data = HEADER + b"P2,t,b,1\nP1,t,b,1\nP1,t,a,1\nP2,t,b,1\n"
+    report = count(data).report()
+    assert report == {
+        "patients": {"P1": {"a": 1, "b": 1}, "P2": {"b": 2}},
+        "totals": {"a": 1, "b": 3},
+    }
+    assert list(report["patients"]) == ["P1", "P2"]
+    assert list(report["patients"]["P1"]) == ["a", "b"]
+
+
+def test_crlf_bom_and_columns_in_any_order():
+    data = (
+        b"\xef\xbb\xbfvalue,event_type,extra,patient_id\r\n"
+        b"1,spo2,x,P1\r\n2,bp_sys,y,P1\r\n3,spo2,z,P2\r\n"
+    )
+    result = count_every_way(data)
+    assert pairs(result) == {("P1", "spo2"): 1, ("P1", "bp_sys"): 1, ("P2", "spo2"): 1}
+
+
+def test_quoted_fields_with_commas_newlines_and_quotes():
+    data = (
+        b"patient_id,event_time,event_type,value\n"
+        b'"P,1","2025\n-08",spo2,"9""7"\n'
+        b'P2,t,"heart\r\nrate",70\n'
+        b'"P,1",t,spo2,1'  # the last line has no line end
+    )
+    result = count_every_way(data)
+    assert pairs(result) == {("P,1", "spo2"): 2, ("P2", "heart\r\nrate"): 1}
+
+
+def test_header_only_counts_nothing():
+    assert count_every_way(HEADER).rows == 0
+    assert count_every_way(HEADER.rstrip(b"\n")).rows == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "x.csv:1: empty file: expected a header row"),
+        (b"\xef\xbb\xbf", "x.csv:1: empty file: expected a header row"),
+        (b"patient_id,event_time,value\nP1,t,1\n", "x.csv:1: missing required column 'event_type'"),
+        (b"patient_id,event_type,patient_id\n", "x.csv:1: column 'patient_id' appears 2 times"),
+        (HEADER + b"P1,t,a,1\nP2,t,b\nP3,t,c,1\n", "x.csv:3: expected 4 fields, found 3"),
+        (HEADER + b"P1,t,a,1\nP2,t,b,1,extra\n", "x.csv:3: expected 4 fields, found 5"),
+        (HEADER + b"P1,t,a,1\n\nP2,t,b,1\n", "x.csv:3: empty line"),
+        (HEADER + b"P1,t,a,1\nP2,t,b,1\n\n", "x.csv:4: empty line"),
+        (HEADER + b'P1,t,a,1\nP2,"t,b,1\nP3,t,c,1\n', "x.csv:3: unterminated quoted field"),
+        (HEADER + b"P1,t,a,1\n,t,b,1\n", "x.csv:3: patient_id is empty"),
+        (HEADER + b"P1,t,,1\n", "x.csv:2: event_type is empty"),
+        (HEADER + b"P1,t,a,1\nP\xff,t,a,1\n", "x.csv:3: patient_id is not valid UTF-8"),
+        (HEADER + b"P1,t,a,1\n" + HEADER, "x.csv:3: the header row again (concatenated files?)"),
+    ],
+)
+def test_malformed_input_names_file_and_line(data, message):
+    assert count_every_way(data) == message
+
+
+def test_error_line_counts_quoted_newlines_as_lines():
+    data = HEADER + b'P1,"a\nb",x,1\nP2,t,x\n'
+    assert count_every_way(data) == "x.csv:4: expected 4 fields, found 3"
+
+
+def test_a_neighbour_column_with_many_values_still_counts_exactly():
+    # value is the last column, glued to the next row's patient_id in the fast path;
+    # with a distinct value on every row the counter must change strategy, not answer wrong
+    rng = random.Random(3)
+    rows = [
+        (f"P{rng.randint(1, 3)}", rng.choice(["a", "b"]), f"{rng.random():.9f}")
+        for _ in range(60_000)
+    ]
+    data = HEADER + b"".join(f"{p},t,{e},{v}\n".encode() for p, e, v in rows)
+    result = count(data, size=64 << 10)
+    assert pairs(result) == dict(Counter((p, e) for p, e, _ in rows))
+
+
+def test_fast_path_agrees_with_the_csv_module_on_random_files():
+    rng = random.Random(11)
+    for _ in range(60):
+        columns = ["patient_id", "event_time", "event_type", "value"][: rng.randint(2, 4)]
+        if "event_type" not in columns:
+            columns.append("event_type")
+        rng.shuffle(columns)
+        rows = []
+        for _ in range(rng.randint(0, 2000)):
+            values = {
+                "patient_id": rng.choice(["P1", "P2", "P,3", 'P"4']),
+                "event_type": rng.choice(["spo2", "bp_sys", "heart\nrate"])
+                if rng.random() < 0.02
+                else rng.choice(["spo2", "bp_sys"]),
+                "event_time": f"2025-08-26T00:00:{rng.randint(0, 59):02d}Z",
+                "value": str(rng.randint(1, 200)),
+            }
+            if rng.random() < 0.9:
+                values["patient_id"] = rng.choice(["P1", "P2"])
+            rows.append([values[c] for c in columns])
+        text = io.StringIO()
+        csv.writer(text, lineterminator=rng.choice(["\n", "\r\n"])).writerows([columns, *rows])
+        data = text.getvalue().encode()
+        want = Counter(
+            (r[columns.index("patient_id")], r[columns.index("event_type")]) for r in rows
+        )
+        result = count(data, size=rng.choice([7, 300, 4096, 1 << 20]))
+        assert pairs(result) == dict(want)
+        assert result.rows == len(rows)
+
+
+def test_partial_counts_merge_associatively():
+    a = count(HEADER + b"P1,t,a,1\nP2,t,b,1\n")
+    b = count(HEADER + b"P1,t,a,1\n")
+    c = count(HEADER + b"P3,t,c,1\nP1,t,b,1\n")
+    left = Counts().merge(a).merge(b).merge(c)
+    right = Counts().merge(c).merge(Counts().merge(b).merge(a))
+    assert left == right
+    assert left.rows == 5
+    assert left.report()["totals"] == {"a": 2, "b": 2, "c": 1}
+
+
+def test_memory_is_bounded_by_one_record():
+    counter = CsvCounter("x.csv")
+    counter.feed(HEADER + b'P1,t,a,"')
+    with pytest.raises(CsvError, match=r"x.csv:2: record longer than 16 MiB"):
+        for _ in range(20):
+            counter.feed(b"x" * (1 << 20))
