@@ -1,0 +1,321 @@
+"""The SQLite store: device readings and test records in one file.
+
+* WAL mode, a busy timeout, and every write in a `BEGIN IMMEDIATE` transaction: a writer
+  takes the write lock before it reads anything, so it waits for the lock (the busy
+  timeout) instead of failing on a lock upgrade; if SQLite still answers "database is
+  locked" the transaction is retried from the start until `lock_deadline`. Several
+  processes may write one file at once and none fails or loses a row.
+* `synchronous=NORMAL`: a commit survives the process being killed; after an OS crash or
+  power loss the last commits may roll back, never half of one.
+* The schema has a version (`PRAGMA user_version`) and a list of migrations, applied in
+  order, each in its own write transaction, so two processes opening a new file at once
+  do not both migrate it.
+
+Readings are unique per (device, instant in UTC) and the first stored wins: the original
+timestamp text is kept so that the latest timestamp is answered in the offset it was
+stored with. Per-device totals (cumulative count, latest instant) live in `devices`,
+updated in the same transaction as the readings, so no query scans all readings.
+
+Test records are unique per test_id, never overwritten; clinic_id is indexed. A request
+log keyed by (request id, test_id) remembers each answer so that a retried request gets
+its original answer again.
+
+A `Store` is one connection: use it from one thread (the server keeps one per thread).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from patientkit.errors import UsageError
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT = 30.0  # seconds SQLite waits for a lock before it answers "locked"
+LOCK_DEADLINE = 300.0  # seconds we keep retrying a locked write before giving up
+ROWS_PER_STATEMENT = 500  # rows in one multi-row INSERT (4 columns: under SQLite's 32766)
+RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
+
+MIGRATIONS: list[str] = [
+    # 1: device readings, with per-device totals kept beside them
+    """
+    CREATE TABLE readings (
+        device_id TEXT NOT NULL,
+        instant INTEGER NOT NULL,      -- seconds since the epoch, UTC
+        count INTEGER NOT NULL,
+        timestamp TEXT NOT NULL,       -- as it was sent, offset included
+        PRIMARY KEY (device_id, instant)
+    ) WITHOUT ROWID;
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        cumulative_count INTEGER NOT NULL,
+        latest_instant INTEGER NOT NULL,
+        latest_timestamp TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # 2: test records, and the answers given to each request id
+    """
+    CREATE TABLE test_records (
+        test_id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        clinic_id TEXT NOT NULL,
+        test_type TEXT NOT NULL,
+        result TEXT NOT NULL,
+        created_at TEXT NOT NULL       -- UTC, ISO 8601
+    );
+    CREATE INDEX test_records_clinic ON test_records (clinic_id, created_at, test_id);
+    CREATE TABLE request_log (
+        request_id TEXT NOT NULL,
+        test_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (request_id, test_id)
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    device_id: str
+    count: int
+    timestamp: str  # as sent
+    instant: int  # UTC seconds
+
+
+@dataclass(frozen=True)
+class RecordAnswer:
+    """The answer a records request got: the status and the JSON body text."""
+
+    status: int
+    body: str
+
+
+def compact_offset(timestamp: str) -> str:
+    """`2021-09-29T16:09:15+01:00` → `2021-09-29T16:09:15+0100` (the API's %z form)."""
+    return timestamp[:-3] + timestamp[-2:] if timestamp[-3:-2] == ":" else timestamp
+
+
+def utc_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+class Store:
+    def __init__(
+        self,
+        path: str | Path,
+        busy_timeout: float = BUSY_TIMEOUT,
+        lock_deadline: float = LOCK_DEADLINE,
+    ) -> None:
+        self.path = str(path)
+        self.lock_deadline = lock_deadline
+        try:
+            self.db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"cannot open the store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run work(db) in one write transaction, retried while the file is locked."""
+        deadline = time.monotonic() + self.lock_deadline
+        pause = 0.005
+        while True:
+            try:
+                with self._transaction() as db:
+                    return work(db)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise UsageError(f"the store {self.path} stayed locked: {exc}") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        if self.schema_version() == SCHEMA_VERSION:
+            return
+
+        def step(db: sqlite3.Connection) -> bool:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise UsageError(
+                    f"the store {self.path} has schema version {version}, newer than this "
+                    f"patientkit knows ({SCHEMA_VERSION}); upgrade patientkit"
+                )
+            if version == SCHEMA_VERSION:
+                return False
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            return True
+
+        while self.write(step):
+            pass
+
+    # -- readings -------------------------------------------------------------------------
+
+    def add_readings(self, readings: Sequence[Reading]) -> int:
+        """Store readings in one transaction; return how many were new (the rest were
+        duplicates of a stored (device, instant) and are ignored)."""
+        if not readings:
+            return 0
+        return self.write(lambda db: _insert_readings(db, readings))
+
+    def latest_timestamp(self, device_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT latest_timestamp FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return compact_offset(row[0]) if row else None
+
+    def cumulative_count(self, device_id: str) -> int | None:
+        row = self.db.execute(
+            "SELECT cumulative_count FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def reading_totals(self) -> tuple[int, int, int]:
+        """(devices, readings, sum of counts) of the whole store, for checks and tests."""
+        devices, counts = self.db.execute(
+            "SELECT count(*), coalesce(sum(cumulative_count), 0) FROM devices"
+        ).fetchone()
+        readings = self.db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return int(devices), int(readings), int(counts)
+
+    # -- test records ---------------------------------------------------------------------
+
+    def add_records(self, records: Sequence[dict[str, str]]) -> list[bool]:
+        """Store records in one transaction; for each, True if created, False if its
+        test_id was already stored (the stored record is never overwritten)."""
+        if not records:
+            return []
+        return self.write(lambda db: _insert_records(db, records, utc_now()))
+
+    def add_record_once(
+        self, record: dict[str, str], request_id: str, answer: Callable[[bool], RecordAnswer]
+    ) -> RecordAnswer:
+        """Store one record for a request, idempotently: a request id already answered for
+        this test_id gets its first answer again. answer(created) makes the answer, which
+        is stored in the same transaction as the record."""
+
+        def work(db: sqlite3.Connection) -> RecordAnswer:
+            row = db.execute(
+                "SELECT status, body FROM request_log WHERE request_id = ? AND test_id = ?",
+                (request_id, record["test_id"]),
+            ).fetchone()
+            if row:
+                return RecordAnswer(int(row[0]), row[1])
+            created = _insert_records(db, [record], utc_now())[0]
+            given = answer(created)
+            db.execute(
+                "INSERT INTO request_log (request_id, test_id, status, body) VALUES (?, ?, ?, ?)",
+                (request_id, record["test_id"], given.status, given.body),
+            )
+            return given
+
+        return self.write(work)
+
+    def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
+        """Every record of a clinic, oldest first, read through the index a page at a time
+        (no transaction stays open while the caller consumes them)."""
+        after = ("", "")
+        while True:
+            rows = self.db.execute(
+                "SELECT test_id, patient_id, clinic_id, test_type, result, created_at "
+                "FROM test_records WHERE clinic_id = ? AND (created_at, test_id) > (?, ?) "
+                "ORDER BY created_at, test_id LIMIT ?",
+                (clinic_id, *after, page),
+            ).fetchall()
+            for row in rows:
+                yield dict(zip((*RECORD_FIELDS, "created_at"), row, strict=True))
+            if len(rows) < page:
+                return
+            after = (rows[-1][5], rows[-1][0])
+
+    def record_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM test_records").fetchone()[0])
+
+
+def _insert_readings(db: sqlite3.Connection, readings: Sequence[Reading]) -> int:
+    """Multi-row INSERT OR IGNORE … RETURNING: the rows that come back are the new ones,
+    and only they move the per-device totals."""
+    new: list[tuple[str, int, int, str]] = []
+    for start in range(0, len(readings), ROWS_PER_STATEMENT):
+        part = readings[start : start + ROWS_PER_STATEMENT]
+        params = [v for r in part for v in (r.device_id, r.instant, r.count, r.timestamp)]
+        new += db.execute(
+            "INSERT OR IGNORE INTO readings (device_id, instant, count, timestamp) VALUES "
+            + ",".join(["(?,?,?,?)"] * len(part))
+            + " RETURNING device_id, instant, count, timestamp",
+            params,
+        ).fetchall()
+    totals: dict[str, list] = {}
+    for device_id, instant, count, timestamp in new:
+        total = totals.get(device_id)
+        if total is None:
+            totals[device_id] = [count, instant, timestamp]
+        else:
+            total[0] += count
+            if instant > total[1]:
+                total[1], total[2] = instant, timestamp
+    db.executemany(
+        "INSERT INTO devices (device_id, cumulative_count, latest_instant, latest_timestamp) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+        "cumulative_count = cumulative_count + excluded.cumulative_count, "
+        "latest_timestamp = CASE WHEN excluded.latest_instant > latest_instant "
+        "THEN excluded.latest_timestamp ELSE latest_timestamp END, "
+        "latest_instant = max(latest_instant, excluded.latest_instant)",
+        [(device_id, *total) for device_id, total in totals.items()],
+    )
+    return len(new)
+
+
+def _insert_records(
+    db: sqlite3.Connection, records: Sequence[dict[str, str]], created_at: str
+) -> list[bool]:
+    created = []
+    for record in records:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO test_records "
+            "(test_id, patient_id, clinic_id, test_type, result, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (*(record[field] for field in RECORD_FIELDS), created_at),
+        )
+        created.append(cursor.rowcount == 1)
+    return created

@@ -1,0 +1,107 @@
+"""The rules of SPEC.md for readings and test records, with their exact messages.
+
+Shared by the server (which answers them as 400s) and the CLI (which checks every input
+record before it sends anything). Written by hand: no schema library decides for us.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from patientkit.core.storage import RECORD_FIELDS, Reading
+
+ID_REQUIRED = "Field 'id' is required."
+READINGS_REQUIRED = "Field 'readings' is required."
+BAD_DEVICE_ID = "Device ID must be valid UUID string."
+BAD_COUNT = "Field 'readings' contains invalid 'count' value. Must be positive integer."
+BAD_TIMESTAMP = (
+    "Field 'readings' contains invalid 'timestamp' value. Must be ISO-8061 timestamp string."
+)
+NOT_FOUND = "Device readings not found."
+NOT_AN_OBJECT = "Request body must be a JSON object."
+
+INVALID_JSON = "Invalid JSON"
+CLINIC_REQUIRED = "clinic_id is required"
+
+MAX_COUNT = 2**63 - 1  # what SQLite can hold
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:?[0-9]{2}"
+)
+
+
+class Invalid(ValueError):
+    """A rule broken; the message is SPEC.md's, word for word."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def is_device_id(value: object) -> bool:
+    """A canonical lowercase UUID4 string."""
+    return isinstance(value, str) and _UUID4.fullmatch(value) is not None
+
+
+def instant_of(value: object) -> int | None:
+    """UTC seconds of a `%Y-%m-%dT%H:%M:%S%z` timestamp (offset +0100 or +01:00), or None."""
+    if not isinstance(value, str) or _TIMESTAMP.fullmatch(value) is None:
+        return None
+    text = value if value[-3] == ":" else f"{value[:-2]}:{value[-2:]}"
+    try:
+        return int(datetime.fromisoformat(text).timestamp())
+    except ValueError:  # 2021-02-30, hour 25, an offset of 24 hours or more
+        return None
+
+
+def is_count(value: object) -> bool:
+    """An integer > 0; a boolean is not an integer."""
+    return type(value) is int and 0 < value <= MAX_COUNT
+
+
+def reading(device_id: str, item: object) -> Reading:
+    """One reading of a device, or Invalid naming what is wrong with it."""
+    if not isinstance(item, dict) or not is_count(item.get("count")):
+        raise Invalid(BAD_COUNT)
+    timestamp = item.get("timestamp")
+    instant = instant_of(timestamp)
+    if instant is None:
+        raise Invalid(BAD_TIMESTAMP)
+    assert isinstance(timestamp, str)
+    return Reading(device_id, item["count"], timestamp, instant)
+
+
+def create_request(body: object) -> list[Reading]:
+    """A create request's readings, all valid, or Invalid for the first problem found."""
+    if not isinstance(body, dict):
+        raise Invalid(NOT_AN_OBJECT)
+    device_id = body.get("id")
+    if device_id is None:
+        raise Invalid(ID_REQUIRED)
+    if not is_device_id(device_id):
+        raise Invalid(BAD_DEVICE_ID)
+    items = body.get("readings")
+    if not isinstance(items, list) or not items:
+        raise Invalid(READINGS_REQUIRED)
+    return [reading(device_id, item) for item in items]
+
+
+def bad_record_field(record: dict[str, Any]) -> str | None:
+    """The first of the five fields that is missing or not a non-empty string, or None.
+
+    A string of only white space counts as empty."""
+    for field in RECORD_FIELDS:
+        value = record.get(field)
+        if not isinstance(value, str) or not value.strip():
+            return field
+    return None
+
+
+def record_problem(body: object) -> str | None:
+    """SPEC.md's error for a records POST body, or None when it is valid."""
+    if not isinstance(body, dict):
+        return INVALID_JSON
+    field = bad_record_field(body)
+    return f"Invalid or missing field: {field}" if field else None
