@@ -33,3 +33,19 @@ Concurrency = Annotated[
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+Db = Annotated[
+    Path,
+    typer.Option("--db", envvar="PATIENTKIT_DB", help="The SQLite store.", show_default=True),
+]
+DEFAULT_DB = Path("patientkit.db")
+
+To = Annotated[
+    str | None,
+    typer.Option(
+        "--to",
+        help="Base URL of an API to send to, instead of the store (--db).",
+        show_default=False,
+    ),
+]

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from patientkit.cli.options import DEFAULT_DB, Db
 from patientkit.errors import UsageError
 
 EXAMPLES = """
@@ -32,6 +33,10 @@ def serve(
     chaos_seed: Annotated[
         int | None, typer.Option(help="Seed of the chaos, to repeat a run exactly.")
     ] = None,
+    db: Db = DEFAULT_DB,
+    max_body: Annotated[
+        int, typer.Option(min=1, help="Largest request body in bytes; larger is answered 413.")
+    ] = 16 << 20,
 ) -> None:
     """Serve the three APIs; logs are JSON lines on stderr. Binds 127.0.0.1 by default."""
     if not 0.0 <= chaos <= 1.0:
@@ -48,10 +53,10 @@ def serve(
     if chaos:
         logging.getLogger("uvicorn.error").addFilter(QuietCuts())
     sock = _bind(host, port)
-    app = build_app(exports, chaos=chaos, chaos_seed=chaos_seed)
+    app = build_app(db, exports, chaos=chaos, chaos_seed=chaos_seed, max_body=max_body)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
     url = f"http://{host}:{sock.getsockname()[1]}"
-    logs.log("serving", url=url, exports=str(exports) if exports else None, chaos=chaos)
+    logs.log("serving", url=url, db=str(db), exports=str(exports) if exports else None, chaos=chaos)
     uvicorn.Server(config).run(sockets=[sock])
 
 

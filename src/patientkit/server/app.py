@@ -10,8 +10,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from patientkit.server import exports
+from patientkit.server import exports, readings
+from patientkit.server.bodies import MAX_BODY
 from patientkit.server.middleware import Chaos, RequestLog
+from patientkit.server.stores import Stores
 
 
 def ping(request: Request) -> Response:
@@ -19,9 +21,18 @@ def ping(request: Request) -> Response:
 
 
 def build_app(
-    exports_dir: Path | None = None, chaos: float = 0.0, chaos_seed: int | None = None
+    db: Path,
+    exports_dir: Path | None = None,
+    chaos: float = 0.0,
+    chaos_seed: int | None = None,
+    max_body: int = MAX_BODY,
 ) -> ASGIApp:
-    routes = [Route("/api/ping", ping), *exports.routes(exports.Catalog(exports_dir))]
+    stores = Stores(db)
+    routes = [
+        Route("/api/ping", ping),
+        *exports.routes(exports.Catalog(exports_dir)),
+        *readings.routes(stores, max_body),
+    ]
     app: ASGIApp = Starlette(routes=routes)
     if chaos > 0:
         app = Chaos(app, chaos, chaos_seed)

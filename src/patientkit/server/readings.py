@@ -1,0 +1,60 @@
+"""The device readings API, on the store: exactly SPEC.md's rules, messages and codes."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from patientkit.core import validation
+from patientkit.server.bodies import NotJson, TooLarge, read_json
+from patientkit.server.stores import Stores
+
+
+def error(message: str, status: int) -> JSONResponse:
+    """The error body of the readings API; both names of the code, for old and new clients."""
+    return JSONResponse(
+        {"status": "error", "error_message": message, "status_code": status, "error_code": status},
+        status_code=status,
+    )
+
+
+def routes(stores: Stores, max_body: int) -> list[Route]:
+    async def create(request: Request) -> Response:
+        try:
+            body = await read_json(request, max_body)
+        except TooLarge:
+            return error(f"Request body is larger than {max_body} bytes.", 413)
+        except NotJson:
+            return error(validation.NOT_AN_OBJECT, 400)
+        try:
+            readings = validation.create_request(body)
+        except validation.Invalid as exc:
+            return error(exc.message, 400)
+        await run_in_threadpool(lambda: stores.get().add_readings(readings))
+        return JSONResponse({"status": "ok"}, status_code=201)
+
+    def latest(request: Request) -> Response:
+        device_id = request.path_params["device_id"]
+        if not validation.is_device_id(device_id):
+            return error(validation.BAD_DEVICE_ID, 400)
+        timestamp = stores.get().latest_timestamp(device_id)
+        if timestamp is None:
+            return error(validation.NOT_FOUND, 404)
+        return JSONResponse({"timestamp": timestamp})
+
+    def cumulative(request: Request) -> Response:
+        device_id = request.path_params["device_id"]
+        if not validation.is_device_id(device_id):
+            return error(validation.BAD_DEVICE_ID, 400)
+        total = stores.get().cumulative_count(device_id)
+        if total is None:
+            return error(validation.NOT_FOUND, 404)
+        return JSONResponse({"cumulative_count": total})
+
+    return [
+        Route("/api/device-readings/create", create, methods=["POST"]),
+        Route("/api/device-readings/{device_id}/latest-timestamp", latest),
+        Route("/api/device-readings/{device_id}/cumulative-count", cumulative),
+    ]
