@@ -340,7 +340,9 @@ class BatchBuffer(Generic[E]):
         self._spool_wakeup = threading.Condition(self._lock)  # the spool thread waits here
         self._close_lock = threading.Lock()
 
-        self._pending: deque[E] = deque()
+        self._pending: deque[E] = deque()  # never replaced: track() appends without a lock
+        self._flusher_called = False  # set when a producer woke the flusher for a full batch
+        self._drained = False
         self._work: deque[_Unit[E]] = deque()
         self._accepting = True
         self._state = _RUNNING
@@ -350,7 +352,7 @@ class BatchBuffer(Generic[E]):
         self._flusher_done = False
         self._in_user_code = False
         self._space_waiters = 0
-        self._settled_waiters = 0
+        self._flush_goals: list[int] = []  # the seq each waiting flush() needs settled
         self._flush_target = 0
         self._dead_letters: list[tuple[E, str]] = []
 
@@ -398,16 +400,49 @@ class BatchBuffer(Generic[E]):
         Raises `BufferFull` when no room came within `timeout` seconds (the event is not
         tracked), `BufferStopped` after the failure limit or after close.
         """
+        # The fast path takes no lock: deque.append, len and popleft are atomic, the
+        # deque is never replaced, and only this thread appends `event`. Two races are
+        # closed explicitly: several producers passing the room check together can go past
+        # max_pending by at most one event each, and an append that races with close() is
+        # either handed back by the drain or taken back here (`_appended_after_stop`).
+        pending = self._pending
+        if self._accepting and len(pending) < self._max_pending:
+            pending.append(event)
+            if len(pending) >= self._max_batch and not self._flusher_called:
+                self._call_flusher()
+            if not self._accepting:
+                self._appended_after_stop(event)
+            return
         with self._lock:
             if not self._accepting:
                 raise self._refusal()
-            pending = self._pending
             if len(pending) >= self._max_pending:
                 self._wait_for_space(self._deadline(timeout), timeout, 0)
-                pending = self._pending
             pending.append(event)
-            if len(pending) == self._max_batch:
+            if len(pending) >= self._max_batch and not self._flusher_called:
+                self._flusher_called = True
                 self._wakeup.notify()
+
+    def _call_flusher(self) -> None:
+        with self._lock:
+            if not self._flusher_called:
+                self._flusher_called = True
+                self._wakeup.notify()
+
+    def _appended_after_stop(self, event: E) -> None:
+        """The buffer stopped or closed around our append: keep the accounting exact.
+
+        Before the drain, the event stays queued and the drain hands it back: tracked.
+        After the drain, nobody else will ever see it: take it back out and refuse it.
+        """
+        with self._lock:
+            if not self._drained:
+                return
+            pending = self._pending
+            for index in range(len(pending) - 1, -1, -1):
+                if pending[index] is event:
+                    del pending[index]
+                    raise self._refusal()
 
     def track_many(self, events: Iterable[E], timeout: float | None = None) -> int:
         """Queue events in order; return how many. `timeout` bounds the whole call.
@@ -429,10 +464,11 @@ class BatchBuffer(Generic[E]):
                     if room <= 0:
                         self._wait_for_space(deadline, timeout, count + done)
                         continue
-                    before = len(pending)
-                    pending.extend(chunk[done : done + room])
-                    done += len(pending) - before
-                    if before < self._max_batch <= len(pending):
+                    part = chunk[done : done + room]
+                    pending.extend(part)
+                    done += len(part)
+                    if len(pending) >= self._max_batch and not self._flusher_called:
+                        self._flusher_called = True
                         self._wakeup.notify()
             count += done
         return count
@@ -481,7 +517,11 @@ class BatchBuffer(Generic[E]):
                     raise self._refusal()
                 if deadline is not None and self._clock.now() >= deadline:
                     break
-                self._wait_settled(deadline)
+                self._flush_goals.append(target)
+                try:
+                    self._clock.wait(self._settled, deadline)
+                finally:
+                    self._flush_goals.remove(target)
             return FlushResult(
                 delivered=self._delivered - start[0],
                 dead_lettered=self._dead_lettered - start[1],
@@ -539,9 +579,11 @@ class BatchBuffer(Generic[E]):
             self.sync()
         with self._lock:
             events = [event for unit in self._work for event in unit.events]
-            events.extend(self._pending)
-            self._taken += len(self._pending)
-            self._pending.clear()
+            popleft = self._pending.popleft
+            while self._pending:  # one atomic popleft at a time: see track()
+                events.append(popleft())
+                self._taken += 1
+            self._drained = True
             self._work.clear()
             self._held = 0
             self._in_flight = 0
@@ -600,13 +642,6 @@ class BatchBuffer(Generic[E]):
     def _undelivered_count(self) -> int:
         return len(self._pending) + self._held
 
-    def _wait_settled(self, deadline: float | None) -> None:
-        self._settled_waiters += 1
-        try:
-            self._clock.wait(self._settled, deadline)
-        finally:
-            self._settled_waiters -= 1
-
     def _refusal(self, accepted: int = 0) -> BufferStopped:
         undelivered = self._undelivered_count()
         if self._stop_reason is None:
@@ -656,7 +691,7 @@ class BatchBuffer(Generic[E]):
                 while not self._flusher_done:
                     if deadline is not None and self._clock.now() >= deadline:
                         break
-                    self._wait_settled(deadline)
+                    self._clock.wait(self._settled, deadline)
                 if not self._flusher_done:
                     self._abandon = True
                     self._wakeup.notify_all()
@@ -748,13 +783,9 @@ class BatchBuffer(Generic[E]):
 
     def _take(self, count: int, now: float) -> _Unit[E]:
         # Lock held: cut a unit of `count` events from the front of the deque.
-        pending = self._pending
-        if count == len(pending):
-            events = list(pending)
-            pending.clear()
-        else:
-            popleft = pending.popleft
-            events = [popleft() for _ in range(count)]
+        # One atomic popleft per event (producers append meanwhile, without the lock).
+        events = list(map(deque.popleft, itertools.repeat(self._pending, count)))
+        self._flusher_called = False
         start = self._taken
         self._taken += count
         self._held += count
@@ -841,8 +872,7 @@ class BatchBuffer(Generic[E]):
         if outcome.split and len(unit) == 1:
             rejected = [(0, PAYLOAD_TOO_LARGE)]
         letter_failure = self._send_dead_letters(unit, rejected)
-        settled = [unit.seqs[i] for i in outcome.accepted]
-        settled.extend(unit.seqs[i] for i, _ in rejected)
+        settled_count = len(outcome.accepted) + len(rejected)
         with self._lock:
             self._in_user_code = False
             if self._abandon:
@@ -857,7 +887,7 @@ class BatchBuffer(Generic[E]):
                 self._retried += 1
             self._delivered += len(outcome.accepted)
             self._dead_lettered += len(rejected)
-            self._held -= len(settled)
+            self._held -= settled_count
             self._work.popleft()
             if outcome.split and len(unit) > 1:
                 half = len(unit) // 2
@@ -865,7 +895,7 @@ class BatchBuffer(Generic[E]):
                 self._work.appendleft(unit.part(range(half)))
             elif outcome.retry:
                 self._work.appendleft(unit.part(outcome.retry))
-                self._schedule_retry(outcome, made_progress=bool(settled))
+                self._schedule_retry(outcome, made_progress=settled_count > 0)
             else:
                 self._failures = 0
             if rejected:
@@ -875,9 +905,11 @@ class BatchBuffer(Generic[E]):
             if outcome.broken_order:
                 self._stop(outcome.broken_order)
                 logger.error("sink broke per-key order; the buffer stopped")
-            if self._settled_waiters:
+            if self._flush_goals and self._min_unsettled() >= min(self._flush_goals):
                 self._settled.notify_all()
-        if self._journal is not None and settled:
+        if self._journal is not None and settled_count:
+            settled = [unit.seqs[i] for i in outcome.accepted]
+            settled.extend(unit.seqs[i] for i, _ in rejected)
             self._journal_settle(settled)
 
     def _schedule_retry(self, outcome: _Outcome, made_progress: bool) -> None:
@@ -951,7 +983,8 @@ class BatchBuffer(Generic[E]):
         assert journal is not None
         with self._lock:
             start = max(self._journaled_upto, self._taken)
-            events = list(itertools.islice(self._pending, start - self._taken, None))
+            snapshot = self._pending.copy()  # atomic, unlike iterating a deque others append to
+            events = list(itertools.islice(snapshot, start - self._taken, None))
         if not events:
             return
         journal.append_tracked([(start + i, self._encode(e)) for i, e in enumerate(events)])
@@ -986,7 +1019,7 @@ class BatchBuffer(Generic[E]):
                 pair for unit in self._work for pair in zip(unit.seqs, unit.events, strict=True)
             ]
             journaled_count = max(0, self._journaled_upto - self._taken)
-            journaled = itertools.islice(self._pending, journaled_count)
+            journaled = itertools.islice(self._pending.copy(), journaled_count)
             pairs.extend(enumerate(journaled, start=self._taken))
         return [(seq, self._encode(event)) for seq, event in pairs]
 
