@@ -500,7 +500,7 @@ class BatchBuffer(Generic[E]):
         """Deliver now; wait until every event tracked before the call is settled.
 
         Returns what happened; `complete` is False if `timeout` passed first. Raises
-        `BufferStopped` if the buffer stops (or was stopped) before that.
+        `BufferStopped` if the buffer stopped before or during the call.
         """
         self._refuse_inside_sink("flush")
         with self._lock:
@@ -522,6 +522,8 @@ class BatchBuffer(Generic[E]):
                     self._clock.wait(self._settled, deadline)
                 finally:
                     self._flush_goals.remove(target)
+            if self._stop_reason is not None:
+                raise self._refusal()
             return FlushResult(
                 delivered=self._delivered - start[0],
                 dead_lettered=self._dead_lettered - start[1],
@@ -772,10 +774,10 @@ class BatchBuffer(Generic[E]):
                 if not due:
                     self._clock.wait(self._wakeup, self._next_flush)
                     return True
-                available = count if self._journal is None else self._journaled_upto - self._taken
-                if available <= 0:
-                    return True  # journal them first
-                unit = self._take(min(available, self._max_batch), now)
+                size = min(count, self._max_batch)
+                if self._journal is not None and self._journaled_upto - self._taken < size:
+                    return True  # journal them first (top of the next step)
+                unit = self._take(size, now)
             self._in_flight = len(unit)
             self._in_user_code = True
         self._finish(unit, self._attempt(unit))
