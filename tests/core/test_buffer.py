@@ -7,6 +7,7 @@ and `flush()` / `close()` themselves. A watchdog turns a hang into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -129,10 +130,8 @@ def make():
 
     yield build
     for buf in made:
-        try:
+        with contextlib.suppress(PatientkitError):
             buf.close(timeout=0)
-        except PatientkitError:
-            pass
 
 
 def advance_to_next_deadline(clock: FakeClock, waiters: int = 1) -> float:
@@ -211,9 +210,7 @@ def test_flush_delivers_now_and_reports_what_happened(make):
     for i in range(3):
         buf.track(i)
     result = buf.flush()
-    assert result == FlushResult(
-        delivered=2, dead_lettered=1, retried=0, pending=0, complete=True
-    )
+    assert result == FlushResult(delivered=2, dead_lettered=1, retried=0, pending=0, complete=True)
     assert sink.calls == [[0, 1, 2]]
     assert buf.drain_dead_letters() == [(1, "invalid count")]
 
@@ -227,9 +224,7 @@ def test_flush_with_timeout_returns_incomplete_instead_of_waiting(make):
     sink.wait_calls(1)
     buf.track(2)
     result = buf.flush(timeout=0)
-    assert result == FlushResult(
-        delivered=0, dead_lettered=0, retried=0, pending=3, complete=False
-    )
+    assert result == FlushResult(delivered=0, dead_lettered=0, retried=0, pending=3, complete=False)
     gate.set()
     assert buf.flush() == FlushResult(
         delivered=3, dead_lettered=0, retried=0, pending=0, complete=True
@@ -541,7 +536,7 @@ def test_a_sink_that_breaks_per_key_order_stops_the_buffer(make):
     buf, _clock = make(sink, max_batch=2, key=lambda event: event[0])
     buf.track(("A", 0))
     buf.track(("A", 1))
-    with pytest.raises(BufferStopped, match="accepted event 1 .* retry event 0 .* per-key order"):
+    with pytest.raises(BufferStopped, match=r"accepted event 1 .* retry event 0 .* per-key order"):
         buf.flush()
     assert buf.drain_pending() == [("A", 0)]
     assert buf.stats().delivered == 1
