@@ -751,6 +751,103 @@ def test_stats_add_up(make):
     }
 
 
+class PausingBuffer(BatchBuffer):
+    """Pauses the thread named "racer" inside track(), after its checks, before its append."""
+
+    entered: threading.Event
+    resume: threading.Event
+
+    @property
+    def _max_pending(self):
+        if threading.current_thread().name == "racer":
+            self.entered.set()
+            assert self.resume.wait(WAIT)
+        return self._max_pending_value
+
+    @_max_pending.setter
+    def _max_pending(self, value):
+        self._max_pending_value = value
+
+
+def start_racer(buf: PausingBuffer, event):
+    buf.entered, buf.resume = threading.Event(), threading.Event()
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = buf.track(event)
+        except BaseException as exc:
+            box["error"] = exc
+
+    racer = threading.Thread(target=run, name="racer", daemon=True)
+    racer.start()
+    assert buf.entered.wait(WAIT)
+    return racer, box
+
+
+def test_a_track_that_appends_after_the_final_drain_is_refused():
+    sink = Sink()
+    buf = PausingBuffer(sink, max_batch=10, clock=FakeClock())
+    buf.track("a")
+    racer, box = start_racer(buf, "late")  # passed the checks while the buffer was open
+    assert buf.close() == []  # delivered "a", drained an empty buffer
+    buf.resume.set()
+    racer.join(WAIT)
+    assert isinstance(box["error"], BufferStopped)  # refused, and taken back out
+    assert buf.drain_pending() == []
+    assert sink.delivered == ["a"] and buf.stats().tracked == 1
+
+
+def test_a_track_that_appends_while_closing_is_delivered():
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    clock = FakeClock()
+    buf = PausingBuffer(sink, max_batch=1, clock=clock)
+    buf.track("a")
+    sink.wait_calls(1)  # "a" in flight
+    racer, box = start_racer(buf, "late")
+    closer, closed = in_thread(buf.close)
+    clock.wait_for_waiters(1)  # close() is waiting: the buffer no longer accepts events
+    buf.resume.set()
+    racer.join(WAIT)
+    assert box == {"result": None}  # tracked: close() will deliver or hand it back
+    gate.set()
+    closer.join(WAIT)
+    assert closed == {"result": []}
+    assert sink.delivered == ["a", "late"] and buf.stats().tracked == 2
+
+
+def test_tracks_racing_with_close_are_either_kept_or_refused():
+    """Free-running producers against close(): no event lost or counted twice."""
+    for _round in range(5):
+        delivered: list = []
+        buf = BatchBuffer(
+            delivered.extend, max_batch=4, max_pending=64, flush_interval=0.001, clock=SystemClock()
+        )
+        accepted: list[list] = [[] for _ in range(4)]
+        start = threading.Barrier(5)
+
+        def produce(thread: int, accepted=accepted, buf=buf, start=start) -> None:
+            start.wait()
+            for n in range(100_000):
+                try:
+                    buf.track((thread, n))
+                except BufferStopped:
+                    return
+                accepted[thread].append((thread, n))
+
+        producers = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+        for producer in producers:
+            producer.start()
+        start.wait()
+        left = buf.close()
+        for producer in producers:
+            producer.join(WAIT)
+        everything = [e for events in accepted for e in events]
+        assert Counter(delivered + left) == Counter(everything)
+        assert buf.stats().tracked == len(everything)
+
+
 # --- the spool ---------------------------------------------------------------------------
 
 
