@@ -41,7 +41,11 @@ def null_sink(batch: list[int]) -> None:
 
 
 def run_threads(threads: int, events: int, make_put: Callable[[], Callable[[int], None]]):
-    """Time `threads` threads each calling put() events/threads times; (seconds, cleanup)."""
+    """Time `threads` threads each calling put() events/threads times.
+
+    Returns (wall seconds, process CPU seconds, events). CPU time covers every thread of
+    this process (the flusher included) and is not inflated by other processes.
+    """
     put = make_put()
     share = events // threads
     barrier = threading.Barrier(threads + 1)
@@ -57,12 +61,12 @@ def run_threads(threads: int, events: int, make_put: Callable[[], Callable[[int]
     for worker in workers:
         worker.start()
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     done.wait()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     for worker in workers:
         worker.join()
-    return seconds, share * threads
+    return seconds, cpu, share * threads
 
 
 def measure_buffer(threads: int, events: int, config: dict | None = None) -> dict:
@@ -73,33 +77,36 @@ def measure_buffer(threads: int, events: int, config: dict | None = None) -> dic
         holder.append(buf)
         return buf.track
 
-    seconds, count = run_threads(threads, events, make_put)
+    seconds, cpu, count = run_threads(threads, events, make_put)
     buf = holder[0]
     start = time.perf_counter()
     left = buf.close()
     drain = time.perf_counter() - start
     stats = buf.stats()
     assert not left and stats.delivered == count, (left, stats)
-    return {"seconds": seconds, "events": count, "close_seconds": drain}
+    return {"seconds": seconds, "cpu_seconds": cpu, "events": count, "close_seconds": drain}
 
 
 def measure_queue(threads: int, events: int) -> dict:
-    seconds, count = run_threads(threads, events, lambda: queue.Queue().put)
-    return {"seconds": seconds, "events": count}
+    seconds, cpu, count = run_threads(threads, events, lambda: queue.Queue().put)
+    return {"seconds": seconds, "cpu_seconds": cpu, "events": count}
 
 
 def summarise(runs: list[dict]) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs)
+    cpu = statistics.median(r["cpu_seconds"] for r in runs)
     events = runs[0]["events"]
     return {
         "events": events,
         "seconds": round(seconds, 4),
         "events_per_s": round(events / seconds),
+        "cpu_seconds": round(cpu, 4),
+        "events_per_cpu_s": round(events / cpu),
         "runs_seconds": [round(r["seconds"], 4) for r in runs],
     }
 
 
-def machine() -> dict:
+def machine(load_at_start: float) -> dict:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -115,7 +122,10 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_model": model or platform.processor(),
         "switch_interval_s": sys.getswitchinterval(),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        "note": "shared 2-core machine: other work may run at the same time; "
+        "cpu_seconds is this process's CPU time, which that does not inflate",
+        "load_average_1m_at_start": round(load_at_start, 2),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }
 
 
@@ -125,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "buffer.json")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
 
     results: dict[str, dict] = {}
     for threads in (1, 4):
@@ -158,7 +169,7 @@ def main() -> None:
     met_ratio = all(r["ratio_buffer_to_queue_put"] <= TARGET_RATIO for r in results.values())
     report = {
         "benchmark": "BatchBuffer.track() vs queue.Queue.put",
-        "machine": machine(),
+        "machine": machine(load_at_start),
         "config": {**CONFIG, "sink": "does nothing", "repeat": args.repeat, "statistic": "median"},
         "results": results,
         "default_config_for_information": defaults,
