@@ -40,7 +40,7 @@ from patientkit.core.buffer import (
     SpoolLocked,
 )
 from patientkit.core.clock import SystemClock
-from patientkit.core.spool import _RECORD, MAGIC, Journal
+from patientkit.core.spool import _RECORD, MAGIC, Journal, _recover
 from patientkit.errors import DeliveryError, PatientkitError, UsageError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -869,6 +869,21 @@ def test_spool_keeps_undelivered_events_for_the_next_buffer(make, tmp_path):
 
     third, _clock = make(Sink(), spool=spool)
     assert third.stats().recovered == 0
+
+
+def test_spool_journals_tracked_events_within_the_sync_interval(make, tmp_path):
+    spool = tmp_path / "buffer.spool"
+    sink = Sink()
+    buf, clock = make(sink, max_batch=100, flush_interval=10.0, spool=spool)
+    clock.wait_for_waiters(2)  # the flusher (until t=10) and the spool thread (t=0.2)
+    buf.track("a")
+    buf.track("b")  # wakes nobody: below max_batch
+    assert _recover(spool) == []  # only in memory so far
+    clock.advance(0.2)
+    clock.wait_for_waiters(2)  # the spool thread synced and waits again
+    assert _recover(spool) == [(0, b'"a"'), (1, b'"b"')]
+    assert sink.calls == []
+    assert buf.close() == [] and sink.delivered == ["a", "b"]
 
 
 def test_spool_ignores_a_torn_last_record(make, tmp_path, caplog):
