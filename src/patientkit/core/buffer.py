@@ -1,0 +1,1058 @@
+"""A delivery buffer that batches events to a sink and never loses one.
+
+`BatchBuffer` takes events from any number of threads (`track`, `track_many`) and hands
+them to a sink in batches, from one background thread, the flusher. It is the engine
+under `readings replay` and `records submit`, and a library of its own.
+
+Design
+------
+*Producers* only append to an in-memory deque under one lock: no I/O, no clock, no
+allocation besides the append, and a `notify` only when the deque reaches `max_batch`.
+When `max_pending` events wait, `track` blocks (back-pressure) until the flusher makes
+room, or raises `BufferFull` after its timeout. Nothing is ever dropped.
+
+*The flusher* keeps a short queue of *units*, batches it has taken and not settled yet,
+and always works on the first one. A unit is formed from the deque when `max_batch` events
+wait, when `flush_interval` has passed since the last batch, on `flush()` and on `close()`.
+The sink's answer settles each event of the unit: accepted (delivered), rejected for good
+(dead-lettered with the reason), or to be retried. Events to retry stay at the front as a
+smaller unit and are sent again after a backoff (`RetryPolicy`: exponential, full jitter,
+capped, `Retry-After` honoured); `PayloadTooLarge` replaces the unit by its two halves,
+down to single events. Because the flusher settles one unit before it sends anything
+newer, and units are cut from the deque in tracking order, events are first delivered in
+tracking order across batches; inside one batch the sink decides (see "Sink contract").
+After `failure_limit` consecutive attempts that delivered nothing, the buffer stops: every
+later call raises `BufferStopped` and `drain_pending()` hands back every undelivered event.
+
+*Time* comes from an injected `Clock`: every wait (flush interval, backoff, back-pressure
+timeout, flush and close deadlines) goes through `clock.wait(condition, deadline)`, so a
+`FakeClock` drives all of it in tests without sleeping.
+
+*The spool* (optional) is an append-only journal (see `patientkit.core.spool`). Events
+are journaled before they are handed to the sink, by the flusher, and by a small spool
+thread every `spool_sync_interval` (fsync included), so the durability of tracked events
+does not wait for a slow sink. After each attempt, the flusher records which events
+settled and fsyncs before it starts the next attempt: after a crash, a new buffer on the
+same path delivers every journaled unsettled event first, and the only events it can send
+a second time are those of the attempt that was in flight.
+
+Sink contract
+-------------
+`sink(batch: list[E]) -> SinkResult | None`. `None`, or a `SinkResult` that lists nothing,
+means every event was accepted. `SinkResult.rejected` maps an index in the batch to a
+permanent reason; `SinkResult.retry` lists indices to send again; `retry_after` asks for a
+minimum wait. Raise `RetryableError` (transport errors, 408/425/429/5xx) to retry the
+whole batch, `PermanentError` to dead-letter all of it, `PayloadTooLarge` to have it
+split. Any other exception is a retryable failure; it never kills the flusher.
+With `key=`, the sink must keep per-key order inside a batch: once it asks to retry an
+event, it must not accept a later event of the same key in that batch (rejecting one is
+fine). The buffer checks this and stops with a clear reason if a sink breaks it.
+
+Logging carries counts, delays and exception class names only, never event contents or
+sink messages (which may quote health data).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from patientkit.core.clock import Clock, FakeClock, SystemClock
+from patientkit.core.spool import Journal, SpoolError, SpoolLocked
+from patientkit.errors import DeliveryError, PatientkitError, UsageError
+
+__all__ = [
+    "BatchBuffer",
+    "BufferFull",
+    "BufferStats",
+    "BufferStopped",
+    "Clock",
+    "FakeClock",
+    "FlushResult",
+    "PayloadTooLarge",
+    "PermanentError",
+    "RetryPolicy",
+    "RetryableError",
+    "SinkError",
+    "SinkResult",
+    "SpoolError",
+    "SpoolLocked",
+    "SystemClock",
+]
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+PAYLOAD_TOO_LARGE = "payload too large"
+_CHUNK = 1024
+_COMPACT_BYTES = 1 << 20
+
+_RUNNING = "running"
+_CLOSING = "closing"
+_CLOSED = "closed"
+
+
+# --- what a sink raises ------------------------------------------------------------------
+
+
+class SinkError(PatientkitError):
+    """Base of the exceptions a sink raises to say how a whole batch went."""
+
+
+class RetryableError(SinkError):
+    """The whole batch failed and may succeed later (transport error, 408/425/429/5xx)."""
+
+    def __init__(
+        self, message: str = "retryable failure", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(SinkError):
+    """The whole batch is rejected for good; every event is dead-lettered with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PayloadTooLarge(SinkError):
+    """The batch is too large for the server: the buffer splits it in halves."""
+
+    def __init__(self, message: str = PAYLOAD_TOO_LARGE) -> None:
+        super().__init__(message)
+
+
+# --- what the buffer raises --------------------------------------------------------------
+
+
+class BufferFull(DeliveryError):
+    """`track` waited `timeout` seconds for room and found none; the event was not tracked."""
+
+    def __init__(self, message: str, *, accepted: int = 0) -> None:
+        super().__init__(message)
+        self.accepted = accepted  # for track_many: how many of its events were tracked
+
+
+class BufferStopped(DeliveryError):
+    """The buffer stopped (failure limit, broken sink, internal error) or was closed."""
+
+    def __init__(self, message: str, *, reason: str, undelivered: int, accepted: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.undelivered = undelivered
+        self.accepted = accepted  # for track_many: how many of its events were tracked
+
+
+# --- value types -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SinkResult:
+    """A sink's answer for one batch; indices refer to the list the sink received."""
+
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    retry: Sequence[int] = ()
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter.
+
+    The n-th consecutive failure (n from 0) waits `uniform(0, min(maximum,
+    initial * multiplier**n))`. When the sink gives a `retry_after`, the wait is
+    `max(retry_after, jittered)`: never sooner than the server asked, still spread by
+    jitter, but capped at `retry_after_limit` so one answer cannot stall the buffer for
+    hours (a server that still refuses then says so again).
+    """
+
+    initial: float = 0.1
+    multiplier: float = 2.0
+    maximum: float = 30.0
+    retry_after_limit: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise UsageError("RetryPolicy needs 0 < initial <= maximum")
+        if self.multiplier < 1:
+            raise UsageError("RetryPolicy needs multiplier >= 1")
+        if self.retry_after_limit < 0:
+            raise UsageError("RetryPolicy needs retry_after_limit >= 0")
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest delay for the `attempt`-th consecutive failure (from 0)."""
+        try:
+            return min(self.maximum, self.initial * self.multiplier**attempt)
+        except OverflowError:
+            return self.maximum
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        jittered = rng.uniform(0.0, self.ceiling(attempt))
+        if retry_after is None or not retry_after > 0:  # also rejects NaN
+            return jittered
+        return min(max(retry_after, jittered), self.retry_after_limit)
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What happened while `flush()` waited.
+
+    `delivered`, `dead_lettered` and `retried` count what the buffer did during the call
+    (events of other threads included); `pending` is what is still unsettled at return;
+    `complete` says whether every event tracked before the call was settled.
+    """
+
+    delivered: int
+    dead_lettered: int
+    retried: int
+    pending: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """Counters since the buffer was made.
+
+    recovered + tracked == delivered + dead_lettered + pending + in_flight + handed_back.
+    `retried` counts attempts that re-sent events; `batches` counts sink calls.
+    """
+
+    tracked: int
+    recovered: int
+    delivered: int
+    retried: int
+    dead_lettered: int
+    pending: int
+    in_flight: int
+    handed_back: int
+    consecutive_failures: int
+    batches: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Unit(Generic[E]):
+    """Events taken from the deque and not settled yet, with their sequence numbers."""
+
+    __slots__ = ("attempted", "events", "seqs")
+
+    def __init__(self, seqs: Sequence[int], events: list[E], attempted: bool = False) -> None:
+        self.seqs = seqs
+        self.events = events
+        self.attempted = attempted
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def part(self, indices: Iterable[int]) -> _Unit[E]:
+        chosen = list(indices)
+        return _Unit(
+            [self.seqs[i] for i in chosen], [self.events[i] for i in chosen], attempted=True
+        )
+
+
+@dataclass
+class _Outcome:
+    """One attempt, interpreted."""
+
+    accepted: Sequence[int] = ()
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    retry: Sequence[int] = ()
+    retry_after: float | None = None
+    failure: str = ""
+    failure_kind: str = ""
+    split: bool = False
+    invalid: str = ""  # the result could not be read: nothing settled, buffer stops
+    broken_order: str = ""  # applied as answered, then the buffer stops
+
+
+def _json_encode(event: Any) -> bytes:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _is_index(value: object, size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
+
+
+class BatchBuffer(Generic[E]):
+    """Batch events to `sink` from a background thread; see the module docstring."""
+
+    def __init__(
+        self,
+        sink: Callable[[list[E]], SinkResult | None],
+        *,
+        max_batch: int = 100,
+        flush_interval: float = 1.0,
+        max_pending: int = 10_000,
+        retry_policy: RetryPolicy | None = None,
+        failure_limit: int | None = 10,
+        dead_letter: Callable[[E, str], None] | None = None,
+        key: Callable[[E], Hashable] | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        spool: str | os.PathLike[str] | None = None,
+        encode: Callable[[E], bytes] | None = None,
+        decode: Callable[[bytes], E] | None = None,
+        spool_sync_interval: float = 0.2,
+        close_timeout: float | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise UsageError(f"max_batch must be at least 1, not {max_batch}")
+        if max_pending < max_batch:
+            raise UsageError(f"max_pending ({max_pending}) must be at least max_batch")
+        if not flush_interval > 0:
+            raise UsageError(f"flush_interval must be above 0 seconds, not {flush_interval}")
+        if failure_limit is not None and failure_limit < 1:
+            raise UsageError(f"failure_limit must be at least 1 or None, not {failure_limit}")
+        if not spool_sync_interval > 0:
+            raise UsageError("spool_sync_interval must be above 0 seconds")
+        self._sink = sink
+        self._max_batch = max_batch
+        self._flush_interval = flush_interval
+        self._max_pending = max_pending
+        self._retry_policy = retry_policy or RetryPolicy()
+        self._failure_limit = failure_limit
+        self._dead_letter = dead_letter
+        self._key = key
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._encode: Callable[[E], bytes] = encode or _json_encode
+        self._spool_sync_interval = spool_sync_interval
+        self._close_timeout = close_timeout
+
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)  # the flusher waits here
+        self._space = threading.Condition(self._lock)  # blocked producers wait here
+        self._settled = threading.Condition(self._lock)  # flush() and close() wait here
+        self._spool_wakeup = threading.Condition(self._lock)  # the spool thread waits here
+        self._close_lock = threading.Lock()
+
+        self._pending: deque[E] = deque()  # never replaced: track() appends without a lock
+        self._flusher_called = False  # set when a producer woke the flusher for a full batch
+        self._drained = False
+        self._work: deque[_Unit[E]] = deque()
+        self._accepting = True
+        self._state = _RUNNING
+        self._stop_reason: str | None = None
+        self._stop_cause: BaseException | None = None
+        self._abandon = False
+        self._flusher_done = False
+        self._in_user_code = False
+        self._space_waiters = 0
+        self._flush_goals: list[int] = []  # the seq each waiting flush() needs settled
+        self._flush_target = 0
+        self._dead_letters: list[tuple[E, str]] = []
+
+        # Sequence numbers: the deque's first event has seq `_taken`, the next one
+        # `_taken + 1`, and so on; tracked = _taken + len(_pending) - _first_seq.
+        self._first_seq = 0
+        self._taken = 0
+        self._recovered = 0
+        self._held = 0  # events in units (in flight included)
+        self._in_flight = 0
+        self._delivered = 0
+        self._dead_lettered = 0
+        self._retried = 0
+        self._batches = 0
+        self._handed_back = 0
+        self._failures = 0
+        self._retry_at = 0.0
+
+        self._spool_lock = threading.Lock()
+        self._journal: Journal | None = None
+        self._journaled_upto = 0
+        self._journal_live = 0
+        self._journal_settled = 0
+        self._spool_stop = False
+        self._spooler: threading.Thread | None = None
+        if spool is not None:
+            self._open_spool(spool, decode or json.loads)
+
+        self._next_flush = self._clock.now() + flush_interval
+        self._flusher = threading.Thread(
+            target=self._run, name="patientkit-buffer-flusher", daemon=True
+        )
+        self._flusher.start()
+        if self._journal is not None:
+            self._spooler = threading.Thread(
+                target=self._spool_run, name="patientkit-buffer-spool", daemon=True
+            )
+            self._spooler.start()
+
+    # --- producers -----------------------------------------------------------------------
+
+    def track(self, event: E, timeout: float | None = None) -> None:
+        """Queue one event. Blocks only while `max_pending` events wait.
+
+        Raises `BufferFull` when no room came within `timeout` seconds (the event is not
+        tracked), `BufferStopped` after the failure limit or after close.
+        """
+        # The fast path takes no lock: deque.append, len and popleft are atomic, the
+        # deque is never replaced, and only this thread appends `event`. Two races are
+        # closed explicitly: several producers passing the room check together can go past
+        # max_pending by at most one event each, and an append that races with close() is
+        # either handed back by the drain or taken back here (`_appended_after_stop`).
+        pending = self._pending
+        if self._accepting and len(pending) < self._max_pending:
+            pending.append(event)
+            if len(pending) >= self._max_batch and not self._flusher_called:
+                self._call_flusher()
+            if not self._accepting:
+                self._appended_after_stop(event)
+            return
+        with self._lock:
+            if not self._accepting:
+                raise self._refusal()
+            if len(pending) >= self._max_pending:
+                self._wait_for_space(self._deadline(timeout), timeout, 0)
+            pending.append(event)
+            if len(pending) >= self._max_batch and not self._flusher_called:
+                self._flusher_called = True
+                self._wakeup.notify()
+
+    def _call_flusher(self) -> None:
+        with self._lock:
+            if not self._flusher_called:
+                self._flusher_called = True
+                self._wakeup.notify()
+
+    def _appended_after_stop(self, event: E) -> None:
+        """The buffer stopped or closed around our append: keep the accounting exact.
+
+        Before the drain, the event stays queued and the drain hands it back: tracked.
+        After the drain, nobody else will ever see it: take it back out and refuse it.
+        """
+        with self._lock:
+            if not self._drained:
+                return
+            pending = self._pending
+            for index in range(len(pending) - 1, -1, -1):
+                if pending[index] is event:
+                    del pending[index]
+                    raise self._refusal()
+
+    def track_many(self, events: Iterable[E], timeout: float | None = None) -> int:
+        """Queue events in order; return how many. `timeout` bounds the whole call.
+
+        The iterable is read outside the lock. On `BufferFull` or `BufferStopped` the
+        error's `accepted` says how many of these events were tracked before it.
+        """
+        iterator = iter(events)
+        deadline = self._deadline(timeout)
+        count = 0
+        while chunk := list(itertools.islice(iterator, _CHUNK)):
+            done = 0
+            with self._lock:
+                while done < len(chunk):
+                    if not self._accepting:
+                        raise self._refusal(count + done)
+                    pending = self._pending
+                    room = self._max_pending - len(pending)
+                    if room <= 0:
+                        self._wait_for_space(deadline, timeout, count + done)
+                        continue
+                    part = chunk[done : done + room]
+                    pending.extend(part)
+                    done += len(part)
+                    if len(pending) >= self._max_batch and not self._flusher_called:
+                        self._flusher_called = True
+                        self._wakeup.notify()
+            count += done
+        return count
+
+    def _wait_for_space(self, deadline: float | None, timeout: float | None, accepted: int) -> None:
+        # Lock held.
+        if threading.current_thread() is self._flusher:
+            raise UsageError("track() from inside the sink cannot wait for room: it would deadlock")
+        while len(self._pending) >= self._max_pending:
+            if not self._accepting:
+                raise self._refusal(accepted)
+            if deadline is not None and self._clock.now() >= deadline:
+                raise BufferFull(
+                    f"buffer full: {self._max_pending} events wait for delivery (max_pending) "
+                    f"and no room came within {timeout} s; the event was not tracked",
+                    accepted=accepted,
+                )
+            self._space_waiters += 1
+            try:
+                self._clock.wait(self._space, deadline)
+            finally:
+                self._space_waiters -= 1
+        if not self._accepting:
+            raise self._refusal(accepted)
+
+    # --- callers -------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Deliver now; wait until every event tracked before the call is settled.
+
+        Returns what happened; `complete` is False if `timeout` passed first. Raises
+        `BufferStopped` if the buffer stopped before or during the call.
+        """
+        self._refuse_inside_sink("flush")
+        with self._lock:
+            if not self._accepting:
+                raise self._refusal()
+            target = self._taken + len(self._pending)
+            start = (self._delivered, self._dead_lettered, self._retried)
+            if target > self._flush_target:
+                self._flush_target = target
+                self._wakeup.notify()
+            deadline = self._deadline(timeout)
+            while self._min_unsettled() < target and self._state is not _CLOSED:
+                if self._stop_reason is not None:
+                    raise self._refusal()
+                if deadline is not None and self._clock.now() >= deadline:
+                    break
+                self._flush_goals.append(target)
+                try:
+                    self._clock.wait(self._settled, deadline)
+                finally:
+                    self._flush_goals.remove(target)
+            if self._stop_reason is not None:
+                raise self._refusal()
+            return FlushResult(
+                delivered=self._delivered - start[0],
+                dead_lettered=self._dead_lettered - start[1],
+                retried=self._retried - start[2],
+                pending=self._undelivered_count(),
+                complete=self._min_unsettled() >= target,
+            )
+
+    def close(self, timeout: float | None = None) -> list[E]:
+        """Stop taking events, deliver what can be delivered before the deadline, and
+        return the events that were not (in tracking order; empty when all delivered).
+
+        An attempt still in flight at the deadline is not waited for: its events are
+        handed back too (the sink may still deliver them: sinks must be idempotent).
+        Raises `BufferStopped` if the buffer stopped; then `drain_pending()` has the rest.
+        """
+        self._shutdown(timeout)
+        return self.drain_pending()
+
+    def __enter__(self) -> BatchBuffer[E]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._shutdown(self._close_timeout)
+        except BufferStopped:
+            if exc_type is None:
+                raise
+            return  # the exception already propagating says more
+        left = self.stats().pending
+        if left and exc_type is None:
+            raise DeliveryError(
+                f"{left} events were not delivered before the buffer closed; "
+                "drain_pending() returns them"
+            )
+
+    def drain_pending(self) -> list[E]:
+        """Hand back every undelivered event, in tracking order, once.
+
+        Only for a buffer that stopped or closed. With a spool, the events also stay in
+        the journal: a later buffer on the same path delivers them again.
+        """
+        with self._lock:
+            if self._accepting or self._state is _CLOSING:
+                raise UsageError(
+                    "drain_pending() is for a stopped or closed buffer; call close() first"
+                )
+            closed = self._state is _CLOSED
+        if not closed:
+            self.sync()
+        with self._lock:
+            events = [event for unit in self._work for event in unit.events]
+            popleft = self._pending.popleft
+            while self._pending:  # one atomic popleft at a time: see track()
+                events.append(popleft())
+                self._taken += 1
+            self._drained = True
+            self._work.clear()
+            self._held = 0
+            self._in_flight = 0
+            self._handed_back += len(events)
+            return events
+
+    def drain_dead_letters(self) -> list[tuple[E, str]]:
+        """Hand back the (event, reason) pairs dead-lettered in memory, once.
+
+        Used when no `dead_letter` callback was given, and for the events a failing
+        callback could not take.
+        """
+        with self._lock:
+            letters, self._dead_letters = self._dead_letters, []
+            return letters
+
+    def stats(self) -> BufferStats:
+        with self._lock:
+            return BufferStats(
+                tracked=self._taken + len(self._pending) - self._first_seq,
+                recovered=self._recovered,
+                delivered=self._delivered,
+                retried=self._retried,
+                dead_lettered=self._dead_lettered,
+                pending=len(self._pending) + self._held - self._in_flight,
+                in_flight=self._in_flight,
+                handed_back=self._handed_back,
+                consecutive_failures=self._failures,
+                batches=self._batches,
+            )
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why the buffer stopped, or None while it has not."""
+        with self._lock:
+            return self._stop_reason
+
+    def sync(self) -> None:
+        """Write every tracked, undelivered event to the spool and fsync (no-op without)."""
+        if self._journal is None:
+            return
+        with self._spool_lock:
+            if self._journal.closed:
+                return
+            self._journal_new_events()
+            self._journal.sync()
+
+    # --- shared helpers (lock held) ------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else self._clock.now() + timeout
+
+    def _min_unsettled(self) -> int:
+        return self._work[0].seqs[0] if self._work else self._taken
+
+    def _undelivered_count(self) -> int:
+        return len(self._pending) + self._held
+
+    def _refusal(self, accepted: int = 0) -> BufferStopped:
+        undelivered = self._undelivered_count()
+        if self._stop_reason is None:
+            return BufferStopped(
+                "the buffer is closed and takes no more events",
+                reason="closed",
+                undelivered=undelivered,
+                accepted=accepted,
+            )
+        error = BufferStopped(
+            f"{self._stop_reason}; drain_pending() returns the {undelivered} undelivered events",
+            reason=self._stop_reason,
+            undelivered=undelivered,
+            accepted=accepted,
+        )
+        error.__cause__ = self._stop_cause
+        return error
+
+    def _stop(self, reason: str, cause: BaseException | None = None) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._stop_cause = cause
+        self._accepting = False
+        self._wakeup.notify_all()
+        self._space.notify_all()
+        self._settled.notify_all()
+
+    def _refuse_inside_sink(self, name: str) -> None:
+        if threading.current_thread() is self._flusher:
+            raise UsageError(f"{name}() cannot be called from inside the sink: it would deadlock")
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self, timeout: float | None) -> None:
+        self._refuse_inside_sink("close")
+        with self._close_lock:
+            with self._lock:
+                if self._state is _CLOSED:
+                    if self._stop_reason is not None:
+                        raise self._refusal()
+                    return
+                self._state = _CLOSING
+                self._accepting = False
+                self._wakeup.notify_all()
+                self._space.notify_all()
+                deadline = self._deadline(timeout)
+                while not self._flusher_done:
+                    if deadline is not None and self._clock.now() >= deadline:
+                        break
+                    self._clock.wait(self._settled, deadline)
+                if not self._flusher_done:
+                    self._abandon = True
+                    self._wakeup.notify_all()
+                    if self._in_flight:
+                        logger.warning(
+                            "close deadline passed with %d events in flight; they are "
+                            "handed back and may still be delivered",
+                            self._in_flight,
+                        )
+                    self._in_flight = 0
+                join = not self._in_user_code
+            if join:
+                self._flusher.join()
+            try:
+                self._close_spool()
+            finally:
+                with self._lock:
+                    self._state = _CLOSED
+                    self._settled.notify_all()
+                    logger.info(
+                        "buffer closed: %d delivered, %d dead-lettered, %d not delivered",
+                        self._delivered,
+                        self._dead_lettered,
+                        self._undelivered_count(),
+                    )
+                    if self._stop_reason is not None:
+                        raise self._refusal()
+
+    # --- the flusher ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # the flusher must never die silently
+            with self._lock:
+                self._in_user_code = False
+                self._in_flight = 0
+                reason = f"the flusher failed: {type(exc).__name__}: {exc}"
+                self._stop(f"delivery stopped: {reason}", exc)
+            logger.error("buffer flusher failed (%s); the buffer stopped", type(exc).__name__)
+        finally:
+            with self._lock:
+                self._flusher_done = True
+                self._settled.notify_all()
+
+    def _step(self) -> bool:
+        """Wait for work, or make one attempt. False when the flusher should end."""
+        if self._journal is not None:
+            with self._spool_lock:
+                if not self._journal.closed:
+                    self._journal_new_events()
+        with self._lock:
+            if self._stop_reason is not None or self._abandon:
+                return False
+            now = self._clock.now()
+            if self._work:
+                if now < self._retry_at:
+                    self._clock.wait(self._wakeup, self._retry_at)
+                    return True
+                unit = self._work[0]
+            else:
+                count = len(self._pending)
+                closing = self._state is _CLOSING
+                if count == 0:
+                    if closing:
+                        return False
+                    if now >= self._next_flush:
+                        self._next_flush = now + self._flush_interval
+                    self._clock.wait(self._wakeup, self._next_flush)
+                    return True
+                due = (
+                    count >= self._max_batch
+                    or closing
+                    or now >= self._next_flush
+                    or self._taken < self._flush_target
+                )
+                if not due:
+                    self._clock.wait(self._wakeup, self._next_flush)
+                    return True
+                size = min(count, self._max_batch)
+                if self._journal is not None and self._journaled_upto - self._taken < size:
+                    return True  # journal them first (top of the next step)
+                unit = self._take(size, now)
+            self._in_flight = len(unit)
+            self._in_user_code = True
+        self._finish(unit, self._attempt(unit))
+        return True
+
+    def _take(self, count: int, now: float) -> _Unit[E]:
+        # Lock held: cut a unit of `count` events from the front of the deque.
+        # One atomic popleft per event (producers append meanwhile, without the lock).
+        events = list(map(deque.popleft, itertools.repeat(self._pending, count)))
+        self._flusher_called = False
+        start = self._taken
+        self._taken += count
+        self._held += count
+        self._next_flush = now + self._flush_interval
+        unit = _Unit(range(start, start + count), events)
+        self._work.append(unit)
+        if self._space_waiters:
+            self._space.notify_all()
+        return unit
+
+    def _attempt(self, unit: _Unit[E]) -> _Outcome:
+        size = len(unit)
+        try:
+            result = self._sink(list(unit.events))
+        except PayloadTooLarge:
+            return _Outcome(split=True)
+        except PermanentError as exc:
+            return _Outcome(rejected=[(i, exc.reason) for i in range(size)])
+        except RetryableError as exc:
+            return _Outcome(
+                retry=range(size),
+                retry_after=exc.retry_after,
+                failure=f"{type(exc).__name__}: {exc}",
+                failure_kind=type(exc).__name__,
+            )
+        except Exception as exc:
+            return _Outcome(
+                retry=range(size),
+                failure=f"{type(exc).__name__}: {exc}",
+                failure_kind=type(exc).__name__,
+            )
+        return self._interpret(unit, result)
+
+    def _interpret(self, unit: _Unit[E], result: object) -> _Outcome:
+        size = len(unit)
+        if result is None:
+            return _Outcome(accepted=range(size))
+        if not isinstance(result, SinkResult):
+            return _Outcome(
+                invalid=f"the sink returned {type(result).__name__}, not SinkResult or None"
+            )
+        rejected: dict[int, str] = {}
+        for index, reason in result.rejected.items():
+            if not _is_index(index, size):
+                return _Outcome(invalid=f"the sink rejected index {index!r} of {size}")
+            rejected[index] = str(reason)
+        retry = sorted(set(result.retry))
+        for index in retry:
+            if not _is_index(index, size):
+                return _Outcome(invalid=f"the sink asked to retry index {index!r} of {size}")
+            if index in rejected:
+                return _Outcome(invalid=f"the sink both rejected and retried index {index}")
+        retry_set = set(retry)
+        accepted = [i for i in range(size) if i not in rejected and i not in retry_set]
+        outcome = _Outcome(
+            accepted=accepted,
+            rejected=sorted(rejected.items()),
+            retry=retry,
+            retry_after=result.retry_after,
+            failure=f"the sink asked to retry {len(retry)} of {size} events" if retry else "",
+            failure_kind="SinkResult.retry",
+        )
+        if self._key is not None and retry:
+            outcome.broken_order = self._order_violation(unit, retry, accepted)
+        return outcome
+
+    def _order_violation(self, unit: _Unit[E], retry: list[int], accepted: list[int]) -> str:
+        key = self._key
+        assert key is not None
+        first_retry: dict[Hashable, int] = {}
+        for index in retry:
+            first_retry.setdefault(key(unit.events[index]), index)
+        for index in accepted:
+            earlier = first_retry.get(key(unit.events[index]))
+            if earlier is not None and earlier < index:
+                return (
+                    f"delivery stopped: the sink accepted event {index} of a batch after asking "
+                    f"to retry event {earlier} of the same key, which breaks per-key order"
+                )
+        return ""
+
+    def _finish(self, unit: _Unit[E], outcome: _Outcome) -> None:
+        rejected = outcome.rejected
+        if outcome.split and len(unit) == 1:
+            rejected = [(0, PAYLOAD_TOO_LARGE)]
+        letter_failure = self._send_dead_letters(unit, rejected)
+        settled_count = len(outcome.accepted) + len(rejected)
+        with self._lock:
+            self._in_user_code = False
+            if self._abandon:
+                return  # handed back by close(); this late answer changes nothing
+            self._in_flight = 0
+            self._batches += 1
+            if outcome.invalid:
+                self._stop(f"delivery stopped: {outcome.invalid}")
+                logger.error("sink broke its contract (invalid result); the buffer stopped")
+                return
+            if unit.attempted:
+                self._retried += 1
+            self._delivered += len(outcome.accepted)
+            self._dead_lettered += len(rejected)
+            self._held -= settled_count
+            self._work.popleft()
+            if outcome.split and len(unit) > 1:
+                half = len(unit) // 2
+                self._work.appendleft(unit.part(range(half, len(unit))))
+                self._work.appendleft(unit.part(range(half)))
+            elif outcome.retry:
+                self._work.appendleft(unit.part(outcome.retry))
+                self._schedule_retry(outcome, made_progress=settled_count > 0)
+            else:
+                self._failures = 0
+            if rejected:
+                logger.warning("%d events dead-lettered", len(rejected))
+            if letter_failure:
+                self._stop(letter_failure)
+            if outcome.broken_order:
+                self._stop(outcome.broken_order)
+                logger.error("sink broke per-key order; the buffer stopped")
+            if self._flush_goals and self._min_unsettled() >= min(self._flush_goals):
+                self._settled.notify_all()
+        if self._journal is not None and settled_count:
+            settled = [unit.seqs[i] for i in outcome.accepted]
+            settled.extend(unit.seqs[i] for i, _ in rejected)
+            self._journal_settle(settled)
+
+    def _schedule_retry(self, outcome: _Outcome, made_progress: bool) -> None:
+        # Lock held.
+        self._failures = 0 if made_progress else self._failures + 1
+        attempt = max(self._failures - 1, 0)
+        delay = self._retry_policy.delay(attempt, self._rng, outcome.retry_after)
+        self._retry_at = self._clock.now() + delay
+        logger.warning(
+            "delivery of %d events failed (%s); %d consecutive failures; retry in %.3f s",
+            len(outcome.retry),
+            outcome.failure_kind,
+            self._failures,
+            delay,
+        )
+        if self._failure_limit is not None and self._failures >= self._failure_limit:
+            self._stop(
+                f"delivery stopped after {self._failures} consecutive failed deliveries "
+                f"(last: {outcome.failure})"
+            )
+            logger.error("buffer stopped after %d consecutive failed deliveries", self._failures)
+
+    def _send_dead_letters(self, unit: _Unit[E], rejected: list[tuple[int, str]]) -> str:
+        """Hand rejected events to the dead-letter destination; a failure reason or ""."""
+        if not rejected:
+            return ""
+        if self._dead_letter is None:
+            with self._lock:
+                self._dead_letters.extend((unit.events[i], reason) for i, reason in rejected)
+            return ""
+        for position, (index, reason) in enumerate(rejected):
+            try:
+                self._dead_letter(unit.events[index], reason)
+            except Exception as exc:
+                with self._lock:
+                    self._dead_letters.extend(
+                        (unit.events[i], why) for i, why in rejected[position:]
+                    )
+                logger.error("dead_letter callback failed (%s)", type(exc).__name__)
+                return (
+                    f"delivery stopped: the dead_letter callback failed: {type(exc).__name__}: "
+                    f"{exc}; drain_dead_letters() returns the {len(rejected) - position} "
+                    "dead letters it did not take"
+                )
+        return ""
+
+    # --- the spool -----------------------------------------------------------------------
+
+    def _open_spool(self, path: str | os.PathLike[str], decode: Callable[[bytes], E]) -> None:
+        journal, items = Journal.open(path)
+        try:
+            events = [decode(payload) for _, payload in items]
+        except Exception as exc:
+            journal.close()
+            raise SpoolError(
+                f"spool {journal.path}: cannot decode a recovered event ({type(exc).__name__})"
+            ) from exc
+        self._journal = journal
+        next_seq = items[-1][0] + 1 if items else 0
+        self._first_seq = self._taken = self._journaled_upto = next_seq
+        for start in range(0, len(items), self._max_batch):
+            seqs = [seq for seq, _ in items[start : start + self._max_batch]]
+            self._work.append(_Unit(seqs, events[start : start + self._max_batch]))
+        self._recovered = self._held = self._journal_live = len(items)
+        if items:
+            logger.info("spool %s: recovered %d undelivered events", journal.path, len(items))
+
+    def _journal_new_events(self) -> None:
+        # Spool lock held: append T records for tracked events not journaled yet.
+        journal = self._journal
+        assert journal is not None
+        with self._lock:
+            start = max(self._journaled_upto, self._taken)
+            snapshot = self._pending.copy()  # atomic, unlike iterating a deque others append to
+            events = list(itertools.islice(snapshot, start - self._taken, None))
+        if not events:
+            return
+        journal.append_tracked([(start + i, self._encode(e)) for i, e in enumerate(events)])
+        self._journal_live += len(events)
+        with self._lock:
+            self._journaled_upto = start + len(events)
+
+    def _journal_settle(self, seqs: list[int]) -> None:
+        journal = self._journal
+        assert journal is not None
+        with self._spool_lock:
+            if journal.closed:
+                return
+            self._journal_live -= len(seqs)
+            self._journal_settled += len(seqs)
+            if self._journal_live <= 0:
+                journal.truncate()
+                self._journal_live = self._journal_settled = 0
+                return
+            journal.append_settled(seqs)
+            if journal.size > _COMPACT_BYTES and self._journal_settled > self._journal_live:
+                items = self._live_items()
+                journal.rewrite(items)
+                self._journal_live, self._journal_settled = len(items), 0
+            else:
+                journal.sync()
+
+    def _live_items(self) -> list[tuple[int, bytes]]:
+        # Spool lock held: every journaled, unsettled event, encoded.
+        with self._lock:
+            pairs = [
+                pair for unit in self._work for pair in zip(unit.seqs, unit.events, strict=True)
+            ]
+            journaled_count = max(0, self._journaled_upto - self._taken)
+            journaled = itertools.islice(self._pending.copy(), journaled_count)
+            pairs.extend(enumerate(journaled, start=self._taken))
+        return [(seq, self._encode(event)) for seq, event in pairs]
+
+    def _spool_run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    deadline = self._clock.now() + self._spool_sync_interval
+                    while not self._spool_stop and self._clock.now() < deadline:
+                        self._clock.wait(self._spool_wakeup, deadline)
+                    if self._spool_stop:
+                        return
+                self.sync()
+        except BaseException as exc:
+            with self._lock:
+                self._stop(f"delivery stopped: the spool failed: {type(exc).__name__}: {exc}", exc)
+            logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
+
+    def _close_spool(self) -> None:
+        if self._journal is None:
+            return
+        with self._lock:
+            self._spool_stop = True
+            self._spool_wakeup.notify_all()
+        if self._spooler is not None:
+            self._spooler.join()
+        with self._spool_lock:
+            if self._journal.closed:
+                return
+            try:
+                self._journal_new_events()
+                self._journal.sync()
+            finally:
+                self._journal.close()

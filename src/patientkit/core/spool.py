@@ -1,0 +1,244 @@
+"""The buffer's spool: an append-only journal of tracked-but-unsettled events.
+
+File format (all integers big-endian)::
+
+    file    = MAGIC record*
+    MAGIC   = b"PKSPOOL1\\n"
+    record  = kind:1 byte | length:u32 | crc32(kind + body):u32 | body[length]
+    kind T  = tracked events; body = (seq:u64 | size:u32 | payload[size])*
+    kind S  = settled events; body = (first_seq:u64 | count:u32)*
+
+An event is unsettled when a T record holds its seq and no S record covers it. Records
+are only ever appended; a record that is cut short or fails its CRC ends the journal (a
+process killed in the middle of a write leaves such a tail) and is ignored on recovery.
+Opening a journal recovers the unsettled events and rewrites the file with only them
+(temp file, fsync, rename, fsync of the folder). While the buffer runs, the journal is
+truncated when nothing in it is live, and rewritten when settled records dominate a
+large file. One process at a time: an exclusive `flock` on `PATH.lock` guards the file.
+
+This class is not thread-safe; the buffer serialises every call with its own lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from patientkit.errors import PatientkitError, UsageError
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"PKSPOOL1\n"
+_RECORD = struct.Struct(">cII")
+_ITEM = struct.Struct(">QI")
+_TRACKED = b"T"
+_SETTLED = b"S"
+_MAX_RECORD_ITEMS = 4096
+
+
+class SpoolError(PatientkitError):
+    """The spool file cannot be read or written."""
+
+
+class SpoolLocked(UsageError):
+    """Another live buffer holds the spool."""
+
+
+def _record(kind: bytes, body: bytes) -> bytes:
+    return _RECORD.pack(kind, len(body), zlib.crc32(kind + body)) + body
+
+
+def _settled_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and ranges[-1][0] + ranges[-1][1] == seq:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + 1)
+        elif not ranges or seq >= ranges[-1][0] + ranges[-1][1]:
+            ranges.append((seq, 1))
+    return ranges
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """An open, locked journal file."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._file = path.open("ab", buffering=0)
+        self.size = self._file.tell()
+        self.closed = False
+        self._dirty = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> tuple[Journal, list[tuple[int, bytes]]]:
+        """Lock and recover the journal at `path`; return it and its unsettled events."""
+        path = Path(path)
+        lock_path = path.with_name(path.name + ".lock")
+        try:
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool lock {lock_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise SpoolLocked(
+                f"spool {path} is in use by another live buffer (lock {lock_path} is held)"
+            ) from None
+        try:
+            live = _recover(path)
+            _rewrite(path, live)
+            return cls(path, lock_fd), live
+        except OSError as exc:
+            os.close(lock_fd)
+            raise SpoolError(f"cannot prepare spool {path}: {exc}") from exc
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def append_tracked(self, items: Sequence[tuple[int, bytes]]) -> None:
+        """Append T records for (seq, payload) items; not yet synced."""
+        chunks = []
+        for start in range(0, len(items), _MAX_RECORD_ITEMS):
+            body = b"".join(
+                _ITEM.pack(seq, len(payload)) + payload
+                for seq, payload in items[start : start + _MAX_RECORD_ITEMS]
+            )
+            chunks.append(_record(_TRACKED, body))
+        self._write(b"".join(chunks))
+
+    def append_settled(self, seqs: Iterable[int]) -> None:
+        """Append an S record covering `seqs`; not yet synced."""
+        body = b"".join(_ITEM.pack(first, count) for first, count in _settled_ranges(seqs))
+        if body:
+            self._write(_record(_SETTLED, body))
+
+    def sync(self) -> None:
+        """fsync what was appended since the last sync (nothing to do if nothing was)."""
+        if self._dirty:
+            os.fsync(self._file.fileno())
+            self._dirty = False
+
+    def truncate(self) -> None:
+        """Drop every record (nothing in the journal is live) and sync."""
+        os.ftruncate(self._file.fileno(), len(MAGIC))
+        self.size = len(MAGIC)
+        os.fsync(self._file.fileno())
+        self._dirty = False
+
+    def rewrite(self, items: Sequence[tuple[int, bytes]]) -> None:
+        """Replace the journal by one holding only `items` (atomic: temp file + rename)."""
+        self._file.close()
+        _rewrite(self.path, items)
+        self._file = self.path.open("ab", buffering=0)
+        self.size = self._file.tell()
+        self._dirty = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._file.close()
+        finally:
+            os.close(self._lock_fd)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            if not written:
+                raise OSError("short write to spool")
+            view = view[written:]
+        self.size += len(data)
+        self._dirty = True
+
+
+def _recover(path: Path) -> list[tuple[int, bytes]]:
+    """Read the journal: the unsettled (seq, payload) items, in seq order."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SpoolError(f"cannot read spool {path}: {exc.strerror}") from exc
+    if not data:
+        return []
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            return []  # killed while writing the header
+        raise SpoolError(f"{path} is not a patientkit spool (bad header)")
+    tracked: dict[int, bytes] = {}
+    pos = len(MAGIC)
+    while pos < len(data):
+        if pos + _RECORD.size > len(data):
+            break
+        kind, length, crc = _RECORD.unpack_from(data, pos)
+        start = pos + _RECORD.size
+        body = data[start : start + length]
+        if kind not in (_TRACKED, _SETTLED) or len(body) < length:
+            break
+        if zlib.crc32(kind + body) != crc:
+            break
+        _apply(kind, body, tracked, path, pos)
+        pos = start + length
+    if pos < len(data):
+        logger.warning(
+            "spool %s: ignored a torn record at the end (%d bytes at offset %d)",
+            path,
+            len(data) - pos,
+            pos,
+        )
+    return sorted(tracked.items())
+
+
+def _apply(kind: bytes, body: bytes, tracked: dict[int, bytes], path: Path, pos: int) -> None:
+    at = 0
+    while at < len(body):
+        if at + _ITEM.size > len(body):
+            raise SpoolError(f"spool {path}: malformed record at offset {pos}")
+        first, size = _ITEM.unpack_from(body, at)
+        at += _ITEM.size
+        if kind == _TRACKED:
+            if at + size > len(body):
+                raise SpoolError(f"spool {path}: malformed record at offset {pos}")
+            tracked[first] = body[at : at + size]
+            at += size
+        else:
+            for seq in range(first, first + size):
+                tracked.pop(seq, None)
+
+
+def _rewrite(path: Path, items: Sequence[tuple[int, bytes]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as out:
+        out.write(MAGIC)
+        for start in range(0, len(items), _MAX_RECORD_ITEMS):
+            body = b"".join(
+                _ITEM.pack(seq, len(payload)) + payload
+                for seq, payload in items[start : start + _MAX_RECORD_ITEMS]
+            )
+            out.write(_record(_TRACKED, body))
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
