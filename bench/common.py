@@ -43,10 +43,21 @@ def ensure_export(export_id: str, seed: int = 0) -> Path:
     return root
 
 
+def run_timed(cmd: list[str]) -> dict[str, Any]:
+    """Run a command; return its wall seconds and stdout (nothing else runs meanwhile)."""
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    return {"seconds": seconds, "stdout": done.stdout.decode()}
+
+
 def run_measured(cmd: list[str], **kwargs: Any) -> dict[str, Any]:
     """Run a command; return wall seconds, its stdout, and the peak memory of its process
     tree, sampled every 20 ms: the largest single process (RSS) and the whole tree (RSS
-    summed, and PSS summed, which counts pages shared by forked workers once)."""
+    summed, and PSS summed, which counts pages shared by forked workers once). Sampling
+    costs CPU, so use run_timed for timings."""
     started = time.perf_counter()
     process = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     peak_main = peak_child = peak_tree_rss = peak_tree_pss = 0

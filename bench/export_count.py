@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from common import PATIENTKIT, ensure_export, run_measured, save, summary
+from common import PATIENTKIT, ensure_export, run_timed, save, summary
 
 CLASSIC = """
 import csv, glob, json, sys
@@ -60,7 +60,7 @@ def main() -> None:
     reports = {}
     for round_ in range(args.rounds):
         for name, cmd in commands.items():  # interleaved, so drift hits all alike
-            measured = run_measured(cmd)
+            measured = run_timed(cmd)
             times[name].append(measured["seconds"])
             reports[name] = json.loads(measured["stdout"])
             print(f"round {round_ + 1} {name:20s} {measured['seconds']:7.2f}s", file=sys.stderr)

@@ -20,7 +20,7 @@ import time
 
 import httpx
 
-from common import PATIENTKIT, ensure_export, run_measured, save, summary
+from common import PATIENTKIT, ensure_export, run_measured, run_timed, save, summary
 
 TRANSFER = """
 import sys, httpx
@@ -84,18 +84,17 @@ def main() -> None:
         times: dict[str, list[float]] = {"plain_transfer": [], "patientkit_aggregate": []}
         memory = {}
         for round_ in range(args.rounds):
-            plain = run_measured([sys.executable, "-c", TRANSFER, url, "small", str(concurrency)])
+            plain = run_timed([sys.executable, "-c", TRANSFER, url, "small", str(concurrency)])
             times["plain_transfer"].append(plain["seconds"])
-            agg = run_measured([*PATIENTKIT, "export", "aggregate", "small", "--server", url, "-q"])
+            agg = run_timed([*PATIENTKIT, "export", "aggregate", "small", "--server", url, "-q"])
             times["patientkit_aggregate"].append(agg["seconds"])
             assert sum(json.loads(agg["stdout"])["totals"].values()) == rows
-            memory["small"] = {k: v for k, v in agg.items() if k.startswith("peak")}
             print(
                 f"round {round_ + 1}: transfer {plain['seconds']:.2f}s, aggregate "
                 f"{agg['seconds']:.2f}s",
                 file=sys.stderr,
             )
-        for export_id in ["demo", *(["large"] if args.large else [])]:
+        for export_id in ["demo", "small", *(["large"] if args.large else [])]:
             agg = run_measured(
                 [*PATIENTKIT, "export", "aggregate", export_id, "--server", url, "-q"]
             )
