@@ -57,12 +57,17 @@ def _hoist_global_flags(argv: list[str]) -> list[str]:
     return flags + rest
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit with SPEC.md's codes, one line on stderr for any error."""
     args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args or os.environ.get("PATIENTKIT_DEBUG") == "1"
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops a job like Ctrl-C does
     try:
         app(args=args, prog_name="patientkit")  # usage errors: typer prints them, exit 2
     except PatientkitError as exc:

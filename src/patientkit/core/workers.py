@@ -23,7 +23,8 @@ _queue: Any = None  # in a worker: where send() puts messages, if the parent lis
 def _start(queue: Any) -> None:
     global _queue
     _queue = queue
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and ends us with SIGTERM
 
 
 def send(message: Any) -> None:
