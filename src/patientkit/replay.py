@@ -1,0 +1,295 @@
+"""Replay recorded device readings into the store or a readings API, losing nothing.
+
+Inputs are read as a stream (`inputs.read_items`); each reading is checked with the API's
+own rules (`core.validation`); an invalid one goes to the dead-letter file with its file,
+line and reason. Valid readings go through a `BatchBuffer` to a sink:
+
+* `StoreSink`: one transaction per batch; duplicates of stored (device, instant) pairs are
+  ignored and counted.
+* `ApiSink`: each batch grouped per device into create requests of up to `batch_size`
+  readings, sent in tracking order per device. A 400 or 413 splits the request in halves
+  until the reading the server refuses is found, so the good ones still land; the refused
+  one is dead-lettered with the server's message. Transport errors, 408/425/429 and 5xx
+  are retried by the buffer (with backoff, Retry-After honoured); a device's later
+  readings wait behind its failed ones, so the first of two readings at one instant is
+  the one stored, as in a clean run.
+
+Re-running the same replay after a crash stores exactly what one clean run stores: what
+landed before is ignored as duplicates and the rest lands in the same order.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from patientkit.client.readings import ReadingsClient
+from patientkit.core import validation
+from patientkit.core.buffer import BatchBuffer, BufferStopped, RetryableError, SinkResult
+from patientkit.core.storage import Reading, Store
+from patientkit.inputs import Item, read_items
+from patientkit.rejects import Rejects
+
+CSV_FIELDS = ("id", "count", "timestamp")
+Event = tuple[Reading, str, int]  # the reading, its source, its line
+_DIGITS = re.compile(r"[0-9]+")
+
+
+@dataclass
+class Summary:
+    read: int = 0
+    delivered: int = 0
+    duplicates: int | None = 0  # None when the destination is an API (it does not say)
+    invalid: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    devices: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+def record_of(reading: Reading) -> dict[str, Any]:
+    """A reading as an input line, for the dead-letter file (it can be replayed as is)."""
+    return {"id": reading.device_id, "count": reading.count, "timestamp": reading.timestamp}
+
+
+_reading = tuple.__new__  # Reading(...) without NamedTuple's Python-level __new__
+
+
+class Parser:
+    """Input items to readings, with SPEC.md's messages for the invalid ones. Device ids
+    and timestamps recur across readings, so their checks are cached."""
+
+    def __init__(self) -> None:
+        self.devices: set[str] = set()
+        self.instants = validation.Instants()
+
+    def readings(self, item: Item) -> list[tuple[Reading | None, str, Any]]:
+        """(reading, "", record) for each valid reading; (None, reason, record) if not."""
+        value = item.value
+        if item.error is not None:
+            return [(None, item.error, value)]
+        if type(value) is not dict:
+            return [(None, validation.NOT_AN_OBJECT, value)]
+        device_id = value.get("id")
+        problem = "" if device_id in self.devices else self._device_problem(device_id)
+        if "readings" not in value:
+            return [(None, problem, value) if problem else self._reading(device_id, value, value)]
+        items = value["readings"]  # the API's create shape: one device, many readings
+        if problem or not isinstance(items, list) or not items:
+            return [(None, problem or validation.READINGS_REQUIRED, value)]
+        return [
+            self._reading(device_id, one, {"id": device_id, **one} if type(one) is dict else one)
+            for one in items
+        ]
+
+    def _device_problem(self, device_id: object) -> str:
+        if device_id is None:
+            return validation.ID_REQUIRED
+        if not validation.is_device_id(device_id):
+            return validation.BAD_DEVICE_ID
+        self.devices.add(device_id)  # type: ignore[arg-type]
+        return ""
+
+    def _reading(self, device_id: Any, one: Any, record: Any) -> tuple[Reading | None, str, Any]:
+        if type(one) is not dict:
+            return None, validation.BAD_COUNT, record
+        count = one.get("count")
+        if type(count) is not int:
+            if type(count) is str and _DIGITS.fullmatch(count):  # CSV gives text
+                count = int(count)
+            if not validation.is_count(count):
+                return None, validation.BAD_COUNT, record
+        elif not 0 < count <= validation.MAX_COUNT:
+            return None, validation.BAD_COUNT, record
+        timestamp = one.get("timestamp")
+        instant = self.instants.of(timestamp)
+        if instant is None:
+            return None, validation.BAD_TIMESTAMP, record
+        return _reading(Reading, (device_id, count, timestamp, instant)), "", record
+
+
+class StoreSink:
+    """Each batch in one transaction; counts the duplicates the store ignored."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.duplicates = 0
+        self.devices: set[str] = set()
+
+    def __call__(self, batch: list[Event]) -> None:
+        readings = [event[0] for event in batch]
+        try:
+            new = self.store.add_readings(readings)
+        except sqlite3.Error as exc:  # a full disk, an I/O error: try again later
+            raise RetryableError(f"the store failed: {exc}") from exc
+        self.duplicates += len(readings) - new
+        self.devices.update(reading.device_id for reading in readings)
+
+
+class ApiSink:
+    """Each batch as create requests, per device, of up to batch_size readings."""
+
+    def __init__(self, client: ReadingsClient, batch_size: int) -> None:
+        self.client, self.batch_size = client, batch_size
+        self.devices: set[str] = set()
+
+    def __call__(self, batch: list[Event]) -> SinkResult | None:
+        groups: dict[str, list[int]] = {}
+        for index, event in enumerate(batch):
+            groups.setdefault(event[0].device_id, []).append(index)
+        rejected: dict[int, str] = {}
+        retry: list[int] = []
+        failures = []
+        for device_id, indices in groups.items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                done, failed = self._deliver(device_id, batch, chunk, rejected)
+                if failed is not None:  # this device waits: its order must hold
+                    retry.extend(indices[start + done :])
+                    failures.append(failed)
+                    break
+        if not retry and not rejected:
+            return None
+        retry_after = max((f.retry_after or 0.0 for f in failures), default=0.0) or None
+        if len(retry) == len(batch):
+            reason = failures[0].message or f"status {failures[0].status}"
+            raise RetryableError(reason, retry_after)
+        return SinkResult(rejected=rejected, retry=retry, retry_after=retry_after)
+
+    def _deliver(
+        self, device_id: str, batch: list[Event], chunk: list[int], rejected: dict[int, str]
+    ) -> tuple[int, Any]:
+        """Send chunk; return how many of its readings, from the front, are settled, and
+        the retryable answer that stopped it (None when all are settled)."""
+        answer = self.client.create(device_id, [batch[i][0] for i in chunk])
+        if answer.ok:
+            self.devices.add(device_id)
+            return len(chunk), None
+        if answer.retryable:
+            return 0, answer
+        if len(chunk) > 1 and answer.status in (400, 413):  # find the one it refuses
+            half = len(chunk) // 2
+            done, failed = self._deliver(device_id, batch, chunk[:half], rejected)
+            if failed is not None:
+                return done, failed
+            done, failed = self._deliver(device_id, batch, chunk[half:], rejected)
+            return half + done, failed
+        reason = answer.message if answer.status != 413 else "payload too large (413)"
+        for index in chunk:
+            rejected[index] = f"refused by the server ({answer.status}): {reason}"
+        return len(chunk), None
+
+
+@dataclass
+class Replay:
+    """One replay run: feed it paths, then read its summary."""
+
+    sink: StoreSink | ApiSink
+    rejects: Rejects
+    max_batch: int
+    flush_interval: float = 1.0
+    speed: float | None = None
+    on_invalid: Callable[[str, int, str], None] | None = None
+    on_progress: Callable[[int], None] | None = None
+    summary: Summary = field(default_factory=Summary)
+    stop_reason: str = ""  # why delivery stopped early, if it did
+
+    def run(self, paths: Iterable[str]) -> Summary:
+        """Read, check and deliver every reading; close the buffer (delivering what is
+        pending); write what could not be delivered to the dead-letter file.
+
+        On KeyboardInterrupt the buffer is still closed, within a few seconds, and the
+        interrupt is raised again after the summary is complete."""
+        started = time.perf_counter()
+        buffer: BatchBuffer[Event] = BatchBuffer(
+            self.sink,
+            max_batch=self.max_batch,
+            max_pending=self.max_batch * 4,
+            flush_interval=self.flush_interval,
+            dead_letter=self._dead_letter,
+            key=lambda event: event[0].device_id,
+        )
+        interrupted: BaseException | None = None
+        stop_reason = ""
+        try:
+            self._feed(paths, buffer)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+        except BufferStopped as exc:
+            stop_reason = exc.reason
+        try:
+            leftovers = buffer.close(timeout=10.0 if interrupted else None)
+        except BufferStopped as exc:
+            stop_reason = exc.reason
+            leftovers = buffer.drain_pending()
+        reason = (
+            "not delivered: interrupted"
+            if interrupted and not stop_reason
+            else f"not delivered: {stop_reason or 'the buffer closed first'}"
+        )
+        for reading, source, line in leftovers:
+            self.rejects.write(source, line, reason, record_of(reading))
+        stats = buffer.stats()
+        summary = self.summary
+        summary.delivered = stats.delivered
+        summary.retries = stats.retried
+        summary.dead_lettered = self.rejects.count
+        summary.devices = len(self.sink.devices)
+        summary.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
+        summary.seconds = time.perf_counter() - started
+        self.stop_reason = stop_reason
+        if interrupted is not None:
+            raise interrupted
+        return summary
+
+    def _feed(self, paths: Iterable[str], buffer: BatchBuffer[Event]) -> None:
+        parser = Parser()
+        summary = self.summary
+        track = buffer.track
+        pace = _Pace(self.speed) if self.speed else None
+        for path in paths:
+            for item in read_items(path, CSV_FIELDS):
+                for reading, reason, record in parser.readings(item):
+                    summary.read += 1
+                    if reading is None:
+                        summary.invalid += 1
+                        self.rejects.write(item.source, item.line, reason, record)
+                        if self.on_invalid is not None:
+                            self.on_invalid(item.source, item.line, reason)
+                        continue
+                    if pace is not None:
+                        pace.wait_for(reading.instant)
+                    track((reading, item.source, item.line))
+                    if self.on_progress is not None and not summary.read % 4096:
+                        self.on_progress(summary.read)
+
+    def _dead_letter(self, event: Event, reason: str) -> None:
+        reading, source, line = event
+        self.rejects.write(source, line, reason, record_of(reading))
+        if self.on_invalid is not None:
+            self.on_invalid(source, line, reason)
+
+
+class _Pace:
+    """Keeps the recorded spacing between readings, divided by `speed`."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.first: int | None = None
+        self.started = 0.0
+
+    def wait_for(self, instant: int) -> None:
+        if self.first is None:
+            self.first, self.started = instant, time.monotonic()
+            return
+        due = self.started + (instant - self.first) / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
