@@ -165,3 +165,34 @@ def generate_export(
         return [_write(job) for job in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_write, jobs))
+
+
+def generate_readings(
+    path: Path, count: int, devices: int = 1000, duplicates: float = 0.01, seed: int = 0
+) -> None:
+    """A deterministic NDJSON file of `count` device readings, interleaved in time across
+    `devices` devices (one reading a device a minute), in four UTC offsets written both as
+    +01:00 and +0100, about `duplicates` of them repeating an earlier instant of their
+    device (sometimes in another offset) with another count."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    rng = random.Random(f"{seed}:readings")
+    ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(devices)]
+    zones = [timezone(timedelta(minutes=m)) for m in (0, 60, -300, 330)]
+    start = datetime(2021, 9, 29, tzinfo=UTC)
+    last: dict[int, datetime] = {}
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(count):
+            device = i % devices
+            if device in last and rng.random() < duplicates:
+                when = last[device]
+            else:
+                when = start + timedelta(seconds=(i // devices) * 60 + rng.randint(0, 59))
+                last[device] = when
+            zone = zones[device % 4] if rng.random() < 0.9 else rng.choice(zones)
+            text = when.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S%z")
+            if rng.random() < 0.5:
+                text = f"{text[:-2]}:{text[-2:]}"
+            out.write(
+                f'{{"id": "{ids[device]}", "count": {rng.randint(1, 20)}, "timestamp": "{text}"}}\n'
+            )

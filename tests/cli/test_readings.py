@@ -1,0 +1,294 @@
+"""`patientkit readings …` end to end: real files, real SQLite, a real server."""
+
+import gzip
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from patientkit.generate import generate_readings
+from tests.conftest import run_cli
+
+A = "063c5957-8905-45f9-bfe3-960713788919"
+B = "f728b4fa-4248-4e3a-8a5d-2f346baa9455"
+
+
+def dump(db) -> tuple[list, list]:
+    """Everything a store holds about readings, in a fixed order."""
+    with sqlite3.connect(db) as conn:
+        readings = conn.execute("SELECT * FROM readings ORDER BY device_id, instant").fetchall()
+        devices = conn.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
+    return readings, devices
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """Valid readings in every input shape, and invalid ones of every kind."""
+    ndjson = tmp_path / "mixed.ndjson"
+    lines = [
+        {"id": A, "count": 5, "timestamp": "2021-09-29T16:09:15+01:00"},  # 1
+        {"id": A, "count": 7, "timestamp": "2021-09-29T15:09:15+0000"},  # 2 duplicate instant
+        {
+            "id": B,
+            "readings": [
+                {"count": 2, "timestamp": "2021-09-29T17:00:00+0100"},
+                {"count": 0, "timestamp": "2021-09-29T17:01:00+0100"},
+                {"count": 4, "timestamp": "2021-09-29T17:02:00+0100"},
+            ],
+        },  # 3
+        {"count": 1, "timestamp": "2021-09-29T16:09:15+01:00"},  # 4 no id
+        {"id": "nope", "count": 1, "timestamp": "2021-09-29T16:09:15+01:00"},  # 5 bad id
+        {"id": A, "count": True, "timestamp": "2021-09-29T16:10:15+01:00"},  # 6 bool count
+        {"id": A, "count": 3, "timestamp": "2021-09-29 16:10:15"},  # 7 bad timestamp
+        {"id": B, "readings": []},  # 8 no readings
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n{broken json\n[1, 2]\n"
+    ndjson.write_text(text)
+    csv_file = tmp_path / "more.csv"
+    csv_file.write_text(
+        "id,count,timestamp\n"
+        f"{A},10,2021-09-29T18:00:00+01:00\n"
+        f"{A},x,2021-09-29T18:01:00+01:00\n"
+        f"{B},1\n"
+    )
+    return ndjson, csv_file
+
+
+def test_replay_into_the_store_gives_exact_numbers_and_dead_letters(mixed, tmp_path):
+    ndjson, csv_file = mixed
+    db, dead = tmp_path / "r.db", tmp_path / "dead.ndjson"
+    result = run_cli(
+        "readings",
+        "replay",
+        str(ndjson),
+        str(csv_file),
+        "--db",
+        str(db),
+        "--dead-letter",
+        str(dead),
+    )
+    assert result.code == 1, result.err
+    summary = json.loads(result.out)
+    assert {k: v for k, v in summary.items() if k != "seconds"} == {
+        "read": 15,
+        "delivered": 5,
+        "duplicates": 1,
+        "invalid": 10,
+        "dead_lettered": 10,
+        "retries": 0,
+        "devices": 2,
+    }
+    reasons = {
+        (d["source"].rsplit("/", 1)[-1], d["line"], d["reason"])
+        for d in map(json.loads, dead.read_text().splitlines())
+    }
+    count_msg = "Field 'readings' contains invalid 'count' value. Must be positive integer."
+    assert reasons == {
+        ("mixed.ndjson", 3, count_msg),
+        ("mixed.ndjson", 4, "Field 'id' is required."),
+        ("mixed.ndjson", 5, "Device ID must be valid UUID string."),
+        ("mixed.ndjson", 6, count_msg),
+        (
+            "mixed.ndjson",
+            7,
+            "Field 'readings' contains invalid 'timestamp' value. "
+            "Must be ISO-8061 timestamp string.",
+        ),
+        ("mixed.ndjson", 8, "Field 'readings' is required."),
+        ("mixed.ndjson", 9, "invalid JSON: Expecting property name enclosed in double quotes"),
+        ("mixed.ndjson", 10, "Request body must be a JSON object."),
+        ("more.csv", 3, count_msg),
+        ("more.csv", 4, "expected 3 fields, found 2"),
+    }
+    bad_count = next(d for d in map(json.loads, dead.read_text().splitlines()) if d["line"] == 3)
+    assert bad_count["record"] == {"id": B, "count": 0, "timestamp": "2021-09-29T17:01:00+0100"}
+    assert f"{ndjson}:5: Device ID must be valid UUID string." in result.err
+    assert "nope" not in result.err.replace(str(tmp_path), "")  # no record contents on stderr
+    totals = run_cli("readings", "total", A, "--db", str(db))
+    assert json.loads(totals.out) == {"device_id": A, "cumulative_count": 15}
+    latest = run_cli("readings", "latest", B, "--db", str(db))
+    assert json.loads(latest.out) == {"device_id": B, "timestamp": "2021-09-29T17:02:00+0100"}
+
+
+def test_gzip_and_stdin_inputs(tmp_path):
+    plain = tmp_path / "r.ndjson"
+    generate_readings(plain, 300, devices=3)
+    zipped = tmp_path / "r.json.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    from_gz = run_cli("readings", "replay", str(zipped), "--db", str(tmp_path / "a.db"))
+    from_stdin = run_cli(
+        "readings",
+        "replay",
+        "-",
+        "--db",
+        str(tmp_path / "b.db"),
+        input=gzip.compress(plain.read_bytes()),
+    )
+    assert from_gz.code == from_stdin.code == 0, from_gz.err + from_stdin.err
+    assert json.loads(from_gz.out)["delivered"] == 300
+    assert dump(tmp_path / "a.db") == dump(tmp_path / "b.db")
+
+
+def test_latest_and_total_errors(tmp_path):
+    db = tmp_path / "r.db"
+    (tmp_path / "one.ndjson").write_text(
+        json.dumps({"id": A, "count": 1, "timestamp": "2021-09-29T16:09:15+01:00"}) + "\n"
+    )
+    run_cli("readings", "replay", str(tmp_path / "one.ndjson"), "--db", str(db))
+    missing = run_cli("readings", "latest", B, "--db", str(db))
+    assert (missing.code, missing.out, missing.err.strip()) == (
+        1,
+        "",
+        "error: Device readings not found.",
+    )
+    bad = run_cli("readings", "total", "nope", "--db", str(db))
+    assert (bad.code, bad.err.strip()) == (2, "error: Device ID must be valid UUID string.")
+    both = run_cli("readings", "total", A, "--db", str(db), "--to", "http://127.0.0.1:9")
+    assert (both.code, both.err.strip()) == (2, "error: give --db or --to, not both")
+
+
+def test_replay_to_the_api_matches_the_store(serve, mixed, tmp_path):
+    ndjson, csv_file = mixed
+    server = serve("--db", str(tmp_path / "server.db"))
+    over_http = run_cli("readings", "replay", str(ndjson), str(csv_file), "--to", server.url)
+    local = run_cli(
+        "readings", "replay", str(ndjson), str(csv_file), "--db", str(tmp_path / "local.db")
+    )
+    assert over_http.code == local.code == 1
+    summary = json.loads(over_http.out)
+    assert summary["duplicates"] is None  # an API does not say
+    assert (summary["delivered"], summary["invalid"], summary["devices"]) == (5, 10, 2)
+    assert dump(tmp_path / "server.db") == dump(tmp_path / "local.db")
+    via_api = run_cli("readings", "total", A, "--to", server.url)
+    assert json.loads(via_api.out) == {"device_id": A, "cumulative_count": 15}
+    missing = run_cli(
+        "readings", "latest", "6f1f1c55-0000-4000-8000-000000000000", "--to", server.url
+    )
+    assert (missing.code, missing.err.strip()) == (1, "error: Device readings not found.")
+
+
+def test_replay_under_chaos_stores_what_a_clean_run_stores(serve, tmp_path):
+    source = tmp_path / "r.ndjson"
+    generate_readings(source, 3000, devices=40, duplicates=0.05)
+    clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
+    assert clean.code == 0, clean.err
+    server = serve("--db", str(tmp_path / "chaos.db"), "--chaos", "0.3", "--chaos-seed", "3")
+    chaotic = run_cli(
+        "readings",
+        "replay",
+        str(source),
+        "--to",
+        server.url,
+        "--batch-size",
+        "20",
+        "--flush-interval",
+        "0.05",
+    )
+    assert chaotic.code == 0, chaotic.err
+    assert json.loads(chaotic.out)["retries"] > 0
+    assert dump(tmp_path / "chaos.db") == dump(tmp_path / "clean.db")
+
+
+def test_oversize_requests_are_split_and_a_reading_too_large_is_dead_lettered(serve, tmp_path):
+    source = tmp_path / "r.ndjson"
+    generate_readings(source, 200, devices=2)
+    split = serve("--db", str(tmp_path / "split.db"), "--max-body", "1500")
+    result = run_cli("readings", "replay", str(source), "--to", split.url, "--batch-size", "100")
+    assert result.code == 0, result.err
+    run_cli("readings", "replay", str(source), "--db", str(tmp_path / "local.db"))
+    assert dump(tmp_path / "split.db") == dump(tmp_path / "local.db")
+    tiny = serve("--db", str(tmp_path / "tiny.db"), "--max-body", "40")
+    dead = tmp_path / "dead.ndjson"
+    refused = run_cli(
+        "readings", "replay", str(source), "--to", tiny.url, "--dead-letter", str(dead)
+    )
+    assert refused.code == 1
+    assert json.loads(refused.out)["dead_lettered"] == 200
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert len(letters) == 200
+    assert {d["reason"] for d in letters} == {
+        "refused by the server (413): payload too large (413)"
+    }
+
+
+def test_unreachable_api_is_exit_2(tmp_path):
+    (tmp_path / "r.ndjson").write_text("")
+    result = run_cli("readings", "replay", str(tmp_path / "r.ndjson"), "--to", "http://127.0.0.1:9")
+    assert (result.code, result.out) == (2, "")
+    assert result.err.strip() == (
+        "error: cannot reach http://127.0.0.1:9: connection refused or unreachable"
+    )
+
+
+def test_speed_keeps_the_recorded_spacing(tmp_path):
+    source = tmp_path / "r.ndjson"
+    source.write_text(
+        "".join(
+            json.dumps({"id": A, "count": 1, "timestamp": f"2021-09-29T16:00:{s:02d}+01:00"}) + "\n"
+            for s in (0, 10, 20)
+        )
+    )
+    result = run_cli(
+        "readings",
+        "replay",
+        str(source),
+        "--db",
+        str(tmp_path / "r.db"),
+        "--speed",
+        "25",
+        "--flush-interval",
+        "0.05",
+    )
+    assert result.code == 0
+    assert json.loads(result.out)["seconds"] >= 0.8  # 20 recorded seconds / 25
+
+
+def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
+    source = tmp_path / "r.ndjson"
+    generate_readings(source, 150_000, devices=500, duplicates=0.02)
+    clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
+    assert clean.code == 0, clean.err
+    db = tmp_path / "killed.db"
+    args = [
+        sys.executable,
+        "-m",
+        "patientkit",
+        "readings",
+        "replay",
+        str(source),
+        "--db",
+        str(db),
+        "--batch-size",
+        "500",
+    ]
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    stored = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as conn:
+                    stored = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+            if stored > 20_000:
+                break
+        time.sleep(0.02)
+    assert process.poll() is None, "the replay finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < stored < 150_000
+    again = run_cli("readings", "replay", str(source), "--db", str(db))
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["duplicates"] >= stored
+    assert dump(db) == dump(tmp_path / "clean.db")

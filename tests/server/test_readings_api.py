@@ -1,0 +1,195 @@
+"""The device readings API, black-box over HTTP against a real `patientkit serve`.
+
+One server for the module; each test uses devices of its own."""
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+DEVICE = "063c5957-8905-45f9-bfe3-960713788919"  # the rule tests store nothing
+BAD_TIMESTAMP = (
+    "Field 'readings' contains invalid 'timestamp' value. Must be ISO-8061 timestamp string."
+)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("readings-api")
+    server = Server(folder / "serve.log", "--db", str(folder / "api.db"), "--max-body", "20000")
+    with httpx.Client(base_url=server.url) as client:
+        yield client
+    server.stop()
+
+
+@pytest.fixture
+def device():
+    return str(uuid.uuid4())
+
+
+def error(message: str, status: int = 400) -> dict:
+    return {
+        "status": "error",
+        "error_message": message,
+        "status_code": status,
+        "error_code": status,
+    }
+
+
+def create(api, body):
+    return api.post("/api/device-readings/create", json=body)
+
+
+def test_ping(api):
+    response = api.get("/api/ping")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_create_then_latest_and_cumulative(api, device):
+    response = create(
+        api,
+        {
+            "id": device,
+            "readings": [
+                {"count": 5, "timestamp": "2021-09-29T16:09:15+01:00"},
+                {"count": 3, "timestamp": "2021-09-29T16:08:15+0100"},
+            ],
+        },
+    )
+    assert (response.status_code, response.json()) == (201, {"status": "ok"})
+    latest = api.get(f"/api/device-readings/{device}/latest-timestamp")
+    assert (latest.status_code, latest.json()) == (200, {"timestamp": "2021-09-29T16:09:15+0100"})
+    total = api.get(f"/api/device-readings/{device}/cumulative-count")
+    assert (total.status_code, total.json()) == (200, {"cumulative_count": 8})
+
+
+def test_equal_instants_at_different_offsets_are_duplicates(api, device):
+    create(
+        api, {"id": device, "readings": [{"count": 5, "timestamp": "2021-09-29T16:09:15+01:00"}]}
+    )
+    again = create(
+        api,
+        {
+            "id": device,
+            "readings": [
+                {"count": 100, "timestamp": "2021-09-29T15:09:15+00:00"},
+                {"count": 100, "timestamp": "2021-09-29T10:09:15-0500"},
+            ],
+        },
+    )
+    assert again.status_code == 201
+    assert api.get(f"/api/device-readings/{device}/cumulative-count").json() == {
+        "cumulative_count": 5
+    }
+    assert api.get(f"/api/device-readings/{device}/latest-timestamp").json() == {
+        "timestamp": "2021-09-29T16:09:15+0100"
+    }
+
+
+def test_latest_answers_in_the_offset_it_was_stored_with(api, device):
+    create(
+        api,
+        {
+            "id": device,
+            "readings": [
+                {"count": 1, "timestamp": "2021-09-29T10:00:00-05:00"},  # 15:00 UTC: the latest
+                {"count": 1, "timestamp": "2021-09-29T16:30:00+02:00"},  # 14:30 UTC
+            ],
+        },
+    )
+    assert api.get(f"/api/device-readings/{device}/latest-timestamp").json() == {
+        "timestamp": "2021-09-29T10:00:00-0500"
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"readings": [{"count": 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
+            "Field 'id' is required.",
+        ),
+        ({"id": DEVICE}, "Field 'readings' is required."),
+        (
+            {
+                "id": "not-a-uuid",
+                "readings": [{"count": 1, "timestamp": "2021-09-29T16:09:15+01:00"}],
+            },
+            "Device ID must be valid UUID string.",
+        ),
+        ({"id": DEVICE.upper(), "readings": []}, "Device ID must be valid UUID string."),
+        (
+            {"id": DEVICE, "readings": [{"count": 0, "timestamp": "2021-09-29T16:09:15+01:00"}]},
+            "Field 'readings' contains invalid 'count' value. Must be positive integer.",
+        ),
+        (
+            {"id": DEVICE, "readings": [{"count": True, "timestamp": "2021-09-29T16:09:15+01:00"}]},
+            "Field 'readings' contains invalid 'count' value. Must be positive integer.",
+        ),
+        (
+            {"id": DEVICE, "readings": [{"count": "3", "timestamp": "2021-09-29T16:09:15+01:00"}]},
+            "Field 'readings' contains invalid 'count' value. Must be positive integer.",
+        ),
+        (
+            {"id": DEVICE, "readings": [{"count": 1, "timestamp": "2021-09-29T16:09:15Z"}]},
+            BAD_TIMESTAMP,
+        ),
+        (
+            {"id": DEVICE, "readings": [{"count": 1}]},
+            BAD_TIMESTAMP,
+        ),
+    ],
+)
+def test_invalid_requests_get_the_exact_message(api, body, message):
+    response = create(api, body)
+    assert (response.status_code, response.json()) == (400, error(message))
+
+
+def test_a_body_that_is_not_a_json_object(api):
+    for content in (b"[1, 2]", b"not json", b'"text"', b""):
+        response = api.post("/api/device-readings/create", content=content)
+        assert (response.status_code, response.json()) == (
+            400,
+            error("Request body must be a JSON object."),
+        )
+
+
+def test_all_or_nothing(api, device):
+    response = create(
+        api,
+        {
+            "id": device,
+            "readings": [
+                {"count": 1, "timestamp": "2021-09-29T16:09:15+01:00"},
+                {"count": -1, "timestamp": "2021-09-29T16:10:15+01:00"},
+            ],
+        },
+    )
+    assert response.status_code == 400
+    missing = api.get(f"/api/device-readings/{device}/cumulative-count")
+    assert (missing.status_code, missing.json()) == (404, error("Device readings not found.", 404))
+
+
+def test_unknown_and_invalid_devices_on_the_getters(api, device):
+    for what in ("latest-timestamp", "cumulative-count"):
+        missing = api.get(f"/api/device-readings/{device}/{what}")
+        assert (missing.status_code, missing.json()) == (
+            404,
+            error("Device readings not found.", 404),
+        )
+        bad = api.get(f"/api/device-readings/nope/{what}")
+        assert (bad.status_code, bad.json()) == (400, error("Device ID must be valid UUID string."))
+
+
+def test_an_oversize_body_is_413(api, device):
+    readings = [
+        {"count": 1, "timestamp": f"2021-09-29T16:{m:02d}:{s:02d}+01:00"}
+        for m in range(60)
+        for s in range(60)
+    ]
+    response = create(api, {"id": device, "readings": readings})
+    assert response.status_code == 413
+    assert response.json()["status_code"] == 413
+    assert api.get(f"/api/device-readings/{device}/cumulative-count").status_code == 404
