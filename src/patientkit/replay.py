@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -200,13 +201,20 @@ class Replay:
     on_progress: Callable[[int], None] | None = None
     summary: Summary = field(default_factory=Summary)
     stop_reason: str = ""  # why delivery stopped early, if it did
+    interrupted: bool = False  # stop() was called: reading stopped early
+
+    def __post_init__(self) -> None:
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop reading (safe from a signal handler): what was read is still delivered."""
+        self.interrupted = True
+        self._stopping.set()
 
     def run(self, paths: Iterable[str]) -> Summary:
-        """Read, check and deliver every reading; close the buffer (delivering what is
-        pending); write what could not be delivered to the dead-letter file.
-
-        On KeyboardInterrupt the buffer is still closed, within a few seconds, and the
-        interrupt is raised again after the summary is complete."""
+        """Read, check and deliver every reading (until stop()); close the buffer,
+        delivering what is pending (within a few seconds after stop()); write what could
+        not be delivered to the dead-letter file."""
         started = time.perf_counter()
         buffer: BatchBuffer[Event] = BatchBuffer(
             self.sink,
@@ -216,24 +224,17 @@ class Replay:
             dead_letter=self._dead_letter,
             key=lambda event: event[0].device_id,
         )
-        interrupted: BaseException | None = None
         stop_reason = ""
         try:
             self._feed(paths, buffer)
-        except KeyboardInterrupt as exc:
-            interrupted = exc
         except BufferStopped as exc:
             stop_reason = exc.reason
         try:
-            leftovers = buffer.close(timeout=10.0 if interrupted else None)
+            leftovers = buffer.close(timeout=10.0 if self.interrupted else None)
         except BufferStopped as exc:
             stop_reason = exc.reason
             leftovers = buffer.drain_pending()
-        reason = (
-            "not delivered: interrupted"
-            if interrupted and not stop_reason
-            else f"not delivered: {stop_reason or 'the buffer closed first'}"
-        )
+        reason = f"not delivered: {stop_reason or 'interrupted'}"
         for reading, source, line in leftovers:
             self.rejects.write(source, line, reason, record_of(reading))
         stats = buffer.stats()
@@ -245,17 +246,18 @@ class Replay:
         summary.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
         summary.seconds = time.perf_counter() - started
         self.stop_reason = stop_reason
-        if interrupted is not None:
-            raise interrupted
         return summary
 
     def _feed(self, paths: Iterable[str], buffer: BatchBuffer[Event]) -> None:
         parser = Parser()
         summary = self.summary
         track = buffer.track
-        pace = _Pace(self.speed) if self.speed else None
+        pace = _Pace(self.speed, self._stopping) if self.speed else None
+        stopping = self._stopping
         for path in paths:
             for item in read_items(path, CSV_FIELDS):
+                if stopping.is_set():
+                    return
                 for reading, reason, record in parser.readings(item):
                     summary.read += 1
                     if reading is None:
@@ -280,8 +282,8 @@ class Replay:
 class _Pace:
     """Keeps the recorded spacing between readings, divided by `speed`."""
 
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
+    def __init__(self, speed: float, stopping: threading.Event) -> None:
+        self.speed, self.stopping = speed, stopping
         self.first: int | None = None
         self.started = 0.0
 
@@ -292,4 +294,4 @@ class _Pace:
         due = self.started + (instant - self.first) / self.speed
         delay = due - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            self.stopping.wait(delay)

@@ -26,6 +26,22 @@ def dump(db) -> tuple[list, list]:
     return readings, devices
 
 
+def wait_for_rows(db, rows: int, process: subprocess.Popen) -> int:
+    """Poll the store of a running replay until it holds `rows` readings."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as conn:
+                    stored = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+            if stored >= rows:
+                return stored
+        time.sleep(0.02)
+    raise AssertionError("the replay ended (or stalled) before it stored enough")
+
+
 @pytest.fixture
 def mixed(tmp_path):
     """Valid readings in every input shape, and invalid ones of every kind."""
@@ -272,19 +288,7 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 60
-    stored = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as conn:
-                    stored = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
-            except sqlite3.OperationalError:
-                stored = 0
-            if stored > 20_000:
-                break
-        time.sleep(0.02)
-    assert process.poll() is None, "the replay finished before it could be killed"
+    stored = wait_for_rows(db, 20_000, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < stored < 150_000
@@ -292,3 +296,35 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     assert again.code == 0, again.err
     assert json.loads(again.out)["duplicates"] >= stored
     assert dump(db) == dump(tmp_path / "clean.db")
+
+
+def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path):
+    source = tmp_path / "r.ndjson"
+    generate_readings(source, 150_000, devices=300)
+    db = tmp_path / "r.db"
+    args = [
+        sys.executable,
+        "-m",
+        "patientkit",
+        "readings",
+        "replay",
+        str(source),
+        "--db",
+        str(db),
+        "--batch-size",
+        "500",
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_rows(db, 5_000, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    summary = json.loads(out)
+    assert 0 < summary["read"] < 150_000
+    assert summary["delivered"] == summary["read"]  # what was read was delivered, not dropped
+    assert "interrupted; run the same command again to finish" in err.decode()
+    readings, _ = dump(db)
+    assert len(readings) == summary["delivered"] - summary["duplicates"]
+    again = run_cli("readings", "replay", str(source), "--db", str(db))
+    assert again.code == 0
+    assert json.loads(again.out)["duplicates"] >= len(readings)

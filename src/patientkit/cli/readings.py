@@ -10,6 +10,7 @@ import typer
 from patientkit.cli import output
 from patientkit.cli.options import DEFAULT_DB, Db, To
 from patientkit.cli.progress import Meter
+from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
 
 app = typer.Typer(
@@ -76,7 +77,6 @@ def replay(
         store = Store(db)
         sink = StoreSink(store)
         max_batch = batch_size
-    interrupted = False
     with Rejects(dead_letter) as rejects, Meter("replaying", unit="readings") as meter:
         run = Replay(
             sink,
@@ -87,11 +87,8 @@ def replay(
             on_invalid=lambda source, line, reason: output.warn(f"{source}:{line}: {reason}"),
             on_progress=lambda read: meter.advance(read - meter.rows, 0),
         )
-        try:
+        with stop_requests(run.stop):
             summary = run.run(paths)
-        except KeyboardInterrupt:
-            interrupted = True
-            summary = run.summary
     for closable in (client, store):
         if closable is not None:
             closable.close()
@@ -99,7 +96,7 @@ def replay(
     if run.stop_reason:
         where = f"written to {dead_letter}" if dead_letter else "not saved (no --dead-letter)"
         output.error(f"{run.stop_reason}; the readings not delivered are {where}")
-    if interrupted:
+    if run.interrupted:
         output.error("interrupted; run the same command again to finish")
         raise typer.Exit(130)
     if summary.invalid or summary.dead_lettered:
