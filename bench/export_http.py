@@ -48,11 +48,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(root: str) -> tuple[subprocess.Popen, str]:
+def start_server(root: str | None, *args: str) -> tuple[subprocess.Popen, str]:
+    """`patientkit serve` on a free port (exports from root, if given), once it answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    exports = ["--exports", root] if root else []
     process = subprocess.Popen(
-        [*PATIENTKIT, "serve", "--port", str(port), "--exports", root],
+        [*PATIENTKIT, "serve", "--port", str(port), *exports, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
