@@ -21,22 +21,23 @@ landed before is ignored as duplicates and the rest lands in the same order.
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from patientkit.client.readings import ReadingsClient
 from patientkit.core import validation
 from patientkit.core.buffer import BatchBuffer, BufferStopped, RetryableError, SinkResult
-from patientkit.core.storage import Reading, Store
+from patientkit.core.storage import Reading
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
+from patientkit.writer import StoreProcess, StoreUnavailable
 
 CSV_FIELDS = ("id", "count", "timestamp")
-Event = tuple[Reading, str, int]  # the reading, its source, its line
+Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -57,10 +58,8 @@ class Summary:
 
 def record_of(reading: Reading) -> dict[str, Any]:
     """A reading as an input line, for the dead-letter file (it can be replayed as is)."""
-    return {"id": reading.device_id, "count": reading.count, "timestamp": reading.timestamp}
-
-
-_reading = tuple.__new__  # Reading(...) without NamedTuple's Python-level __new__
+    device_id, count, timestamp, _ = reading
+    return {"id": device_id, "count": count, "timestamp": timestamp}
 
 
 class Parser:
@@ -113,49 +112,54 @@ class Parser:
         instant = self.instants.of(timestamp)
         if instant is None:
             return None, validation.BAD_TIMESTAMP, record
-        return _reading(Reading, (device_id, count, timestamp, instant)), "", record
+        return (device_id, count, timestamp, instant), "", record  # type: ignore[return-value]
 
 
 class StoreSink:
-    """Each batch in one transaction; counts the duplicates the store ignored."""
+    """Each batch in one transaction, written by the store's own process (see writer.py);
+    counts the duplicates the store ignored. A failing store (full disk, I/O error, a
+    crashed writer) is retried by the buffer."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, writer: StoreProcess) -> None:
+        self.writer = writer
         self.duplicates = 0
         self.devices: set[str] = set()
 
     def __call__(self, batch: list[Event]) -> None:
         readings = [event[0] for event in batch]
         try:
-            new = self.store.add_readings(readings)
-        except sqlite3.Error as exc:  # a full disk, an I/O error: try again later
+            new = self.writer.call("add_readings", readings)
+        except StoreUnavailable as exc:
             raise RetryableError(f"the store failed: {exc}") from exc
         self.duplicates += len(readings) - new
-        self.devices.update(reading.device_id for reading in readings)
+        self.devices.update(reading[0] for reading in readings)
 
 
 class ApiSink:
-    """Each batch as create requests, per device, of up to batch_size readings."""
+    """Each batch as create requests, per device, of up to batch_size readings, with
+    `concurrency` devices in flight at once (one device's requests stay in order)."""
 
-    def __init__(self, client: ReadingsClient, batch_size: int) -> None:
+    def __init__(self, client: ReadingsClient, batch_size: int, concurrency: int = 4) -> None:
         self.client, self.batch_size = client, batch_size
         self.devices: set[str] = set()
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="patientkit-post")
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
     def __call__(self, batch: list[Event]) -> SinkResult | None:
         groups: dict[str, list[int]] = {}
         for index, event in enumerate(batch):
-            groups.setdefault(event[0].device_id, []).append(index)
+            groups.setdefault(event[0][0], []).append(index)
         rejected: dict[int, str] = {}
         retry: list[int] = []
         failures = []
-        for device_id, indices in groups.items():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                done, failed = self._deliver(device_id, batch, chunk, rejected)
-                if failed is not None:  # this device waits: its order must hold
-                    retry.extend(indices[start + done :])
-                    failures.append(failed)
-                    break
+        sent = [self.pool.submit(self._device, d, batch, i, rejected) for d, i in groups.items()]
+        for future in sent:
+            waiting, failed = future.result()
+            if failed is not None:
+                retry.extend(waiting)
+                failures.append(failed)
         if not retry and not rejected:
             return None
         retry_after = max((f.retry_after or 0.0 for f in failures), default=0.0) or None
@@ -163,6 +167,18 @@ class ApiSink:
             reason = failures[0].message or f"status {failures[0].status}"
             raise RetryableError(reason, retry_after)
         return SinkResult(rejected=rejected, retry=retry, retry_after=retry_after)
+
+    def _device(
+        self, device_id: str, batch: list[Event], indices: list[int], rejected: dict[int, str]
+    ) -> tuple[list[int], Any]:
+        """One device's readings in order; the ones left waiting behind a retryable
+        failure (they must be retried, in order) and that failure."""
+        for start in range(0, len(indices), self.batch_size):
+            chunk = indices[start : start + self.batch_size]
+            done, failed = self._deliver(device_id, batch, chunk, rejected)
+            if failed is not None:
+                return indices[start + done :], failed
+        return [], None
 
     def _deliver(
         self, device_id: str, batch: list[Event], chunk: list[int], rejected: dict[int, str]
@@ -222,7 +238,7 @@ class Replay:
             max_pending=self.max_batch * 4,
             flush_interval=self.flush_interval,
             dead_letter=self._dead_letter,
-            key=lambda event: event[0].device_id,
+            key=lambda event: event[0][0],
         )
         stop_reason = ""
         try:
@@ -267,7 +283,7 @@ class Replay:
                             self.on_invalid(item.source, item.line, reason)
                         continue
                     if pace is not None:
-                        pace.wait_for(reading.instant)
+                        pace.wait_for(reading[3])
                     track((reading, item.source, item.line))
                     if self.on_progress is not None and not summary.read % 4096:
                         self.on_progress(summary.read)

@@ -44,6 +44,23 @@ def test_latest_is_the_latest_instant_in_its_own_offset(tmp_path):
         assert store.latest_timestamp(DEVICE) == "2021-09-29T10:00:00-0500"
 
 
+def test_one_batch_sets_totals_from_its_latest_reading_whatever_the_order(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        store.add_readings(
+            [
+                reading(1, "2021-09-29T12:00:00+00:00", 1632916800),
+                reading(2, "2021-09-29T20:00:00+0700", 1632920400),  # the latest instant
+                reading(4, "2021-09-29T12:30:00+00:00", 1632918600),
+                reading(8, "2021-09-29T14:00:00+01:00", 1632920400),  # same instant: ignored
+                reading(16, "2021-09-29T11:00:00+00:00", 1632913200, OTHER),
+            ]
+        )
+        assert store.latest_timestamp(DEVICE) == "2021-09-29T20:00:00+0700"
+        assert store.cumulative_count(DEVICE) == 7
+        assert store.cumulative_count(OTHER) == 16
+        assert store.reading_totals() == (2, 4, 23)
+
+
 def test_schema_version_and_migrations(tmp_path):
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)

@@ -81,3 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         output.error(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
         sys.exit(2)
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if debug:
+            raise
+        output.error(f"internal error: {type(exc).__name__}: {exc} (--debug shows where)")
+        sys.exit(1)

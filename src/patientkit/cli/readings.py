@@ -48,6 +48,9 @@ def replay(
         Path | None,
         typer.Option(help="NDJSON file for readings not delivered: file, line, reason."),
     ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="With --to: devices' requests in flight at once.")
+    ] = 4,
 ) -> None:
     """Replay device readings: each is checked with the API's rules (an invalid one is
     reported with file:line and written to --dead-letter), then delivered in batches to
@@ -62,20 +65,20 @@ def replay(
         patientkit readings replay readings.csv --to http://127.0.0.1:8000 --speed 60
     """
     from patientkit.client.readings import ReadingsClient
-    from patientkit.core.storage import Store
     from patientkit.rejects import Rejects
     from patientkit.replay import ApiSink, Replay, StoreSink
+    from patientkit.writer import StoreProcess
 
     _one_destination(ctx, to)
-    client = store = None
+    destination: ReadingsClient | StoreProcess
     if to is not None:
-        client = ReadingsClient(to)
-        client.ping()
-        sink: StoreSink | ApiSink = ApiSink(client, batch_size)
+        destination = ReadingsClient(to)
+        destination.ping()
+        sink: StoreSink | ApiSink = ApiSink(destination, batch_size, concurrency)
         max_batch = min(batch_size * 32, 50_000)  # room to group many devices' readings
     else:
-        store = Store(db)
-        sink = StoreSink(store)
+        destination = StoreProcess(db)  # before the buffer's threads: it forks
+        sink = StoreSink(destination)
         max_batch = batch_size
     with Rejects(dead_letter) as rejects, Meter("replaying", unit="readings") as meter:
         run = Replay(
@@ -89,9 +92,9 @@ def replay(
         )
         with stop_requests(run.stop):
             summary = run.run(paths)
-    for closable in (client, store):
-        if closable is not None:
-            closable.close()
+    destination.close()
+    if isinstance(sink, ApiSink):
+        sink.close()
     output.emit_json(summary.as_dict())
     if run.stop_reason:
         where = f"written to {dead_letter}" if dead_letter else "not saved (no --dead-letter)"

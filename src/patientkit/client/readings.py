@@ -75,7 +75,7 @@ class ReadingsClient:
         """POST one create request; transport failures come back as status 0."""
         body = {
             "id": device_id,
-            "readings": [{"count": r.count, "timestamp": r.timestamp} for r in readings],
+            "readings": [{"count": r[1], "timestamp": r[2]} for r in readings],
         }
         try:
             response = self.http.post(CREATE, json=body)

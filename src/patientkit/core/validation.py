@@ -91,19 +91,19 @@ def is_count(value: object) -> bool:
     return type(value) is int and 0 < value <= MAX_COUNT
 
 
-def reading(device_id: str, item: object) -> Reading:
+def reading(device_id: str, item: object, instants: Instants | None = None) -> Reading:
     """One reading of a device, or Invalid naming what is wrong with it."""
     if not isinstance(item, dict) or not is_count(item.get("count")):
         raise Invalid(BAD_COUNT)
     timestamp = item.get("timestamp")
-    instant = instant_of(timestamp)
+    instant = instant_of(timestamp) if instants is None else instants.of(timestamp)
     if instant is None:
         raise Invalid(BAD_TIMESTAMP)
     assert isinstance(timestamp, str)
     return Reading(device_id, item["count"], timestamp, instant)
 
 
-def create_request(body: object) -> list[Reading]:
+def create_request(body: object, instants: Instants | None = None) -> list[Reading]:
     """A create request's readings, all valid, or Invalid for the first problem found."""
     if not isinstance(body, dict):
         raise Invalid(NOT_AN_OBJECT)
@@ -115,7 +115,7 @@ def create_request(body: object) -> list[Reading]:
     items = body.get("readings")
     if not isinstance(items, list) or not items:
         raise Invalid(READINGS_REQUIRED)
-    return [reading(device_id, item) for item in items]
+    return [reading(device_id, item, instants) for item in items]
 
 
 def bad_record_field(record: dict[str, Any]) -> str | None:

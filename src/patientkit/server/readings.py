@@ -21,6 +21,8 @@ def error(message: str, status: int) -> JSONResponse:
 
 
 def routes(stores: Stores, max_body: int) -> list[Route]:
+    instants = validation.Instants()  # shared by requests: timestamps recur by the hour
+
     async def create(request: Request) -> Response:
         try:
             body = await read_json(request, max_body)
@@ -29,7 +31,7 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
         except NotJson:
             return error(validation.NOT_AN_OBJECT, 400)
         try:
-            readings = validation.create_request(body)
+            readings = validation.create_request(body, instants)
         except validation.Invalid as exc:
             return error(exc.message, 400)
         await run_in_threadpool(lambda: stores.get().add_readings(readings))

@@ -1,0 +1,108 @@
+"""The store in a child process, for jobs that parse input on one core and write on the
+other: a `Store` method called through a pipe. In the same process the two would share
+one GIL, and every SQLite step would wait for the parsing thread to give it back.
+
+    with StoreProcess(path) as writer:
+        new = writer.call("add_readings", readings)   # runs in the child, one transaction
+
+Arguments and answers are pickled (plain tuples and dicts are cheap). A failure in the
+child comes back as an exception here: StoreUnavailable (the child died or the store is
+busy or failing: worth retrying), UsageError (the store cannot be opened).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from patientkit.core.storage import Store
+from patientkit.errors import PatientkitError, UsageError
+
+
+class StoreUnavailable(PatientkitError):
+    """The store could not do it now; the call may succeed if tried again."""
+
+
+def _serve(path: str, conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        store = Store(path)
+    except PatientkitError as exc:
+        conn.send(("usage", str(exc)))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the parent is gone
+            break
+        if request is None:
+            break
+        method, args = request
+        try:
+            conn.send(("ok", getattr(store, method)(*args)))
+        except (sqlite3.Error, PatientkitError) as exc:
+            conn.send(("retry", f"{type(exc).__name__}: {exc}"))
+    store.close()
+
+
+class StoreProcess:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._start()
+
+    def _start(self) -> None:
+        context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(self.path, child), name="patientkit-store", daemon=True
+        )
+        self.process.start()
+        child.close()
+        status, message = self._receive()
+        if status == "usage":
+            self.process.join()
+            raise UsageError(message)
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self.conn.recv()  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            raise StoreUnavailable("the store process stopped") from None
+
+    def call(self, method: str, *args: Any) -> Any:
+        if not self.process.is_alive():
+            self._start()  # a crashed child: start another (the store survived it)
+        try:
+            self.conn.send((method, args))
+        except OSError:
+            raise StoreUnavailable("the store process stopped") from None
+        status, value = self._receive()
+        if status != "ok":
+            raise StoreUnavailable(value)
+        return value
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.process.join(timeout=30)
+        self.conn.close()
+
+    def __enter__(self) -> StoreProcess:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
