@@ -31,6 +31,18 @@ class Item(NamedTuple):
     error: str | None = None  # why the record could not be read
 
 
+def check_paths(paths: Sequence[str]) -> None:
+    """Refuse up front (UsageError, exit 2) an input that is not a readable file."""
+    for path in paths:
+        if path == "-":
+            continue
+        given = Path(path)
+        if given.is_dir():
+            raise UsageError(f"{path}: is a folder, not a file")
+        if not given.is_file():
+            raise UsageError(f"{path}: no such file")
+
+
 def open_input(path: str) -> IO[bytes]:
     """A buffered binary stream of a file or of stdin (`-`), gunzipped if it is gzip."""
     if path == "-":

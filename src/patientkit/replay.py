@@ -241,10 +241,14 @@ class Replay:
             key=lambda event: event[0][0],
         )
         stop_reason = ""
+        failure: BaseException | None = None
         try:
             self._feed(paths, buffer)
         except BufferStopped as exc:
             stop_reason = exc.reason
+        except BaseException as exc:  # an unreadable input: deliver what was read first
+            failure = exc
+            self.interrupted = True
         try:
             leftovers = buffer.close(timeout=10.0 if self.interrupted else None)
         except BufferStopped as exc:
@@ -262,6 +266,8 @@ class Replay:
         summary.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
         summary.seconds = time.perf_counter() - started
         self.stop_reason = stop_reason
+        if failure is not None:
+            raise failure
         return summary
 
     def _feed(self, paths: Iterable[str], buffer: BatchBuffer[Event]) -> None:

@@ -65,11 +65,13 @@ def replay(
         patientkit readings replay readings.csv --to http://127.0.0.1:8000 --speed 60
     """
     from patientkit.client.readings import ReadingsClient
+    from patientkit.inputs import check_paths
     from patientkit.rejects import Rejects
     from patientkit.replay import ApiSink, Replay, StoreSink
     from patientkit.writer import StoreProcess
 
     _one_destination(ctx, to)
+    check_paths(paths)
     destination: ReadingsClient | StoreProcess
     if to is not None:
         destination = ReadingsClient(to)
