@@ -14,6 +14,8 @@ import io
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
+from itertools import count, repeat
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -29,6 +31,9 @@ class Item(NamedTuple):
     line: int
     value: Any  # a JSON value, or a dict of strings for a CSV row
     error: str | None = None  # why the record could not be read
+
+
+_item = partial(tuple.__new__, Item)  # Item from a 4-tuple, without Python-level __new__
 
 
 def check_paths(paths: Sequence[str]) -> None:
@@ -101,9 +106,8 @@ def _ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             values = json.loads(b"[" + b",".join(lines) + b"]")
         except ValueError:
             values = None
-        if values is not None and len(values) == len(lines):
-            for offset, value in enumerate(values, start=number + 1):
-                yield Item(source, offset, value)
+        if values is not None and len(values) == len(lines):  # Items made in C, not per line
+            yield from map(_item, zip(repeat(source), count(number + 1), values, repeat(None)))
         else:
             yield from _ndjson_lines(lines, number, source)
         number += len(lines)

@@ -35,8 +35,13 @@ def replay(
     db: Db = DEFAULT_DB,
     to: To = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Most readings in one create request or transaction.")
-    ] = 5000,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Most readings in one create request (default 5000) or one transaction "
+            "of the store (default 20000).",
+        ),
+    ] = None,
     flush_interval: Annotated[
         float, typer.Option(min=0.001, help="Deliver what waits at least this often (s).")
     ] = 1.0,
@@ -76,12 +81,13 @@ def replay(
     if to is not None:
         destination = ReadingsClient(to)
         destination.ping()
+        batch_size = batch_size or 5_000
         sink: StoreSink | ApiSink = ApiSink(destination, batch_size, concurrency)
         max_batch = min(batch_size * 32, 50_000)  # room to group many devices' readings
     else:
         destination = StoreProcess(db)  # before the buffer's threads: it forks
         sink = StoreSink(destination)
-        max_batch = batch_size
+        max_batch = batch_size or 20_000
     with Rejects(dead_letter) as rejects, Meter("replaying", unit="readings") as meter:
         run = Replay(
             sink,

@@ -13,8 +13,8 @@
 
 Readings are unique per (device, instant in UTC) and the first stored wins: the original
 timestamp text is kept so that the latest timestamp is answered in the offset it was
-stored with. Per-device totals (cumulative count, latest instant) live in `devices`,
-updated in the same transaction as the readings, so no query scans all readings.
+stored with. Per-device totals (cumulative count, latest instant) live in `devices`, kept
+by a trigger on every new reading, in the same transaction, so no query scans readings.
 
 Test records are unique per test_id, never overwritten; clinic_id is indexed. A request
 log keyed by (request id, test_id) remembers each answer so that a retried request gets
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -60,6 +61,15 @@ MIGRATIONS: list[str] = [
         latest_instant INTEGER NOT NULL,
         latest_timestamp TEXT NOT NULL
     ) WITHOUT ROWID;
+    CREATE TRIGGER readings_add_to_devices AFTER INSERT ON readings BEGIN
+        INSERT INTO devices (device_id, cumulative_count, latest_instant, latest_timestamp)
+        VALUES (NEW.device_id, NEW.count, NEW.instant, NEW.timestamp)
+        ON CONFLICT (device_id) DO UPDATE SET
+            cumulative_count = cumulative_count + excluded.cumulative_count,
+            latest_timestamp = CASE WHEN excluded.latest_instant > latest_instant
+                               THEN excluded.latest_timestamp ELSE latest_timestamp END,
+            latest_instant = max(latest_instant, excluded.latest_instant);
+    END;
     """,
     # 2: test records, and the answers given to each request id
     """
@@ -128,7 +138,6 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
-            self.db.execute("PRAGMA temp_store=MEMORY")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"cannot open the store {self.path}: {exc}") from None
@@ -186,9 +195,8 @@ class Store:
                 )
             if version == SCHEMA_VERSION:
                 return False
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in _statements(MIGRATIONS[version]):
+                db.execute(statement)
             db.execute(f"PRAGMA user_version = {version + 1}")
             return True
 
@@ -278,61 +286,35 @@ class Store:
         return int(self.db.execute("SELECT count(*) FROM test_records").fetchone()[0])
 
 
-_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS staged_readings (
-    seq INTEGER PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    instant INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    timestamp TEXT NOT NULL,
-    new INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS temp.staged_key ON staged_readings (instant, device_id, seq)
-"""
-_MARK_DUPLICATES = """
-UPDATE staged_readings SET new = 0
-WHERE EXISTS (SELECT 1 FROM main.readings AS r
-              WHERE r.instant = staged_readings.instant AND r.device_id = staged_readings.device_id)
-   OR EXISTS (SELECT 1 FROM staged_readings AS first
-              WHERE first.instant = staged_readings.instant
-                AND first.device_id = staged_readings.device_id
-                AND first.seq < staged_readings.seq)
-"""
-_STORE_NEW = """
-INSERT INTO main.readings (device_id, instant, count, timestamp)
-SELECT device_id, instant, count, timestamp FROM staged_readings WHERE new ORDER BY seq
-"""
-_ADD_TO_DEVICES = """
-INSERT INTO main.devices (device_id, cumulative_count, latest_instant, latest_timestamp)
-SELECT device_id, sum(count), max(instant), timestamp  -- the timestamp of the max instant
-FROM staged_readings WHERE new GROUP BY device_id
-ON CONFLICT (device_id) DO UPDATE SET
-    cumulative_count = cumulative_count + excluded.cumulative_count,
-    latest_timestamp = CASE WHEN excluded.latest_instant > latest_instant
-                       THEN excluded.latest_timestamp ELSE latest_timestamp END,
-    latest_instant = max(latest_instant, excluded.latest_instant)
-"""
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script, one by one (a trigger's body holds semicolons too):
+    executescript() would commit the transaction a migration runs in."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
 
 
 def _insert_readings(db: sqlite3.Connection, readings: Sequence[Reading]) -> int:
-    """Stage the batch in a temporary table, mark which readings are new (no stored
-    reading and no earlier one in the batch at that device and instant), store those and
-    add them to the device totals: a handful of set-wise statements, whatever the size of
-    the batch. (Row by row, every sqlite3 step hands the GIL over and waits to get it back
-    from the thread that is parsing input: a convoy that made inserts ten times slower.)"""
-    for statement in _STAGE.split(";"):
-        db.execute(statement)
+    """Multi-row INSERT OR IGNORE: a reading at a stored (instant, device), or at one seen
+    earlier in the batch, is ignored; the trigger adds each new one to its device's totals.
+    Returns how many were new.
+
+    Thousands of rows a statement: each statement is one call into SQLite, its parameters
+    bound at once and its rows inserted without the GIL. (Row by row, every call gives the
+    GIL away and, next to a thread that parses input, waits up to the interpreter's switch
+    interval to get it back: inserts crawl.)"""
+    new = 0
     for start in range(0, len(readings), ROWS_PER_STATEMENT):
         part = readings[start : start + ROWS_PER_STATEMENT]
-        db.execute(
-            "INSERT INTO staged_readings (device_id, count, timestamp, instant) VALUES "
+        new += db.execute(
+            "INSERT OR IGNORE INTO readings (device_id, count, timestamp, instant) VALUES "
             + ",".join(["(?,?,?,?)"] * len(part)),
-            [value for reading in part for value in reading],
-        )
-    db.execute(_MARK_DUPLICATES)
-    new = db.execute(_STORE_NEW).rowcount
-    db.execute(_ADD_TO_DEVICES)
-    db.execute("DELETE FROM staged_readings")
+            list(chain.from_iterable(part)),
+        ).rowcount
     return new
 
 

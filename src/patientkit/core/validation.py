@@ -66,10 +66,23 @@ class Instants:
 
     def __init__(self, limit: int = 1 << 16) -> None:
         self.hours: dict[tuple[str, str], int] = {}
+        self.seen: dict[str, int] = {}  # whole timestamps, the cheapest hit
         self.limit = limit
 
     def of(self, value: object) -> int | None:
-        if type(value) is not str or len(value) not in (24, 25):
+        if type(value) is not str:
+            return None
+        instant = self.seen.get(value)
+        if instant is None:
+            instant = self._parse(value)
+            if instant is not None:
+                if len(self.seen) >= self.limit:
+                    self.seen.clear()
+                self.seen[value] = instant
+        return instant
+
+    def _parse(self, value: str) -> int | None:
+        if len(value) not in (24, 25):
             return None
         minute, second = _SIXTY.get(value[14:16]), _SIXTY.get(value[17:19])
         if minute is None or second is None or value[13] != ":" or value[16] != ":":
