@@ -7,11 +7,11 @@ Every record read ends in exactly one of created, duplicate, invalid, rejected o
 * to the store (`StoreTarget`): batches through the delivery buffer, one transaction
   each; `Store.add_records` says which were created and which duplicates (a test_id
   already stored, or earlier in the input: the first one wins);
-* to an API (`HttpTarget`): N worker threads, each with one request in flight over a
-  shared pool of connections, each record its own `X-Request-ID`, kept across its
-  retries, so a lost answer is retried without turning a creation into a duplicate.
-  2xx is created, 409 a duplicate, 408/425/429/5xx and transport errors are retried with
-  backoff, then failed; any other answer is a rejection with the server's message.
+* to an API (`HttpTarget`): N worker threads, each with one request in flight on its own
+  keep-alive connection, each record its own `X-Request-ID`, kept across its retries, so
+  a lost answer is retried without turning a creation into a duplicate. 2xx is created,
+  409 a duplicate, 408/425/429/5xx and transport errors are retried with backoff, then
+  failed; any other answer is a rejection with the server's message.
 
 Rejected and failed records go to the rejects file (with their request id when the
 server saw them), so nothing is lost: fix and send the file again.
@@ -28,20 +28,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from patientkit.client.http import DEFAULT_BACKOFF, Backoff
-from patientkit.client.records import (
-    CREATED,
-    DUPLICATE,
-    FAILED,
-    REJECTED,
-    Outcome,
-    RecordsClient,
-)
 from patientkit.core.buffer import BatchBuffer, BufferStopped, RetryPolicy
 from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import record_problem
@@ -49,8 +40,12 @@ from patientkit.errors import PatientkitError, UsageError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
 
+if TYPE_CHECKING:  # httpx is imported only when records go to an API
+    from patientkit.client.http import Backoff
+    from patientkit.client.records import Outcome
+
 STORE_BATCH = 5000  # records per store transaction
-HTTP_QUEUE_PER_WORKER = 4  # records read ahead per worker (bounded memory)
+PARKED_PER_WORKER = 4  # same-test_id records waiting behind one in flight (bounded memory)
 PROGRESS_EVERY = 1000
 
 OnProblem = Callable[[str, int, str], None]
@@ -91,7 +86,6 @@ class Result:
     interrupted: bool = False
     abandoned: int = 0  # records given up in flight by a second Ctrl-C
     error: PatientkitError | None = None  # what stopped the job early, if anything
-    notes: list[str] = field(default_factory=list)
 
 
 class Report:
@@ -108,9 +102,58 @@ class Report:
             self.on_problem(item.source, item.line, reason)
 
 
-def _five(value: dict[str, Any]) -> dict[str, Any]:
-    """The record as sent and stored: the five fields of SPEC.md, nothing else."""
-    return {name: value[name] for name in RECORD_FIELDS}
+class Source:
+    """The valid records of the inputs, in order; invalid ones are counted and reported
+    on the way. Not thread-safe: one thread at a time (HttpTarget holds its lock)."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        tally: Tally,
+        report: Report,
+        on_progress: Callable[[int], None] = lambda read: None,
+    ) -> None:
+        self.tally, self.report, self.on_progress = tally, report, on_progress
+        self.stopped = False
+        self.error: PatientkitError | None = None  # an input that failed part way
+        self._valid = self._read(paths)
+
+    def next(self) -> Item | None:
+        """The next valid record; None at the end, after stop(), or after an error."""
+        if self.stopped:
+            return None
+        try:
+            return next(self._valid, None)
+        except PatientkitError as exc:
+            self.error = exc
+            self.stopped = True
+            return None
+
+    def __iter__(self) -> Iterator[Item]:
+        while (item := self.next()) is not None:
+            yield item
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _read(self, paths: list[str]) -> Iterator[Item]:
+        count = 0
+        for path in paths:
+            try:
+                for item in read_items(path, RECORD_FIELDS):
+                    count += 1
+                    if count % PROGRESS_EVERY == 0:
+                        self.on_progress(count)
+                    problem = item.error or record_problem(item.value)
+                    if problem is None:
+                        yield item
+                    else:
+                        self.tally.invalid += 1
+                        self.report(item, problem)
+            except (OSError, EOFError) as exc:  # a truncated gzip, a read error
+                name = "<stdin>" if path == "-" else path
+                raise UsageError(f"{name}: cannot read it to the end: {exc}") from None
+        self.on_progress(count)
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -123,6 +166,7 @@ class StoreTarget:
 
     def __init__(self, path: Path, tally: Tally, report: Report, batch: int = STORE_BATCH) -> None:
         self.tally, self.report = tally, report
+        self.error: PatientkitError | None = None
         self._lock = threading.Lock()
         self._abandoned = False
         self.store = Store(path)
@@ -135,7 +179,6 @@ class StoreTarget:
             retry_policy=RetryPolicy(initial=0.05, maximum=5.0),
             failure_limit=10,
         )
-        self.send = self.buffer.track  # one call less per record
 
     def _sink(self, batch: list[Item]) -> None:
         created = sum(self.store.add_records([item.value for item in batch]))  # five fields read
@@ -145,8 +188,15 @@ class StoreTarget:
             self.tally.created += created
             self.tally.duplicates += len(batch) - created
 
-    def drop_unsent(self) -> None:
-        """Nothing to do: tracked records are local and settle within the close."""
+    def run(self, source: Source) -> None:
+        """Read in this thread; the buffer's flusher stores."""
+        track = self.buffer.track
+        try:
+            for item in source:
+                track(item)
+        except BufferStopped as exc:  # the store failed for good: stop reading
+            source.stop()
+            self.error = exc
 
     def in_flight(self) -> int:
         stats = self.buffer.stats()
@@ -181,14 +231,18 @@ class StoreTarget:
 
 
 class HttpTarget:
-    """`concurrency` worker threads, each with one request in flight on a shared pool.
+    """`concurrency` worker threads, each with one request in flight on its own
+    keep-alive connection, each pulling the next record from the source itself.
 
-    A plain bounded pool rather than the batch buffer: records are independent requests,
-    so a record waiting out its retry backoff must hold up only its own worker, not a
-    whole batch (the buffer settles a batch before anything newer). Two records with the
-    same test_id are never in flight together: the later waits ("parked") until the
-    earlier is settled, so the first one in the input is the one created, as with the
-    store, and the second gets its 409."""
+    A plain pool rather than the batch buffer: records are independent requests, so a
+    record waiting out its retry backoff must hold up only its own worker, not a whole
+    batch (the buffer settles a batch before anything newer). The workers read the input
+    themselves, under one lock, rather than being handed records by a reader thread: on
+    this kind of machine every hand-off between threads (a wake-up, then the GIL) costs
+    more than parsing the record does, and with `--concurrency 1` there is no hand-off at
+    all. Two records with the same test_id are never in flight together: the later one is
+    parked until the earlier is settled, then sent by the same worker, so the first in the
+    input is the one created (as with the store) and the second gets its 409."""
 
     def __init__(
         self,
@@ -196,57 +250,78 @@ class HttpTarget:
         concurrency: int,
         tally: Tally,
         report: Report,
-        backoff: Backoff = DEFAULT_BACKOFF,
+        backoff: Backoff | None = None,
     ) -> None:
+        from patientkit.client import records as api
+        from patientkit.client.http import DEFAULT_BACKOFF
+
+        self.api = api
         self.tally, self.report = tally, report
-        self.client = RecordsClient(server, connections=concurrency, backoff=backoff)
+        self.client = api.RecordsClient(
+            server, connections=concurrency, backoff=backoff or DEFAULT_BACKOFF
+        )
         self.client.ping()
+        self.concurrency = concurrency
+        self.error: PatientkitError | None = None
+        self._source: Source | None = None
         self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
-        self._has_room = threading.Condition(self._lock)
-        self._ready: deque[Item] = deque()
+        self._room = threading.Condition(self._lock)  # parked records below the limit
+        self._busy: set[str] = set()  # test_ids in flight
         self._parked: dict[str, deque[Item]] = {}
-        self._busy: set[str] = set()  # test_ids ready or in flight
+        self._parked_count = 0
         self._in_flight: dict[int, Item] = {}
-        self._outstanding = 0  # ready + parked + in flight
-        self._limit = concurrency * HTTP_QUEUE_PER_WORKER
-        self._closing = False
         self._abandoned = False
+        self._workers: list[threading.Thread] = []
+
+    def run(self, source: Source) -> None:
+        """Start the workers and wait until they have settled every record."""
+        self._source = source
         self._workers = [
             threading.Thread(target=self._work, name=f"patientkit-submit-{n}", daemon=True)
-            for n in range(concurrency)
+            for n in range(self.concurrency)
         ]
         for worker in self._workers:
             worker.start()
+        self._wait()
 
-    def send(self, item: Item) -> None:
-        key = item.value["test_id"]
+    def _wait(self) -> None:
+        for worker in self._workers:
+            while worker.is_alive():
+                worker.join(0.25)  # short joins: Ctrl-C reaches this thread at once
+
+    def _pull(self, me: int) -> Item | None:
+        """The next record whose test_id is not in flight; later ones are parked."""
+        source = self._source
+        assert source is not None
         with self._lock:
-            while self._outstanding >= self._limit:
-                self._has_room.wait()
-            self._outstanding += 1
-            if key in self._busy:
-                self._parked.setdefault(key, deque()).append(item)
-            else:
+            while True:
+                while self._parked_count >= PARKED_PER_WORKER * self.concurrency:
+                    if source.stopped:
+                        return None
+                    self._room.wait()
+                item = source.next()
+                if item is None:
+                    return None
+                key = item.value["test_id"]
+                if key in self._busy:
+                    self._parked.setdefault(key, deque()).append(item)
+                    self._parked_count += 1
+                    continue
                 self._busy.add(key)
-                self._ready.append(item)
-                self._has_work.notify()
+                self._in_flight[me] = item
+                return item
 
     def _work(self) -> None:
         me = threading.get_ident()
-        while True:
-            with self._lock:
-                while not self._ready and not self._closing:
-                    self._has_work.wait()
-                if not self._ready:
-                    return
-                item = self._ready.popleft()
-                self._in_flight[me] = item
+        item = self._pull(me)
+        while item is not None:
             request_id = str(uuid.uuid4())
+            record = {name: item.value[name] for name in RECORD_FIELDS}
             try:
-                outcome = self.client.submit(_five(item.value), request_id, self._retried)
+                outcome = self.client.submit(record, request_id, self._retried)
             except Exception as exc:  # a bug or a surprise must not hang the job
-                outcome = Outcome(FAILED, f"failed: {type(exc).__name__}: {exc}")
+                outcome = self.api.Outcome(self.api.FAILED, f"failed: {type(exc).__name__}: {exc}")
+            following = None
             with self._lock:
                 if self._abandoned:
                     return  # counted as failed by abandon()
@@ -254,26 +329,26 @@ class HttpTarget:
                 self._count(outcome)
                 key = item.value["test_id"]
                 parked = self._parked.get(key)
-                if parked:
-                    self._ready.append(parked.popleft())
+                if parked and not (self._source is not None and self._source.stopped):
+                    following = parked.popleft()
+                    self._parked_count -= 1
                     if not parked:
                         del self._parked[key]
-                    self._has_work.notify()
+                    self._in_flight[me] = following
+                    self._room.notify_all()
                 else:
                     self._busy.discard(key)
-                self._outstanding -= 1
-                self._has_room.notify()
             if outcome.reason:
-                extra = {"request_id": request_id}
-                self.report(item, outcome.reason, **extra)
+                self.report(item, outcome.reason, request_id=request_id)
+            item = following if following is not None else self._pull(me)
 
     def _count(self, outcome: Outcome) -> None:
         # Lock held.
-        if outcome.kind == CREATED:
+        if outcome.kind == self.api.CREATED:
             self.tally.created += 1
-        elif outcome.kind == DUPLICATE:
+        elif outcome.kind == self.api.DUPLICATE:
             self.tally.duplicates += 1
-        elif outcome.kind == REJECTED:
+        elif outcome.kind == self.api.REJECTED:
             self.tally.rejected += 1
         else:
             self.tally.failed += 1
@@ -282,30 +357,20 @@ class HttpTarget:
         with self._lock:
             self.tally.retries += 1
 
-    def drop_unsent(self) -> None:
-        """Forget the records read but not sent yet (the next run reads them again)."""
+    def stop_reading(self) -> None:
+        """Ctrl-C: no more records; parked ones are not sent (the next run reads them)."""
         with self._lock:
-            for item in self._ready:
-                self._busy.discard(item.value["test_id"])
-            dropped = len(self._ready) + sum(len(queue) for queue in self._parked.values())
-            self._ready.clear()
-            self._parked.clear()
-            self._outstanding -= dropped
-            self._has_room.notify_all()
+            if self._source is not None:
+                self._source.stop()
+            self._room.notify_all()
 
     def in_flight(self) -> int:
         with self._lock:
             return len(self._in_flight)
 
     def finish(self) -> None:
-        """Wait until every record handed over is settled."""
-        with self._lock:
-            self._closing = True
-            self._has_work.notify_all()
-            while self._outstanding:
-                self._has_room.wait()
-        for worker in self._workers:
-            worker.join()
+        """Wait until every record taken is settled."""
+        self._wait()
         self.client.close()
 
     def abandon(self) -> int:
@@ -342,58 +407,28 @@ def check_paths(paths: Iterable[str]) -> None:
 
 
 def submit(
-    paths: list[str],
+    source: Source,
     target: Target,
-    tally: Tally,
-    report: Report,
-    on_progress: Callable[[int], None] = lambda read: None,
     on_interrupt: Callable[[int], None] = lambda in_flight: None,
 ) -> Result:
-    """Read every input, validate each record, hand the valid ones to the target, and
-    settle everything; see the module docstring for Ctrl-C."""
+    """Hand every valid record of the source to the target and settle everything; see
+    the module docstring for Ctrl-C."""
     started = time.perf_counter()
-    result = Result(tally, 0.0)
+    result = Result(source.tally, 0.0)
     try:
         try:
-            _feed(paths, target, tally, report, on_progress)
+            target.run(source)
         except KeyboardInterrupt:
             result.interrupted = True
-            target.drop_unsent()
+            if isinstance(target, HttpTarget):
+                target.stop_reading()
+            else:
+                source.stop()
             on_interrupt(target.in_flight())
-        except BufferStopped as exc:  # the store failed for good: stop reading
-            result.error = exc
-        except PatientkitError as exc:  # an input became unreadable part way
-            result.error = exc
         target.finish()
     except KeyboardInterrupt:
         result.interrupted = True
         result.abandoned = target.abandon()
+    result.error = source.error or target.error
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _feed(
-    paths: list[str],
-    target: Target,
-    tally: Tally,
-    report: Report,
-    on_progress: Callable[[int], None],
-) -> None:
-    send = target.send
-    count = 0
-    for path in paths:
-        try:
-            for item in read_items(path, RECORD_FIELDS):
-                count += 1
-                if count % PROGRESS_EVERY == 0:
-                    on_progress(count)
-                problem = item.error or record_problem(item.value)
-                if problem is None:
-                    send(item)
-                else:
-                    tally.invalid += 1
-                    report(item, problem)
-        except (OSError, EOFError) as exc:  # a truncated gzip, a read error
-            name = "<stdin>" if path == "-" else path
-            raise UsageError(f"{name}: cannot read it to the end: {exc}") from None
-    on_progress(count)
