@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from patientkit import __version__
-from patientkit.cli import export, output, readings, serve
+from patientkit.cli import export, output, readings, records, serve
 from patientkit.errors import PatientkitError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 
 app.add_typer(export.app, name="export")
 app.add_typer(readings.app, name="readings")
+app.add_typer(records.app, name="records")
 app.command("serve")(serve.serve)
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")

@@ -25,12 +25,14 @@ A `Store` is one connection: use it from one thread (the server keeps one per th
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
+from operator import add
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -44,6 +46,9 @@ CACHE_KIB = 32 << 10  # page cache per connection
 CHECKPOINT_PAGES = 8192  # WAL pages between checkpoints (each one fsyncs: not too often)
 ROWS_PER_STATEMENT = 8000  # rows in one multi-row INSERT (4 columns: under SQLite's 32766)
 RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
+RECORD_COLUMNS = (*RECORD_FIELDS, "created_at")
+_record_values = operator.itemgetter(*RECORD_FIELDS)
+RECORDS_PER_STATEMENT = 5000  # rows in one multi-row INSERT of records (6 values each)
 
 MIGRATIONS: list[str] = [
     # 1: device readings, with per-device totals kept beside them
@@ -236,7 +241,9 @@ class Store:
 
     def add_records(self, records: Sequence[dict[str, str]]) -> list[bool]:
         """Store records in one transaction; for each, True if created, False if its
-        test_id was already stored (the stored record is never overwritten)."""
+        test_id was already stored or came earlier in `records` (the first one wins; a
+        stored record is never overwritten). Their created_at is the time the transaction
+        got the write lock, so created_at follows the order of commits."""
         if not records:
             return []
         return self.write(lambda db: _insert_records(db, records, utc_now()))
@@ -247,40 +254,73 @@ class Store:
         """Store one record for a request, idempotently: a request id already answered for
         this test_id gets its first answer again. answer(created) makes the answer, which
         is stored in the same transaction as the record."""
+        return self.add_records_once([(record, request_id)], lambda _, created: answer(created))[0]
 
-        def work(db: sqlite3.Connection) -> RecordAnswer:
-            row = db.execute(
-                "SELECT status, body FROM request_log WHERE request_id = ? AND test_id = ?",
-                (request_id, record["test_id"]),
-            ).fetchone()
-            if row:
-                return RecordAnswer(int(row[0]), row[1])
-            created = _insert_records(db, [record], utc_now())[0]
-            given = answer(created)
-            db.execute(
-                "INSERT INTO request_log (request_id, test_id, status, body) VALUES (?, ?, ?, ?)",
-                (request_id, record["test_id"], given.status, given.body),
-            )
-            return given
+    def add_records_once(
+        self,
+        requests: Sequence[tuple[dict[str, str], str | None]],
+        answer: Callable[[dict[str, str], bool], RecordAnswer],
+    ) -> list[RecordAnswer]:
+        """`add_record_once` for many requests in one transaction (a server's group
+        commit), each answered exactly as if it came alone, in order; answer(record,
+        created) makes each answer. A request id of None is not remembered (nobody can
+        repeat it)."""
 
+        def work(db: sqlite3.Connection) -> list[RecordAnswer]:
+            created_at = utc_now()
+            answers = []
+            for record, request_id in requests:
+                if request_id is not None:
+                    row = db.execute(
+                        "SELECT status, body FROM request_log WHERE request_id = ? AND test_id = ?",
+                        (request_id, record["test_id"]),
+                    ).fetchone()
+                    if row:
+                        answers.append(RecordAnswer(int(row[0]), row[1]))
+                        continue
+                created = db.execute(
+                    "INSERT OR IGNORE INTO test_records "
+                    "(test_id, patient_id, clinic_id, test_type, result, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (*_record_values(record), created_at),
+                ).rowcount
+                given = answer(record, created == 1)
+                if request_id is not None:
+                    db.execute(
+                        "INSERT INTO request_log (request_id, test_id, status, body) "
+                        "VALUES (?, ?, ?, ?)",
+                        (request_id, record["test_id"], given.status, given.body),
+                    )
+                answers.append(given)
+            return answers
+
+        if not requests:
+            return []
         return self.write(work)
 
     def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
         """Every record of a clinic, oldest first, read through the index a page at a time
         (no transaction stays open while the caller consumes them)."""
-        after = ("", "")
+        after: tuple[str, str] | None = None
         while True:
-            rows = self.db.execute(
-                "SELECT test_id, patient_id, clinic_id, test_type, result, created_at "
-                "FROM test_records WHERE clinic_id = ? AND (created_at, test_id) > (?, ?) "
-                "ORDER BY created_at, test_id LIMIT ?",
-                (clinic_id, *after, page),
-            ).fetchall()
-            for row in rows:
-                yield dict(zip((*RECORD_FIELDS, "created_at"), row, strict=True))
+            rows = self.records_page(clinic_id, after, page)
+            yield from rows
             if len(rows) < page:
                 return
-            after = (rows[-1][5], rows[-1][0])
+            after = (rows[-1]["created_at"], rows[-1]["test_id"])
+
+    def records_page(
+        self, clinic_id: str, after: tuple[str, str] | None, limit: int
+    ) -> list[dict[str, str]]:
+        """Up to `limit` records of a clinic that come after the (created_at, test_id) of
+        `after` (None: from the start), in that order, through the clinic index."""
+        rows = self.db.execute(
+            "SELECT test_id, patient_id, clinic_id, test_type, result, created_at "
+            "FROM test_records WHERE clinic_id = ? AND (created_at, test_id) > (?, ?) "
+            "ORDER BY created_at, test_id LIMIT ?",
+            (clinic_id, *(after or ("", "")), limit),
+        ).fetchall()
+        return [dict(zip(RECORD_COLUMNS, row, strict=True)) for row in rows]
 
     def record_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM test_records").fetchone()[0])
@@ -321,13 +361,49 @@ def _insert_readings(db: sqlite3.Connection, readings: Sequence[Reading]) -> int
 def _insert_records(
     db: sqlite3.Connection, records: Sequence[dict[str, str]], created_at: str
 ) -> list[bool]:
+    """INSERT OR IGNORE the records in order, in the caller's transaction.
+
+    Multi-row statements of up to RECORDS_PER_STATEMENT rows: the parameters of a whole
+    statement are bound at once and SQLite inserts all its rows in one step, without the
+    GIL, so a thread that parses input meanwhile runs in parallel. (`executemany` gives
+    the GIL back and waits for it again on every row: next to a busy thread, each wait
+    lasts up to the interpreter's switch interval, and a bulk load crawls.)
+
+    Which ones were created: when the number of changes equals the number of records,
+    all of them (the usual case, no further query). Otherwise the new rows are those
+    whose rowid is above the largest rowid before the insert (the write lock is held,
+    so nobody else added any), and of records that share a test_id only the first can
+    be the one created."""
+    (before,) = db.execute("SELECT coalesce(max(rowid), 0) FROM test_records").fetchone()
+    changes = db.total_changes
+    per_statement = min(RECORDS_PER_STATEMENT, _variable_limit(db) // 6)
+    stamp = (created_at,)
+    for first in range(0, len(records), per_statement):
+        part = records[first : first + per_statement]
+        db.execute(
+            "INSERT OR IGNORE INTO test_records "
+            "(test_id, patient_id, clinic_id, test_type, result, created_at) VALUES "
+            + ",".join(["(?,?,?,?,?,?)"] * len(part)),
+            list(chain.from_iterable(map(add, map(_record_values, part), repeat(stamp)))),
+        )
+    new = db.total_changes - changes
+    if new == len(records):
+        return [True] * new
+    fresh = {
+        test_id
+        for (test_id,) in db.execute("SELECT test_id FROM test_records WHERE rowid > ?", (before,))
+    }
     created = []
     for record in records:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO test_records "
-            "(test_id, patient_id, clinic_id, test_type, result, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (*(record[field] for field in RECORD_FIELDS), created_at),
-        )
-        created.append(cursor.rowcount == 1)
+        test_id = record["test_id"]
+        created.append(test_id in fresh)
+        fresh.discard(test_id)
     return created
+
+
+def _variable_limit(db: sqlite3.Connection) -> int:
+    """How many ? one statement may hold (32766 since SQLite 3.32, 999 before)."""
+    try:
+        return db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except AttributeError:  # Python before 3.11
+        return 999

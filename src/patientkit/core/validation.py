@@ -6,6 +6,7 @@ record before it sends anything). Written by hand: no schema library decides for
 
 from __future__ import annotations
 
+import operator
 import re
 from datetime import datetime
 from typing import Any
@@ -131,10 +132,18 @@ def create_request(body: object, instants: Instants | None = None) -> list[Readi
     return [reading(device_id, item, instants) for item in items]
 
 
+_record_values = operator.itemgetter(*RECORD_FIELDS)
+
+
 def bad_record_field(record: dict[str, Any]) -> str | None:
     """The first of the five fields that is missing or not a non-empty string, or None.
 
     A string of only white space counts as empty."""
+    try:  # a valid record, checked in C: a missing field or a non-string raises
+        if all(map(str.strip, _record_values(record))):
+            return None
+    except (KeyError, TypeError):
+        pass
     for field in RECORD_FIELDS:
         value = record.get(field)
         if not isinstance(value, str) or not value.strip():

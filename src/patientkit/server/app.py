@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from patientkit.server import exports, readings
+from patientkit.server import exports, readings, records
 from patientkit.server.bodies import MAX_BODY
 from patientkit.server.middleware import Chaos, RequestLog
 from patientkit.server.stores import Stores
@@ -32,6 +32,7 @@ def build_app(
         Route("/api/ping", ping),
         *exports.routes(exports.Catalog(exports_dir)),
         *readings.routes(stores, max_body),
+        *records.routes(stores, max_body),
     ]
     app: ASGIApp = Starlette(routes=routes)
     if chaos > 0:

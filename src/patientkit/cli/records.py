@@ -1,0 +1,161 @@
+"""`patientkit records …`: submit test records to a store or an API, list a clinic's."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from patientkit.cli import output
+from patientkit.cli.options import DEFAULT_DB, Db, To
+from patientkit.cli.progress import Meter
+from patientkit.errors import UsageError
+
+app = typer.Typer(
+    help="Submit medical test records to a store or an API, and list them by clinic.",
+    no_args_is_help=True,
+)
+
+DEFAULT_REQUESTS = 4  # requests in flight: the best measured against a server on this machine
+
+
+def _db_or_to(ctx: typer.Context, to: str | None) -> None:
+    source = ctx.get_parameter_source("db")  # by name: typer may vendor its own click
+    if to is not None and getattr(source, "name", None) == "COMMANDLINE":
+        raise UsageError("--db and --to cannot be used together: give the store or the API")
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="NDJSON, JSON array or CSV files (.gz too), or - for stdin."),
+    ],
+    db: Db = DEFAULT_DB,
+    to: To = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Requests in flight at once, with --to.")
+    ] = DEFAULT_REQUESTS,
+    rejects: Annotated[
+        Path | None,
+        typer.Option(
+            help="Append invalid, rejected and failed records here (NDJSON, with file, "
+            "line and reason) to fix and send again."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Duplicates are an error too (exit 1).")
+    ] = False,
+    attempts: Annotated[
+        int, typer.Option(min=1, help="Attempts per record before it fails, with --to.")
+    ] = 8,
+) -> None:
+    """Validate test records and submit them to the store (default) or an API (--to),
+    then print a JSON summary: read, created, duplicates, invalid, rejected, failed,
+    retries, seconds. Each invalid or rejected record is one `file:line: reason` line on
+    stderr and one line in --rejects. Exit 0 if nothing was invalid, rejected or failed
+    (duplicates are fine unless --strict), 1 otherwise, 130 on Ctrl-C: running the same
+    command again finishes the job, counting what had landed as duplicates.
+
+    Example:
+
+        patientkit records submit tests.ndjson --rejects rejects.ndjson
+
+        zcat tests.csv.gz | patientkit records submit - --to http://127.0.0.1:8000
+    """
+    from patientkit.rejects import Rejects
+    from patientkit.submit import HttpTarget, Report, Source, StoreTarget, Tally, check_paths
+    from patientkit.submit import submit as run
+
+    _db_or_to(ctx, to)
+    check_paths(paths)
+    tally = Tally()
+    with Rejects(rejects) as rejects_file, Meter("submitting", unit="records") as meter:
+        report = Report(rejects_file, _problem)
+        if to is not None:
+            from patientkit.client.http import Backoff
+
+            target: HttpTarget | StoreTarget = HttpTarget(
+                to, concurrency, tally, report, Backoff(attempts=attempts)
+            )
+        else:
+            target = StoreTarget(db, tally, report)
+        meter.start(len(paths), None)
+
+        def progress(read: int) -> None:
+            meter.advance(read - meter.rows, 0)
+
+        def interrupted(in_flight: int) -> None:
+            output.warn(
+                f"interrupted: settling {in_flight} records in flight (Ctrl-C again to stop "
+                "waiting)"
+            )
+
+        result = run(Source(paths, tally, report, progress), target, interrupted)
+    output.emit_json(tally.summary(result.seconds))
+    if result.error is not None:
+        raise result.error
+    if result.interrupted:
+        lost = f"; {result.abandoned} were still in flight" if result.abandoned else ""
+        output.error(f"interrupted{lost}: run the same command again to finish the job")
+        raise typer.Exit(130)
+    problems = [
+        f"{count} {name}"
+        for count, name in (
+            (tally.invalid, "invalid"),
+            (tally.rejected, "rejected"),
+            (tally.failed, "failed"),
+            (tally.duplicates if strict else 0, "duplicates (--strict)"),
+        )
+        if count
+    ]
+    if problems:
+        where = f" (see {rejects})" if rejects is not None else ""
+        output.error(f"{', '.join(problems)} of {tally.read} records{where}")
+        raise typer.Exit(1)
+
+
+def _problem(source: str, line: int, reason: str) -> None:
+    output.info(f"{source}:{line}: {reason}")
+
+
+@app.command("list")
+def list_records(
+    ctx: typer.Context,
+    clinic: Annotated[str, typer.Option("--clinic", help="The clinic_id to list.")],
+    db: Db = DEFAULT_DB,
+    to: To = None,
+) -> None:
+    """Print a clinic's test records as NDJSON (one record a line, with created_at),
+    oldest first, streamed; nothing when the clinic has none.
+
+    Example:
+
+        patientkit records list --clinic C042 --to http://127.0.0.1:8000 | head
+    """
+    _db_or_to(ctx, to)
+    if not clinic.strip():
+        raise UsageError("--clinic must not be empty")
+    write = sys.stdout.write
+    if to is not None:
+        from patientkit.client.records import RecordsClient
+
+        def retrying(attempt: int, reason: str, wait: float) -> None:
+            output.warn(f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s")
+
+        with RecordsClient(to) as client:
+            for record in client.clinic_records(clinic, retrying):
+                write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        from patientkit.core.storage import Store
+
+        if not db.is_file():
+            raise UsageError(f"the store {db} does not exist")
+        with Store(db) as store:
+            for record in store.records_for_clinic(clinic):
+                write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

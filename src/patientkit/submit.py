@@ -1,0 +1,433 @@
+"""Submitting test records: read, validate by hand, deliver to the store or an API, count.
+
+Every record read ends in exactly one of created, duplicate, invalid, rejected or failed:
+
+* invalid: it could not be read, or breaks SPEC.md's rules (`record_problem`, the
+  server's own check): reported with file:line and reason, never sent;
+* to the store (`StoreTarget`): batches through the delivery buffer, one transaction
+  each; `Store.add_records` says which were created and which duplicates (a test_id
+  already stored, or earlier in the input: the first one wins);
+* to an API (`HttpTarget`): N worker threads, each with one request in flight on its own
+  keep-alive connection, each record its own `X-Request-ID`, kept across its retries, so
+  a lost answer is retried without turning a creation into a duplicate. 2xx is created,
+  409 a duplicate, 408/425/429/5xx and transport errors are retried with backoff, then
+  failed; any other answer is a rejection with the server's message.
+
+Rejected and failed records go to the rejects file (with their request id when the
+server saw them), so nothing is lost: fix and send the file again.
+
+Ctrl-C (or SIGTERM) stops reading; records read but not yet sent are put back (not
+counted: the next run reads them again), the requests in flight are settled, and the
+summary so far is returned. A second Ctrl-C stops waiting: the records still in flight
+count as failed (they may have landed; the next run reports those as duplicates).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from patientkit.core.buffer import BatchBuffer, BufferStopped, RetryPolicy
+from patientkit.core.storage import RECORD_FIELDS, Store
+from patientkit.core.validation import record_problem
+from patientkit.errors import PatientkitError, UsageError
+from patientkit.inputs import Item, read_items
+from patientkit.rejects import Rejects
+
+if TYPE_CHECKING:  # httpx is imported only when records go to an API
+    from patientkit.client.http import Backoff
+    from patientkit.client.records import Outcome
+
+STORE_BATCH = 5000  # records per store transaction
+PARKED_PER_WORKER = 4  # same-test_id records waiting behind one in flight (bounded memory)
+PROGRESS_EVERY = 1000
+
+OnProblem = Callable[[str, int, str], None]
+
+
+@dataclass
+class Tally:
+    """The counts of a submission; `read` is the sum of the other five."""
+
+    created: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    rejected: int = 0
+    failed: int = 0
+    retries: int = 0
+
+    @property
+    def read(self) -> int:
+        return self.created + self.duplicates + self.invalid + self.rejected + self.failed
+
+    def summary(self, seconds: float) -> dict[str, int | float]:
+        return {
+            "read": self.read,
+            "created": self.created,
+            "duplicates": self.duplicates,
+            "invalid": self.invalid,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "retries": self.retries,
+            "seconds": round(seconds, 3),
+        }
+
+
+@dataclass
+class Result:
+    tally: Tally
+    seconds: float
+    interrupted: bool = False
+    abandoned: int = 0  # records given up in flight by a second Ctrl-C
+    error: PatientkitError | None = None  # what stopped the job early, if anything
+
+
+class Report:
+    """Writes each problem record to the rejects file and one line to `on_problem`
+    (file:line: reason; never the record's contents), from any thread."""
+
+    def __init__(self, rejects: Rejects, on_problem: OnProblem) -> None:
+        self.rejects, self.on_problem = rejects, on_problem
+        self._lock = threading.Lock()
+
+    def __call__(self, item: Item, reason: str, **extra: Any) -> None:
+        with self._lock:
+            self.rejects.write(item.source, item.line, reason, item.value, **extra)
+            self.on_problem(item.source, item.line, reason)
+
+
+class Source:
+    """The valid records of the inputs, in order; invalid ones are counted and reported
+    on the way. Not thread-safe: one thread at a time (HttpTarget holds its lock)."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        tally: Tally,
+        report: Report,
+        on_progress: Callable[[int], None] = lambda read: None,
+    ) -> None:
+        self.tally, self.report, self.on_progress = tally, report, on_progress
+        self.stopped = False
+        self.error: PatientkitError | None = None  # an input that failed part way
+        self._valid = self._read(paths)
+
+    def next(self) -> Item | None:
+        """The next valid record; None at the end, after stop(), or after an error."""
+        if self.stopped:
+            return None
+        try:
+            return next(self._valid, None)
+        except PatientkitError as exc:
+            self.error = exc
+            self.stopped = True
+            return None
+
+    def __iter__(self) -> Iterator[Item]:
+        while (item := self.next()) is not None:
+            yield item
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _read(self, paths: list[str]) -> Iterator[Item]:
+        count = 0
+        for path in paths:
+            try:
+                for item in read_items(path, RECORD_FIELDS):
+                    count += 1
+                    if count % PROGRESS_EVERY == 0:
+                        self.on_progress(count)
+                    problem = item.error or record_problem(item.value)
+                    if problem is None:
+                        yield item
+                    else:
+                        self.tally.invalid += 1
+                        self.report(item, problem)
+            except (OSError, EOFError) as exc:  # a truncated gzip, a read error
+                name = "<stdin>" if path == "-" else path
+                raise UsageError(f"{name}: cannot read it to the end: {exc}") from None
+        self.on_progress(count)
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class StoreTarget:
+    """Batches of valid records into the SQLite store, one transaction per batch, through
+    the delivery buffer (its flusher thread writes while the main thread reads and
+    parses; SQLite works without the GIL, so both cores are busy)."""
+
+    def __init__(self, path: Path, tally: Tally, report: Report, batch: int = STORE_BATCH) -> None:
+        self.tally, self.report = tally, report
+        self.error: PatientkitError | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.store = Store(path)
+        self.buffer: BatchBuffer[Item] = BatchBuffer(
+            self._sink,
+            max_batch=batch,
+            flush_interval=0.5,
+            max_pending=batch * 8,
+            retry_policy=RetryPolicy(initial=0.05, maximum=5.0),
+            failure_limit=10,
+        )
+
+    def _sink(self, batch: list[Item]) -> None:
+        created = sum(self.store.add_records([item.value for item in batch]))  # five fields read
+        with self._lock:
+            if self._abandoned:
+                return  # already counted as failed
+            self.tally.created += created
+            self.tally.duplicates += len(batch) - created
+
+    def run(self, source: Source) -> None:
+        """Read in this thread; the buffer's flusher stores."""
+        track = self.buffer.track
+        try:
+            for item in source:
+                track(item)
+        except BufferStopped as exc:  # the store failed for good: stop reading
+            source.stop()
+            self.error = exc
+
+    def in_flight(self) -> int:
+        stats = self.buffer.stats()
+        return stats.pending + stats.in_flight
+
+    def finish(self) -> None:
+        """Deliver everything tracked; what cannot be delivered fails, into the rejects."""
+        try:
+            left = self.buffer.close()
+            reason = "not delivered before the store closed"
+        except BufferStopped as exc:
+            left = self.buffer.drain_pending()
+            reason = exc.reason
+        finally:
+            self.tally.retries = self.buffer.stats().retried
+        for item in left:
+            self.tally.failed += 1
+            self.report(item, f"failed: {reason}")
+        self.store.close()
+
+    def abandon(self) -> int:
+        """A second Ctrl-C while closing: count what the store has not confirmed."""
+        stats = self.buffer.stats()
+        with self._lock:
+            self._abandoned = True
+            unconfirmed = stats.tracked - self.tally.created - self.tally.duplicates
+            self.tally.failed += unconfirmed
+        return unconfirmed
+
+
+# --- an API ----------------------------------------------------------------------------------
+
+
+class HttpTarget:
+    """`concurrency` worker threads, each with one request in flight on its own
+    keep-alive connection, each pulling the next record from the source itself.
+
+    A plain pool rather than the batch buffer: records are independent requests, so a
+    record waiting out its retry backoff must hold up only its own worker, not a whole
+    batch (the buffer settles a batch before anything newer). The workers read the input
+    themselves, under one lock, rather than being handed records by a reader thread: on
+    this kind of machine every hand-off between threads (a wake-up, then the GIL) costs
+    more than parsing the record does, and with `--concurrency 1` there is no hand-off at
+    all. Two records with the same test_id are never in flight together: the later one is
+    parked until the earlier is settled, then sent by the same worker, so the first in the
+    input is the one created (as with the store) and the second gets its 409."""
+
+    def __init__(
+        self,
+        server: str,
+        concurrency: int,
+        tally: Tally,
+        report: Report,
+        backoff: Backoff | None = None,
+    ) -> None:
+        from patientkit.client import records as api
+        from patientkit.client.http import DEFAULT_BACKOFF
+
+        self.api = api
+        self.tally, self.report = tally, report
+        self.client = api.RecordsClient(
+            server, connections=concurrency, backoff=backoff or DEFAULT_BACKOFF
+        )
+        self.client.ping()
+        self.concurrency = concurrency
+        self.error: PatientkitError | None = None
+        self._source: Source | None = None
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # parked records below the limit
+        self._busy: set[str] = set()  # test_ids in flight
+        self._parked: dict[str, deque[Item]] = {}
+        self._parked_count = 0
+        self._in_flight: dict[int, Item] = {}
+        self._abandoned = False
+        self._workers: list[threading.Thread] = []
+
+    def run(self, source: Source) -> None:
+        """Start the workers and wait until they have settled every record."""
+        self._source = source
+        self._workers = [
+            threading.Thread(target=self._work, name=f"patientkit-submit-{n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for worker in self._workers:
+            worker.start()
+        self._wait()
+
+    def _wait(self) -> None:
+        for worker in self._workers:
+            while worker.is_alive():
+                worker.join(0.25)  # short joins: Ctrl-C reaches this thread at once
+
+    def _pull(self, me: int) -> Item | None:
+        """The next record whose test_id is not in flight; later ones are parked."""
+        source = self._source
+        assert source is not None
+        with self._lock:
+            while True:
+                while self._parked_count >= PARKED_PER_WORKER * self.concurrency:
+                    if source.stopped:
+                        return None
+                    self._room.wait()
+                item = source.next()
+                if item is None:
+                    return None
+                key = item.value["test_id"]
+                if key in self._busy:
+                    self._parked.setdefault(key, deque()).append(item)
+                    self._parked_count += 1
+                    continue
+                self._busy.add(key)
+                self._in_flight[me] = item
+                return item
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        item = self._pull(me)
+        while item is not None:
+            request_id = str(uuid.uuid4())
+            record = {name: item.value[name] for name in RECORD_FIELDS}
+            try:
+                outcome = self.client.submit(record, request_id, self._retried)
+            except Exception as exc:  # a bug or a surprise must not hang the job
+                outcome = self.api.Outcome(self.api.FAILED, f"failed: {type(exc).__name__}: {exc}")
+            following = None
+            with self._lock:
+                if self._abandoned:
+                    return  # counted as failed by abandon()
+                del self._in_flight[me]
+                self._count(outcome)
+                key = item.value["test_id"]
+                parked = self._parked.get(key)
+                if parked and not (self._source is not None and self._source.stopped):
+                    following = parked.popleft()
+                    self._parked_count -= 1
+                    if not parked:
+                        del self._parked[key]
+                    self._in_flight[me] = following
+                    self._room.notify_all()
+                else:
+                    self._busy.discard(key)
+            if outcome.reason:
+                self.report(item, outcome.reason, request_id=request_id)
+            item = following if following is not None else self._pull(me)
+
+    def _count(self, outcome: Outcome) -> None:
+        # Lock held.
+        if outcome.kind == self.api.CREATED:
+            self.tally.created += 1
+        elif outcome.kind == self.api.DUPLICATE:
+            self.tally.duplicates += 1
+        elif outcome.kind == self.api.REJECTED:
+            self.tally.rejected += 1
+        else:
+            self.tally.failed += 1
+
+    def _retried(self, attempt: int, reason: str, wait: float) -> None:
+        with self._lock:
+            self.tally.retries += 1
+
+    def stop_reading(self) -> None:
+        """Ctrl-C: no more records; parked ones are not sent (the next run reads them)."""
+        with self._lock:
+            if self._source is not None:
+                self._source.stop()
+            self._room.notify_all()
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def finish(self) -> None:
+        """Wait until every record taken is settled."""
+        self._wait()
+        self.client.close()
+
+    def abandon(self) -> int:
+        """Stop waiting: the records in flight fail (they may have landed)."""
+        with self._lock:
+            self._abandoned = True
+            lost = list(self._in_flight.values())
+            self.tally.failed += len(lost)
+        self.client.stop.set()
+        for item in lost:
+            self.report(item, "failed: interrupted before the answer came (it may have landed)")
+        return len(lost)
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+Target = StoreTarget | HttpTarget
+
+
+def check_paths(paths: Iterable[str]) -> None:
+    """Every input can be opened, before anything is sent (an unreadable file is exit 2)."""
+    for path in paths:
+        if path == "-":
+            continue
+        if Path(path).is_dir():
+            raise UsageError(f"{path}: is a folder, not a file")
+        try:
+            Path(path).open("rb").close()
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read it: {exc.strerror}") from None
+
+
+def submit(
+    source: Source,
+    target: Target,
+    on_interrupt: Callable[[int], None] = lambda in_flight: None,
+) -> Result:
+    """Hand every valid record of the source to the target and settle everything; see
+    the module docstring for Ctrl-C."""
+    started = time.perf_counter()
+    result = Result(source.tally, 0.0)
+    try:
+        try:
+            target.run(source)
+        except KeyboardInterrupt:
+            result.interrupted = True
+            if isinstance(target, HttpTarget):
+                target.stop_reading()
+            else:
+                source.stop()
+            on_interrupt(target.in_flight())
+        target.finish()
+    except KeyboardInterrupt:
+        result.interrupted = True
+        result.abandoned = target.abandon()
+    result.error = source.error or target.error
+    result.seconds = time.perf_counter() - started
+    return result

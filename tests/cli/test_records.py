@@ -1,0 +1,564 @@
+"""`patientkit records submit` and `records list`, run as users run them, against real
+SQLite files and a real `patientkit serve`."""
+
+import gzip
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+SUMMARY_KEYS = {
+    "read",
+    "created",
+    "duplicates",
+    "invalid",
+    "rejected",
+    "failed",
+    "retries",
+    "seconds",
+}
+
+
+def rec(test_id, clinic="C1", result="5.1", patient="P1", test_type="glucose"):
+    return {
+        "test_id": test_id,
+        "patient_id": patient,
+        "clinic_id": clinic,
+        "test_type": test_type,
+        "result": result,
+    }
+
+
+def ndjson(records):
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def stored(db: Path) -> list[tuple]:
+    """Every record in a store, without created_at, by test_id."""
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "SELECT test_id, patient_id, clinic_id, test_type, result FROM test_records "
+            "ORDER BY test_id"
+        ).fetchall()
+
+
+def counts(result):
+    summary = result.json()
+    assert set(summary) == SUMMARY_KEYS
+    return {k: v for k, v in summary.items() if k not in ("seconds", "retries")}
+
+
+def rejects_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- one mixed file: exact numbers, exact rejects ---------------------------------------
+
+PRIOR = [rec("S1", result="stored first"), rec("S2")]
+
+MIXED_LINES = [
+    json.dumps(rec("V1", result="first wins")),  # 1 created
+    json.dumps(rec("V2")),  # 2 created
+    "",  # 3 blank: no record
+    "not json",  # 4
+    "[1, 2]",  # 5
+    '"just a string"',  # 6
+    json.dumps({k: v for k, v in rec("x").items() if k != "test_id"}),  # 7
+    json.dumps(rec("V6", patient=17)),  # 8
+    json.dumps(rec("V7", clinic="")),  # 9
+    json.dumps(rec("V8", test_type=None)),  # 10
+    json.dumps(rec("V9", result="   ")),  # 11
+    json.dumps(rec("V1", result="second loses")),  # 12 duplicate inside the file
+    json.dumps(rec("S1", result="again")),  # 13 duplicate of the store
+    json.dumps(rec("V3", clinic="C2")),  # 14 created
+    '{"test_id": "V4", "patient_id": ',  # 15 cut short
+    json.dumps({**rec("V5"), "note": "extra fields are not sent"}),  # 16 created
+    json.dumps(rec("V2")),  # 17 duplicate inside the file
+]
+MIXED_COUNTS = {
+    "read": 16,
+    "created": 4,
+    "duplicates": 3,
+    "invalid": 9,
+    "rejected": 0,
+    "failed": 0,
+}
+MIXED_REJECTS = [
+    (4, "invalid JSON: Expecting value", None),
+    (5, "Invalid JSON", [1, 2]),
+    (6, "Invalid JSON", "just a string"),
+    (7, "Invalid or missing field: test_id", json.loads(MIXED_LINES[6])),
+    (8, "Invalid or missing field: patient_id", rec("V6", patient=17)),
+    (9, "Invalid or missing field: clinic_id", rec("V7", clinic="")),
+    (10, "Invalid or missing field: test_type", rec("V8", test_type=None)),
+    (11, "Invalid or missing field: result", rec("V9", result="   ")),
+    (15, "invalid JSON: Expecting value", None),
+]
+MIXED_STORED = sorted(
+    [
+        tuple(r.values())
+        for r in [
+            rec("S1", result="stored first"),
+            rec("S2"),
+            rec("V1", result="first wins"),
+            rec("V2"),
+            rec("V3", clinic="C2"),
+            rec("V5"),
+        ]
+    ]
+)
+
+
+def check_mixed(result, rejects: Path, source: str):
+    assert counts(result) == MIXED_COUNTS
+    assert result.code == 1
+    expected = [
+        {"source": source, "line": line, "reason": reason, "record": record}
+        for line, reason, record in MIXED_REJECTS
+    ]
+    assert rejects_lines(rejects) == expected
+    problem_lines = [line for line in result.err.splitlines() if not line.startswith("error:")]
+    assert problem_lines == [f"{source}:{line}: {reason}" for line, reason, _ in MIXED_REJECTS]
+    assert result.err.splitlines()[-1] == f"error: 9 invalid of 16 records (see {rejects})"
+    for secret in ("first wins", "second loses", "P1"):
+        assert secret not in result.err
+
+
+def test_mixed_file_into_the_store(tmp_path):
+    db = tmp_path / "s.db"
+    (tmp_path / "prior.ndjson").write_text(ndjson(PRIOR))
+    first = run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--db", str(db))
+    assert (first.code, counts(first)["created"]) == (0, 2)
+    source = tmp_path / "mixed.ndjson"
+    source.write_text("\n".join(MIXED_LINES) + "\n")
+    rejects = tmp_path / "rejects.ndjson"
+    result = run_cli("records", "submit", str(source), "--db", str(db), "--rejects", str(rejects))
+    check_mixed(result, rejects, str(source))
+    assert stored(db) == MIXED_STORED
+
+
+def test_mixed_file_to_the_api(serve, tmp_path):
+    db = tmp_path / "api.db"
+    server = serve("--db", str(db))
+    (tmp_path / "prior.ndjson").write_text(ndjson(PRIOR))
+    assert (
+        run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--to", server.url).code == 0
+    )
+    source = tmp_path / "mixed.ndjson"
+    source.write_text("\n".join(MIXED_LINES) + "\n")
+    rejects = tmp_path / "rejects.ndjson"
+    result = run_cli(
+        "records", "submit", str(source), "--to", server.url, "--rejects", str(rejects)
+    )
+    check_mixed(result, rejects, str(source))
+    assert stored(db) == MIXED_STORED
+    posts = [
+        line for line in server.log_lines() if line.get("path") == "/tests" and "status" in line
+    ]
+    assert (
+        sorted(line["status"] for line in posts if line["event"] == "request")
+        == [200] * 6 + [409] * 3
+    )
+    assert all(str(uuid.UUID(line["request_id"])) == line["request_id"] for line in posts)
+
+
+def test_csv_json_array_gzip_and_stdin_give_the_same_records(tmp_path):
+    records = [rec(f"T{n}", clinic=f"C{n % 2}", result=f"{n}, with a comma") for n in range(5)]
+    csv_text = "clinic_id,result,test_id,patient_id,test_type,extra\n" + "".join(
+        f'{r["clinic_id"]},"{r["result"]}",{r["test_id"]},{r["patient_id"]},{r["test_type"]},x\n'
+        for r in records
+    )
+    inputs = {
+        "a.csv": csv_text.encode(),
+        "b.json": json.dumps(records, indent=2).encode(),
+        "c.ndjson.gz": gzip.compress(ndjson(records).encode()),
+    }
+    expected = sorted(tuple(r.values()) for r in records)
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+        db = tmp_path / f"{name}.db"
+        result = run_cli("records", "submit", str(tmp_path / name), "--db", str(db))
+        assert (result.code, counts(result)["created"]) == (0, 5), name
+        assert stored(db) == expected, name
+    db = tmp_path / "stdin.db"
+    result = run_cli("records", "submit", "-", "--db", str(db), input=ndjson(records))
+    assert (result.code, counts(result)) == (
+        0,
+        {**MIXED_COUNTS, "read": 5, "created": 5, "duplicates": 0, "invalid": 0},
+    )
+    assert stored(db) == expected
+
+
+def test_csv_rows_are_checked_like_json(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "test_id,patient_id,clinic_id,test_type,result\n"
+        "T1,P1,C1,glucose,5.1\n"
+        "T2,P1,C1,glucose,\n"
+        "T3,P1,C1\n"
+        "T4,P1,C1,glucose,6\n"
+    )
+    rejects = tmp_path / "rejects.ndjson"
+    result = run_cli(
+        "records", "submit", str(source), "--db", str(tmp_path / "s.db"), "--rejects", str(rejects)
+    )
+    assert result.code == 1
+    assert counts(result) == {
+        "read": 4,
+        "created": 2,
+        "duplicates": 0,
+        "invalid": 2,
+        "rejected": 0,
+        "failed": 0,
+    }
+    assert [(r["line"], r["reason"]) for r in rejects_lines(rejects)] == [
+        (3, "Invalid or missing field: result"),
+        (4, "expected 5 fields, found 3"),
+    ]
+
+
+# --- verdicts from a server ----------------------------------------------------------------
+
+
+def test_server_side_rejections_carry_their_request_id(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "api.db"), "--max-body", "300")
+    source = tmp_path / "in.ndjson"
+    source.write_text(ndjson([rec("OK1"), rec("BIG", result="x" * 400), rec("OK2")]))
+    rejects = tmp_path / "rejects.ndjson"
+    result = run_cli(
+        "records", "submit", str(source), "--to", server.url, "--rejects", str(rejects)
+    )
+    assert result.code == 1
+    assert counts(result) == {
+        "read": 3,
+        "created": 2,
+        "duplicates": 0,
+        "invalid": 0,
+        "rejected": 1,
+        "failed": 0,
+    }
+    (line,) = rejects_lines(rejects)
+    reason = "rejected by the server (413): Request body is larger than 300 bytes."
+    assert {k: v for k, v in line.items() if k != "request_id"} == {
+        "source": str(source),
+        "line": 2,
+        "reason": reason,
+        "record": rec("BIG", result="x" * 400),
+    }
+    assert f"{source}:2: {reason}" in result.err.splitlines()
+    logged = [
+        entry for entry in server.log_lines() if entry.get("request_id") == line["request_id"]
+    ]
+    assert [entry["status"] for entry in logged if entry["event"] == "request"] == [413]
+
+
+def test_any_other_4xx_is_a_rejection_with_the_servers_message(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "api.db"))
+    source = tmp_path / "in.ndjson"
+    source.write_text(ndjson([rec("A"), rec("B")]))
+    result = run_cli("records", "submit", str(source), "--to", f"{server.url}/no/such/prefix")
+    assert result.code == 1
+    assert counts(result)["rejected"] == 2
+    assert f"{source}:1: rejected by the server (404): Not Found" in result.err.splitlines()
+
+
+def test_records_fail_after_their_attempts_and_land_in_the_rejects(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "api.db"), "--chaos", "1", "--chaos-seed", "1")
+    source = tmp_path / "in.ndjson"
+    source.write_text(ndjson([rec(f"T{n}") for n in range(6)]))
+    rejects = tmp_path / "rejects.ndjson"
+    result = run_cli(
+        "records",
+        "submit",
+        str(source),
+        "--to",
+        server.url,
+        "--attempts",
+        "2",
+        "--rejects",
+        str(rejects),
+    )
+    assert result.code == 1
+    summary = result.json()
+    assert (summary["read"], summary["failed"], summary["retries"]) == (6, 6, 6)
+    lines = rejects_lines(rejects)
+    assert sorted(line["line"] for line in lines) == [1, 2, 3, 4, 5, 6]
+    for line in lines:
+        assert line["reason"] in (
+            "failed after 2 attempts: status 503",
+            "failed after 2 attempts: connection dropped mid-answer",
+        )
+        assert str(uuid.UUID(line["request_id"])) == line["request_id"]
+
+
+def test_an_unreachable_server_is_exit_2_before_reading(tmp_path):
+    result = run_cli("records", "submit", "-", "--to", "http://127.0.0.1:9", input="not read")
+    assert result.code == 2
+    assert (
+        result.err == "error: cannot reach http://127.0.0.1:9: connection refused or unreachable\n"
+    )
+    assert result.out == ""
+
+
+def test_usage_errors(tmp_path):
+    both = run_cli("records", "submit", "x", "--db", "a.db", "--to", "http://127.0.0.1:9")
+    assert (both.code, both.err) == (
+        2,
+        "error: --db and --to cannot be used together: give the store or the API\n",
+    )
+    missing = run_cli("records", "submit", str(tmp_path / "nope.ndjson"), "--db", "a.db")
+    assert (missing.code, missing.err) == (2, f"error: {tmp_path / 'nope.ndjson'}: no such file\n")
+    folder = run_cli("records", "submit", str(tmp_path), "--db", str(tmp_path / "a.db"))
+    assert (folder.code, folder.err) == (2, f"error: {tmp_path}: is a folder, not a file\n")
+
+
+def test_duplicates_alone_pass_unless_strict(tmp_path):
+    db = tmp_path / "s.db"
+    source = tmp_path / "in.ndjson"
+    source.write_text(ndjson([rec("A"), rec("B")]))
+    assert run_cli("records", "submit", str(source), "--db", str(db)).code == 0
+    again = run_cli("records", "submit", str(source), "--db", str(db))
+    assert (again.code, counts(again)["duplicates"]) == (0, 2)
+    strict = run_cli("records", "submit", str(source), "--db", str(db), "--strict")
+    assert strict.code == 1
+    assert strict.err == "error: 2 duplicates (--strict) of 2 records\n"
+
+
+# --- chaos: the same result as a clean run ------------------------------------------------
+
+
+def chaos_inputs(tmp_path):
+    prior = [rec(f"P{n:03d}", result=f"prior {n}") for n in range(40)]
+    main = [rec(f"M{n:03d}", clinic=f"C{n % 7}", result=f"main {n}") for n in range(220)]
+    main += [rec(f"P{n:03d}", result="changed") for n in range(0, 40, 3)]  # against the store
+    main += [rec(f"M{n:03d}", result="second") for n in range(0, 220, 11)]  # inside the file
+    main.insert(50, {"test_id": "bad"})
+    (tmp_path / "prior.ndjson").write_text(ndjson(prior))
+    (tmp_path / "main.ndjson").write_text(ndjson(main))
+    return tmp_path / "prior.ndjson", tmp_path / "main.ndjson"
+
+
+def test_chaos_ends_like_a_clean_run(serve, tmp_path):
+    prior, main = chaos_inputs(tmp_path)
+    clean_db = tmp_path / "clean.db"
+    assert run_cli("records", "submit", str(prior), "--db", str(clean_db)).code == 0
+    clean = run_cli("records", "submit", str(main), "--db", str(clean_db))
+
+    chaos_db = tmp_path / "chaos.db"
+    server = serve("--db", str(chaos_db), "--chaos", "0.3", "--chaos-seed", "11")
+    args = ("--to", server.url, "--attempts", "30")
+    assert run_cli("records", "submit", str(prior), *args).code == 0
+    chaotic = run_cli("records", "submit", str(main), *args)
+
+    assert (
+        counts(clean)
+        == counts(chaotic)
+        == {
+            "read": 255,
+            "created": 220,
+            "duplicates": 34,
+            "invalid": 1,
+            "rejected": 0,
+            "failed": 0,
+        }
+    )
+    assert chaotic.code == clean.code == 1  # the one invalid record
+    assert chaotic.json()["retries"] > 0
+    assert stored(chaos_db) == stored(clean_db)
+    cut = [line for line in server.log_lines() if line.get("chaos") == "cut"]
+    assert any(line["path"] == "/tests" for line in cut)  # answers were lost, and retried
+
+
+# --- many writers --------------------------------------------------------------------------
+
+
+def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
+    db = tmp_path / "shared.db"
+    files = []
+    for n in range(8):
+        ids = [(n * 3000 + i) % 30000 for i in range(12000)]
+        path = tmp_path / f"part{n}.ndjson"
+        path.write_text(ndjson(rec(f"T{i:05d}", clinic=f"C{i % 13}", result=str(i)) for i in ids))
+        files.append(path)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(
+                lambda path: run_cli("records", "submit", str(path), "--db", str(db), timeout=300),
+                files,
+            )
+        )
+    assert [r.code for r in results] == [0] * 8, [r.err for r in results]
+    unique = {(n * 3000 + i) % 30000 for n in range(8) for i in range(12000)}
+    assert sum(r.json()["created"] for r in results) == len(unique) == 30000
+    assert sum(r.json()["duplicates"] for r in results) == 8 * 12000 - len(unique)
+    assert stored(db) == [
+        (f"T{i:05d}", "P1", f"C{i % 13}", "glucose", str(i)) for i in sorted(unique)
+    ]
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def start_submit(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "patientkit", "records", "submit", "-", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def count_rows(db):
+    try:
+        with sqlite3.connect(db) as connection:
+            return connection.execute("SELECT count(*) FROM test_records").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(serve, tmp_path):
+    db = tmp_path / "api.db"
+    server = serve("--db", str(db))
+    records = [rec(f"T{n:03d}") for n in range(30)]
+    process = start_submit("--to", server.url, "--concurrency", "4")
+    try:
+        process.stdin.write(ndjson(records[:20]).encode())
+        process.stdin.flush()
+        wait_for(lambda: count_rows(db) == 20)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the server's writes now wait for this lock
+        process.stdin.write(ndjson(records[20:24]).encode())
+        process.stdin.flush()
+        time.sleep(2.0)  # the four requests reach the server and wait on the lock
+        process.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert process.poll() is None  # still settling the four
+        blocker.execute("COMMIT")
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    settling = re.search(rb"warning: interrupted: settling (\d) records in flight", err)
+    in_flight = int(settling.group(1))
+    assert in_flight >= 1  # normally all 4; a slow machine may not have sent them all yet
+    summary = json.loads(out)
+    assert {k: summary[k] for k in ("read", "created", "duplicates", "failed")} == {
+        "read": 20 + in_flight,
+        "created": 20 + in_flight,  # the ones in flight were waited for, and landed
+        "duplicates": 0,
+        "failed": 0,
+    }
+    assert err.endswith(b"error: interrupted: run the same command again to finish the job\n")
+    assert count_rows(db) == 20 + in_flight
+    rerun = run_cli("records", "submit", "-", "--to", server.url, input=ndjson(records))
+    assert rerun.code == 0
+    assert (rerun.json()["created"], rerun.json()["duplicates"]) == (10 - in_flight, 20 + in_flight)
+    assert count_rows(db) == 30
+
+
+def test_ctrl_c_into_the_store_keeps_what_was_read_and_a_rerun_finishes(tmp_path):
+    db = tmp_path / "s.db"
+    records = [rec(f"T{n:03d}") for n in range(50)]
+    process = start_submit("--db", str(db))
+    try:
+        process.stdin.write(ndjson(records[:35]).encode())
+        process.stdin.flush()
+        wait_for(lambda: count_rows(db) == 35)  # read and flushed: the job is running
+        process.stdin.write(ndjson(records[35:40]).encode())
+        process.stdin.flush()
+        time.sleep(0.2)  # these may be read and still in the buffer: stored on Ctrl-C
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    summary = json.loads(out)
+    assert 35 <= summary["read"] <= 40
+    assert summary["read"] == summary["created"] == count_rows(db)
+    rerun = run_cli("records", "submit", "-", "--db", str(db), input=ndjson(records))
+    assert rerun.code == 0
+    assert (rerun.json()["created"], rerun.json()["duplicates"]) == (
+        50 - summary["created"],
+        summary["created"],
+    )
+    assert count_rows(db) == 50
+
+
+# --- records list ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def listed_store(tmp_path):
+    db = tmp_path / "s.db"
+    source = tmp_path / "in.ndjson"
+    source.write_text(ndjson([rec("A", clinic="C1"), rec("B", clinic="C2"), rec("C", clinic="C1")]))
+    assert run_cli("records", "submit", str(source), "--db", str(db)).code == 0
+    return db
+
+
+def test_list_from_the_store_and_from_the_api(serve, listed_store):
+    from_store = run_cli("records", "list", "--clinic", "C1", "--db", str(listed_store))
+    assert from_store.code == 0
+    lines = [json.loads(line) for line in from_store.out.splitlines()]
+    assert [{k: v for k, v in r.items() if k != "created_at"} for r in lines] == [
+        rec("A", clinic="C1"),
+        rec("C", clinic="C1"),
+    ]
+    assert all(r["created_at"].endswith("Z") for r in lines)
+    server = serve("--db", str(listed_store))
+    from_api = run_cli("records", "list", "--clinic", "C1", "--to", server.url)
+    assert (from_api.code, from_api.out) == (0, from_store.out)
+
+
+def test_list_of_an_empty_clinic_prints_nothing(serve, listed_store):
+    assert run_cli("records", "list", "--clinic", "none", "--db", str(listed_store)).out == ""
+    server = serve("--db", str(listed_store))
+    result = run_cli("records", "list", "--clinic", "none", "--to", server.url)
+    assert (result.code, result.out, result.err) == (0, "", "")
+
+
+def test_list_through_chaos_prints_each_record_once(serve, tmp_path):
+    db = tmp_path / "s.db"
+    source = tmp_path / "in.ndjson"
+    source.write_text(ndjson(rec(f"T{n:04d}", clinic="BIG") for n in range(3000)))
+    assert run_cli("records", "submit", str(source), "--db", str(db)).code == 0
+    server = serve("--db", str(db), "--chaos", "0.5", "--chaos-seed", "5")
+    for _ in range(3):
+        result = run_cli("records", "list", "--clinic", "BIG", "--to", server.url, "-q")
+        assert result.code == 0, result.err
+        assert [json.loads(line)["test_id"] for line in result.out.splitlines()] == [
+            f"T{n:04d}" for n in range(3000)
+        ]
+
+
+def test_list_usage_errors(tmp_path):
+    missing = run_cli("records", "list", "--clinic", "C1", "--db", str(tmp_path / "no.db"))
+    assert (missing.code, missing.err) == (
+        2,
+        f"error: the store {tmp_path / 'no.db'} does not exist\n",
+    )
+    assert not (tmp_path / "no.db").exists()
+    empty = run_cli("records", "list", "--clinic", " ", "--db", str(tmp_path / "no.db"))
+    assert (empty.code, empty.err) == (2, "error: --clinic must not be empty\n")
+    both = run_cli("records", "list", "--clinic", "C", "--db", "x.db", "--to", "http://127.0.0.1:9")
+    assert both.code == 2

@@ -1,0 +1,228 @@
+"""The test records API, black-box over HTTP against a real `patientkit serve`."""
+
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from patientkit.core.storage import Store
+from tests.conftest import Server
+
+FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
+CREATED_AT = 27  # len("2025-01-02T03:04:05.123456Z")
+
+
+def record(test_id="T1", clinic="C1", **changes):
+    value = {
+        "test_id": test_id,
+        "patient_id": "PATIENT-SECRET-7",
+        "clinic_id": clinic,
+        "test_type": "hiv-antibody",
+        "result": "RESULT-SECRET-42",
+    }
+    value.update(changes)
+    return value
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """One server for the tests that do not need their own: each test uses its own ids."""
+    folder = tmp_path_factory.mktemp("records-api")
+    server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
+    server.db = folder / "api.db"
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ids():
+    """A prefix that makes this test's test_ids and clinic_ids its own."""
+    return uuid.uuid4().hex[:8]
+
+
+def post(server, body, request_id=None, raw=None):
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if raw is not None:
+        return httpx.post(f"{server.url}/tests", content=raw, headers=headers)
+    return httpx.post(f"{server.url}/tests", json=body, headers=headers)
+
+
+def listing(server, clinic):
+    response = httpx.get(f"{server.url}/tests", params={"clinic_id": clinic})
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_create_then_conflict_and_never_overwritten(api, ids):
+    response = post(api, record(f"{ids}-T1", clinic=ids))
+    assert response.status_code == 200
+    assert response.json() == {"status": "success", "test_id": f"{ids}-T1"}
+    again = post(api, record(f"{ids}-T1", clinic=ids, result="other"))
+    assert again.status_code == 409
+    assert again.json() == {"error": "Conflict: test_id exists"}
+    (stored,) = listing(api, ids)
+    assert stored["result"] == "RESULT-SECRET-42"
+
+
+INVALID = [
+    (b"not json", "Invalid JSON"),
+    (b"", "Invalid JSON"),
+    (b"[1, 2]", "Invalid JSON"),
+    (b'"a string"', "Invalid JSON"),
+    (b"null", "Invalid JSON"),
+    (b"{bad", "Invalid JSON"),
+    (json.dumps({k: v for k, v in record().items() if k != "test_id"}), "test_id"),
+    (json.dumps(record(patient_id=17)), "patient_id"),
+    (json.dumps(record(clinic_id="")), "clinic_id"),
+    (json.dumps(record(test_type=None)), "test_type"),
+    (json.dumps(record(result=" \t ")), "result"),
+    (json.dumps(record(result=True)), "result"),
+    (json.dumps(record(result=["x"])), "result"),
+    (json.dumps({"result": "x"}), "test_id"),  # the first failing field in SPEC order
+    (json.dumps(record(test_type=1, clinic_id=2)), "clinic_id"),
+]
+
+
+@pytest.mark.parametrize("body, problem", INVALID)
+def test_invalid_bodies_are_400_with_specs_message(api, body, problem):
+    raw = body if isinstance(body, bytes) else body.encode()
+    response = post(api, None, raw=raw)
+    assert response.status_code == 400
+    message = problem if problem == "Invalid JSON" else f"Invalid or missing field: {problem}"
+    assert response.json() == {"error": message}
+
+
+def test_nothing_invalid_is_stored(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "invalid.db"))
+    for body, _ in INVALID:
+        post(server, None, raw=body if isinstance(body, bytes) else body.encode())
+    with Store(tmp_path / "invalid.db") as store:
+        assert store.record_count() == 0
+
+
+def test_an_oversize_body_is_413_and_stores_nothing(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "small.db"), "--max-body", "300")
+    response = post(server, record(result="x" * 400))
+    assert response.status_code == 413
+    assert response.json() == {"error": "Request body is larger than 300 bytes."}
+    assert post(server, record("T2")).status_code == 200
+    assert [r["test_id"] for r in listing(server, "C1")] == ["T2"]
+
+
+def test_listing_needs_a_clinic(api):
+    for url in ("/tests", "/tests?clinic_id=", "/tests?clinic_id=%20"):
+        response = httpx.get(api.url + url)
+        assert response.status_code == 400, url
+        assert response.json() == {"error": "clinic_id is required"}
+
+
+def test_listing_a_clinic_oldest_first_with_created_at(api, ids):
+    assert listing(api, f"{ids}-C1") == []
+    for n in range(3):
+        post(api, record(f"{ids}-A{n}", clinic=f"{ids}-C1"))
+        post(api, record(f"{ids}-B{n}", clinic=f"{ids}-C2"))
+    found = listing(api, f"{ids}-C1")
+    assert [r["test_id"] for r in found] == [f"{ids}-A0", f"{ids}-A1", f"{ids}-A2"]
+    for item in found:
+        assert set(item) == {*FIELDS, "created_at"}
+        assert item["created_at"].endswith("Z") and len(item["created_at"]) == CREATED_AT
+        assert {k: item[k] for k in FIELDS} == record(item["test_id"], clinic=f"{ids}-C1")
+    assert [r["created_at"] for r in found] == sorted(r["created_at"] for r in found)
+    assert listing(api, f"{ids}-nobody") == []
+
+
+def test_a_long_listing_is_complete_across_pages(api, ids):
+    with Store(api.db) as store:  # faster than 1,234 POSTs; the server's own file
+        store.add_records([record(f"{ids}-R{n:05d}", clinic=f"{ids}-BIG") for n in range(1234)])
+        store.add_records([record(f"{ids}-Z-other", clinic=f"{ids}-OTHER")])
+    found = listing(api, f"{ids}-BIG")
+    assert [r["test_id"] for r in found] == [f"{ids}-R{n:05d}" for n in range(1234)]
+
+
+def test_a_repeated_request_id_gets_the_original_answer(api, ids):
+    one, two = record(f"{ids}-T1", clinic=ids), record(f"{ids}-T2", clinic=ids)
+    first = post(api, one, request_id=f"{ids}-retry-1")
+    assert (first.status_code, first.headers["x-request-id"]) == (200, f"{ids}-retry-1")
+    again = post(api, one, request_id=f"{ids}-retry-1")
+    assert again.status_code == 200
+    assert again.json() == {"status": "success", "test_id": f"{ids}-T1"}
+    assert post(api, one, request_id=f"{ids}-retry-2").status_code == 409
+    assert post(api, one).status_code == 409
+    # a duplicate's answer is remembered too
+    assert post(api, one, request_id=f"{ids}-retry-2").status_code == 409
+    # the same request id for another test_id is another record
+    assert post(api, two, request_id=f"{ids}-retry-1").status_code == 200
+    assert len(listing(api, ids)) == 2
+
+
+def test_retries_through_chaos_create_each_record_exactly_once(serve, tmp_path):
+    """Chaos answers 503, or processes the request and drops the answer. A client that
+    retries with the same X-Request-ID until it gets an answer must see 200 for every
+    new record, and the store must hold each once."""
+    server = serve("--db", str(tmp_path / "chaos.db"), "--chaos", "0.6", "--chaos-seed", "3")
+    lost = 0
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(40):
+            request_id = str(uuid.uuid4())
+            while True:
+                try:
+                    response = client.post(
+                        "/tests", json=record(f"T{n}"), headers={"X-Request-ID": request_id}
+                    )
+                except httpx.TransportError:
+                    lost += 1
+                    continue
+                if response.status_code != 503:
+                    break
+            assert response.status_code == 200, n
+    assert lost > 0  # some answers were cut after the record was stored
+    with Store(tmp_path / "chaos.db") as store:
+        assert sorted(r["test_id"] for r in store.records_for_clinic("C1")) == sorted(
+            f"T{n}" for n in range(40)
+        )
+
+
+def logged_until(server, request_id, timeout=10.0):
+    """The log lines once the request line of `request_id` is written (the middleware
+    writes it after the answer has gone out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = server.log_lines()
+        done = any(
+            line.get("request_id") == request_id and line["event"] == "request" for line in lines
+        )
+        if done or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
+def test_logs_carry_the_request_id_and_no_health_data(serve, tmp_path):
+    api = serve("--db", str(tmp_path / "logs.db"))
+    post(api, record("T1"), request_id="log-create")
+    post(api, record("T1"), request_id="log-dup")
+    post(api, record("T2", result=""), request_id="log-invalid")
+    post(api, None, request_id="log-json", raw=b"{nope")
+    httpx.get(f"{api.url}/tests?clinic_id=C1", headers={"X-Request-ID": "log-list"})
+    httpx.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})
+    lines = logged_until(api, "log-noclinic")
+    text = api.log.read_text()
+    for secret in ("PATIENT-SECRET-7", "RESULT-SECRET-42", "hiv-antibody"):
+        assert secret not in text
+    by_id = {}
+    for line in lines:
+        if "request_id" in line:
+            by_id.setdefault(line["request_id"], []).append(line)
+    events = {rid: [line["event"] for line in found] for rid, found in by_id.items()}
+    assert events["log-create"] == ["record stored", "request"]
+    assert events["log-dup"] == ["record duplicate", "request"]
+    assert events["log-invalid"] == ["record invalid", "request"]
+    assert events["log-json"] == ["record invalid", "request"]
+    assert events["log-list"] == ["records listed", "request"]
+    assert events["log-noclinic"] == ["records not listed", "request"]
+    stored = by_id["log-create"][0]
+    assert (stored["test_id"], stored["clinic_id"], stored["status"]) == ("T1", "C1", 200)
+    assert by_id["log-invalid"][0]["reason"] == "Invalid or missing field: result"
+    assert by_id["log-list"][0]["count"] == 1
+    assert [line["status"] for line in lines if line.get("request_id") == "log-dup"][-1] == 409
