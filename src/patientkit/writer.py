@@ -29,7 +29,8 @@ class StoreUnavailable(PatientkitError):
     """The store could not do it now; the call may succeed if tried again."""
 
 
-def _serve(path: str, conn: Connection) -> None:
+def _serve(path: str, conn: Connection, parent_end: Connection) -> None:
+    parent_end.close()  # a forked child holds a copy: without this, no EOF when the parent dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
@@ -62,7 +63,7 @@ class StoreProcess:
         context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(self.path, child), name="patientkit-store", daemon=True
+            target=_serve, args=(self.path, child, self.conn), name="patientkit-store", daemon=True
         )
         self.process.start()
         child.close()

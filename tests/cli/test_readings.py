@@ -1,5 +1,6 @@
 """`patientkit readings …` end to end: real files, real SQLite, a real server."""
 
+import contextlib
 import gzip
 import json
 import os
@@ -8,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -264,6 +266,21 @@ def test_speed_keeps_the_recorded_spacing(tmp_path):
     assert json.loads(result.out)["seconds"] >= 0.8  # 20 recorded seconds / 25
 
 
+def processes_using(path: Path, within: float = 10.0) -> list[int]:
+    """Processes (Linux /proc) whose command line names `path`, once they had `within`
+    seconds to exit."""
+    deadline = time.monotonic() + within
+    while True:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if str(path).encode() in cmdline.read_bytes():
+                    found.append(int(cmdline.parent.name))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     source = tmp_path / "r.ndjson"
     generate_readings(source, 150_000, devices=500, duplicates=0.02)
@@ -292,6 +309,7 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < stored < 150_000
+    assert processes_using(db) == [], "the store process outlived the killed replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0, again.err
     assert json.loads(again.out)["duplicates"] >= stored
