@@ -266,6 +266,17 @@ def test_speed_keeps_the_recorded_spacing(tmp_path):
     assert json.loads(result.out)["seconds"] >= 0.8  # 20 recorded seconds / 25
 
 
+def start_replay(source: Path, db: Path, output: int) -> subprocess.Popen[bytes]:
+    """`readings replay SOURCE --db DB` in small transactions, as a process of its own."""
+    args = [sys.executable, "-m", "patientkit", "readings", "replay", str(source)]
+    return subprocess.Popen(
+        [*args, "--db", str(db), "--batch-size", "500"],
+        stdout=output,
+        stderr=output,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def processes_using(path: Path, within: float = 10.0) -> list[int]:
     """Processes (Linux /proc) whose command line names `path`, once they had `within`
     seconds to exit."""
@@ -287,24 +298,7 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
     assert clean.code == 0, clean.err
     db = tmp_path / "killed.db"
-    args = [
-        sys.executable,
-        "-m",
-        "patientkit",
-        "readings",
-        "replay",
-        str(source),
-        "--db",
-        str(db),
-        "--batch-size",
-        "500",
-    ]
-    process = subprocess.Popen(
-        args,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = start_replay(source, db, subprocess.DEVNULL)
     stored = wait_for_rows(db, 20_000, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -320,19 +314,7 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
     source = tmp_path / "r.ndjson"
     generate_readings(source, 150_000, devices=300)
     db = tmp_path / "r.db"
-    args = [
-        sys.executable,
-        "-m",
-        "patientkit",
-        "readings",
-        "replay",
-        str(source),
-        "--db",
-        str(db),
-        "--batch-size",
-        "500",
-    ]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = start_replay(source, db, subprocess.PIPE)
     wait_for_rows(db, 5_000, process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
