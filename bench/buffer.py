@@ -40,7 +40,9 @@ def null_sink(batch: list[int]) -> None:
     return None
 
 
-def run_threads(threads: int, events: int, make_put: Callable[[], Callable[[int], None]]):
+def run_threads(
+    threads: int, events: int, make_put: Callable[[], Callable[[int], None]]
+) -> tuple[float, float, int]:
     """Time `threads` threads each calling put() events/threads times.
 
     Returns (wall seconds, process CPU seconds, events). CPU time covers every thread of
@@ -139,7 +141,8 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for threads in (1, 4):
-        buffer_runs, queue_runs = [], []
+        buffer_runs: list[dict] = []
+        queue_runs: list[dict] = []
         for _ in range(args.repeat):  # interleaved, so drift hits both alike
             queue_runs.append(measure_queue(threads, args.events))
             buffer_runs.append(measure_buffer(threads, args.events))
@@ -159,7 +162,7 @@ def main() -> None:
     # For information: the constructor defaults (max_batch=100, max_pending=10,000). A
     # producer fills 10,000 slots faster than one GIL switch interval, so back-pressure
     # hands control back and forth far more often; the target is not judged on this.
-    defaults = {}
+    defaults: dict[str, dict] = {}
     for threads in (1, 4):
         runs = [measure_buffer(threads, args.events, config={}) for _ in range(args.repeat)]
         defaults[f"{threads}_thread" + ("s" if threads > 1 else "")] = summarise(runs)

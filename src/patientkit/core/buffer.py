@@ -6,8 +6,9 @@ under `readings replay` and `records submit`, and a library of its own.
 
 Design
 ------
-*Producers* only append to an in-memory deque under one lock: no I/O, no clock, no
-allocation besides the append, and a `notify` only when the deque reaches `max_batch`.
+*Producers* only append to an in-memory deque (`track` takes the lock only to wait for
+room or to wake the flusher): no I/O, no clock, no allocation besides the append, and a
+`notify` only when the deque reaches `max_batch`.
 When `max_pending` events wait, `track` blocks (back-pressure) until the flusher makes
 room, or raises `BufferFull` after its timeout. Nothing is ever dropped.
 
@@ -419,15 +420,18 @@ class BatchBuffer(Generic[E]):
             if len(pending) >= self._max_pending:
                 self._wait_for_space(self._deadline(timeout), timeout, 0)
             pending.append(event)
-            if len(pending) >= self._max_batch and not self._flusher_called:
-                self._flusher_called = True
-                self._wakeup.notify()
+            if len(pending) >= self._max_batch:
+                self._wake_flusher()
 
     def _call_flusher(self) -> None:
         with self._lock:
-            if not self._flusher_called:
-                self._flusher_called = True
-                self._wakeup.notify()
+            self._wake_flusher()
+
+    def _wake_flusher(self) -> None:
+        # Lock held: a full batch waits; wake the flusher once until it takes one.
+        if not self._flusher_called:
+            self._flusher_called = True
+            self._wakeup.notify()
 
     def _appended_after_stop(self, event: E) -> None:
         """The buffer stopped or closed around our append: keep the accounting exact.
@@ -452,6 +456,7 @@ class BatchBuffer(Generic[E]):
         """
         iterator = iter(events)
         deadline = self._deadline(timeout)
+        pending = self._pending
         count = 0
         while chunk := list(itertools.islice(iterator, _CHUNK)):
             done = 0
@@ -459,7 +464,6 @@ class BatchBuffer(Generic[E]):
                 while done < len(chunk):
                     if not self._accepting:
                         raise self._refusal(count + done)
-                    pending = self._pending
                     room = self._max_pending - len(pending)
                     if room <= 0:
                         self._wait_for_space(deadline, timeout, count + done)
@@ -467,9 +471,8 @@ class BatchBuffer(Generic[E]):
                     part = chunk[done : done + room]
                     pending.extend(part)
                     done += len(part)
-                    if len(pending) >= self._max_batch and not self._flusher_called:
-                        self._flusher_called = True
-                        self._wakeup.notify()
+                    if len(pending) >= self._max_batch:
+                        self._wake_flusher()
             count += done
         return count
 

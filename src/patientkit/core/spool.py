@@ -27,7 +27,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from patientkit.errors import PatientkitError, UsageError
@@ -52,6 +52,16 @@ class SpoolLocked(UsageError):
 
 def _record(kind: bytes, body: bytes) -> bytes:
     return _RECORD.pack(kind, len(body), zlib.crc32(kind + body)) + body
+
+
+def _tracked_records(items: Sequence[tuple[int, bytes]]) -> Iterator[bytes]:
+    """T records for (seq, payload) items, at most `_MAX_RECORD_ITEMS` a record."""
+    for start in range(0, len(items), _MAX_RECORD_ITEMS):
+        body = b"".join(
+            _ITEM.pack(seq, len(payload)) + payload
+            for seq, payload in items[start : start + _MAX_RECORD_ITEMS]
+        )
+        yield _record(_TRACKED, body)
 
 
 def _settled_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -112,14 +122,7 @@ class Journal:
 
     def append_tracked(self, items: Sequence[tuple[int, bytes]]) -> None:
         """Append T records for (seq, payload) items; not yet synced."""
-        chunks = []
-        for start in range(0, len(items), _MAX_RECORD_ITEMS):
-            body = b"".join(
-                _ITEM.pack(seq, len(payload)) + payload
-                for seq, payload in items[start : start + _MAX_RECORD_ITEMS]
-            )
-            chunks.append(_record(_TRACKED, body))
-        self._write(b"".join(chunks))
+        self._write(b"".join(_tracked_records(items)))
 
     def append_settled(self, seqs: Iterable[int]) -> None:
         """Append an S record covering `seqs`; not yet synced."""
@@ -227,12 +230,8 @@ def _rewrite(path: Path, items: Sequence[tuple[int, bytes]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as out:
         out.write(MAGIC)
-        for start in range(0, len(items), _MAX_RECORD_ITEMS):
-            body = b"".join(
-                _ITEM.pack(seq, len(payload)) + payload
-                for seq, payload in items[start : start + _MAX_RECORD_ITEMS]
-            )
-            out.write(_record(_TRACKED, body))
+        for record in _tracked_records(items):
+            out.write(record)
         out.flush()
         os.fsync(out.fileno())
     try:
