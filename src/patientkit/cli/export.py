@@ -123,7 +123,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:
     """Generate a deterministic synthetic export of a reference shape (demo ≈ 15k rows,
-    small ≈ 7M rows, large ≈ 150M rows), with its metadata beside each download.
+    small ≈ 7.5M rows, large ≈ 150M rows), with its metadata beside each download.
 
     Example:
 
