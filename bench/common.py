@@ -53,13 +53,13 @@ def run_timed(cmd: list[str]) -> dict[str, Any]:
     return {"seconds": seconds, "stdout": done.stdout.decode()}
 
 
-def run_measured(cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+def run_measured(cmd: list[str]) -> dict[str, Any]:
     """Run a command; return wall seconds, its stdout, and the peak memory of its process
     tree, sampled every 20 ms: the largest single process (RSS) and the whole tree (RSS
     summed, and PSS summed, which counts pages shared by forked workers once). Sampling
     costs CPU, so use run_timed for timings."""
     started = time.perf_counter()
-    process = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    process = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak_main = peak_child = peak_tree_rss = peak_tree_pss = 0
     while process.poll() is None:
         try:

@@ -36,7 +36,6 @@ class Job:
 class Outcome:
     download_id: str
     counts: Counts | None
-    nbytes: int = 0
     error: str | None = None
     exit_code: int = 1
 
@@ -80,12 +79,12 @@ def count_download(job: Job) -> Outcome:
         )
         taken["rows"] = taken["bytes"] = 0
 
-    def attempt() -> tuple[Counts, int]:
+    def attempt() -> Counts:
         return client.count_download(job.export_id, job.download_id, job.rows, on_chunk)
 
     with ExportClient(job.server) as client:
         try:
-            counts, nbytes = with_retries(attempt, job.backoff, on_retry)
+            counts = with_retries(attempt, job.backoff, on_retry)
         except Retryable as exc:
             flush()
             return Outcome(job.download_id, None, error=f"download {job.download_id}: {exc}")
@@ -93,7 +92,7 @@ def count_download(job: Job) -> Outcome:
             flush()
             return Outcome(job.download_id, None, error=str(exc), exit_code=exc.exit_code)
     flush()
-    return Outcome(job.download_id, counts, nbytes)
+    return Outcome(job.download_id, counts)
 
 
 def aggregate_export(

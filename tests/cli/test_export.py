@@ -107,11 +107,17 @@ def test_malformed_json_is_exit_2(nonsense_server):
     )
 
 
-def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_path):
-    folder = tmp_path / "short"
+def one_download(root: Path, export_id: str, text: str) -> str:
+    """Write an export of one download under root; return the download's id."""
+    folder = root / export_id
     folder.mkdir()
     download_id = str(uuid.uuid4())
-    (folder / f"{download_id}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
+    (folder / f"{download_id}.csv").write_text(text)
+    return download_id
+
+
+def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_path):
+    download_id = one_download(tmp_path, "short", "patient_id,event_type\nP1,a\nP2,b\n")
     meta = {
         "id": download_id,
         "rows": 3,
@@ -120,7 +126,7 @@ def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_pat
         "start_time": None,
         "end_time": None,
     }
-    (folder / f"{download_id}.meta.json").write_text(json.dumps(meta))
+    (tmp_path / "short" / f"{download_id}.meta.json").write_text(json.dumps(meta))
     server = serve("--exports", str(tmp_path))
     result = run_cli("export", "aggregate", "short", "--server", server.url, "--attempts", "2")
     assert result.code == 1
@@ -131,10 +137,7 @@ def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_pat
 
 
 def test_a_malformed_download_fails_naming_download_and_line(serve, tmp_path):
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    download_id = str(uuid.uuid4())
-    (folder / f"{download_id}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
+    download_id = one_download(tmp_path, "bad", "patient_id,event_type\nP1,a\nP2\n")
     server = serve("--exports", str(tmp_path))
     result = run_cli("export", "aggregate", "bad", "--server", server.url)
     assert result.code == 1

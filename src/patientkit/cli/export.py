@@ -79,7 +79,7 @@ def aggregate(
             ),
         )
     output.emit_json(counts.report(), out)
-    _summary(meter, "downloads", counts.rows)
+    _summary(meter, counts.rows)
 
 
 @app.command()
@@ -106,14 +106,14 @@ def count(
 
     files = [p for p in paths if p != "-"]
     total = Counts()
-    with Meter("counting", unit="rows") as meter:
+    with Meter("counting") as meter:
         meter.start(len(paths), None)
         if files:
             total.merge(count_files(files, workers or cpu_count(), lambda n: meter.advance(0, n)))
         if "-" in paths:
             total.merge(count_chunks(read_chunks(sniff_gzip(sys.stdin.buffer)), "<stdin>"))
     output.emit_json(total.report(), out)
-    _summary(meter, "inputs", total.rows)
+    _summary(meter, total.rows)
 
 
 @app.command()
@@ -123,7 +123,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:
     """Generate a deterministic synthetic export of a reference shape (demo ≈ 15k rows,
-    small ≈ 7M rows, large ≈ 150M rows), with its metadata beside each download.
+    small ≈ 7.5M rows, large ≈ 150M rows), with its metadata beside each download.
 
     Example:
 
@@ -157,7 +157,7 @@ def generate(
     )
 
 
-def _summary(meter: Meter, parts: str, rows: int) -> None:
+def _summary(meter: Meter, rows: int) -> None:
     seconds = meter.seconds
     output.info(
         f"counted {rows:,} rows, {meter.bytes / 1e6:,.1f} MB in {seconds:.2f}s "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from patientkit.client.http import (
     DEFAULT_BACKOFF,
     Backoff,
@@ -36,17 +38,22 @@ class ExportClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check(self, response: httpx.Response, path: str, not_found: str) -> None:
+        """Pass a 200; raise Retryable for an answer worth another attempt, else RemoteError."""
+        status = response.status_code
+        if status == 404:
+            raise RemoteError(f"{not_found} on {self.server} (404)")
+        if is_retryable_status(status):
+            raise Retryable(f"status {status}", retry_after(response))
+        if status != 200:
+            raise RemoteError(f"GET {self.server}{path}: unexpected status {status}")
+
     def _get_json(self, path: str, not_found: str, on_retry: OnRetry | None = None) -> Any:
         what = f"GET {self.server}{path}"
 
         def attempt() -> Any:
             response = self.http.get(path)
-            if response.status_code == 404:
-                raise RemoteError(f"{not_found} on {self.server} (404)")
-            if is_retryable_status(response.status_code):
-                raise Retryable(f"status {response.status_code}", retry_after(response))
-            if response.status_code != 200:
-                raise RemoteError(f"{what}: unexpected status {response.status_code}")
+            self._check(response, path, not_found)
             return json_body(response, what)
 
         try:
@@ -84,29 +91,21 @@ class ExportClient:
         download_id: str,
         expected_rows: int,
         on_chunk: Callable[[int, int], None] | None = None,
-    ) -> tuple[Counts, int]:
+    ) -> Counts:
         """Stream one download through a counter: one attempt, no retry.
 
-        Returns the counts and the bytes read. Raises Retryable for a failure worth
-        another attempt (transport, 5xx, a short download), CsvError for bad data,
-        RemoteError for a final refusal. `on_chunk(rows, bytes)` reports progress.
+        Raises Retryable for a failure worth another attempt (transport, 5xx, a short
+        download), CsvError for bad data, RemoteError for a final refusal.
+        `on_chunk(rows, bytes)` reports progress.
         """
         source = f"{export_id}/{download_id}"
         counter = CsvCounter(source)
-        nbytes = 0
         path = f"/api/export/{export_id}/{download_id}/data"
         with self.http.stream("GET", path) as response:
-            status = response.status_code
-            if is_retryable_status(status):
-                raise Retryable(f"status {status}", retry_after(response))
-            if status == 404:
-                raise RemoteError(f"download {source} not found on {self.server} (404)")
-            if status != 200:
-                raise RemoteError(f"GET {self.server}{path}: unexpected status {status}")
+            self._check(response, path, f"download {source} not found")
             for chunk in response.iter_bytes(CHUNK):
                 rows = counter.counts.rows
                 counter.feed(chunk)
-                nbytes += len(chunk)
                 if on_chunk is not None:
                     on_chunk(counter.counts.rows - rows, len(chunk))
         try:
@@ -122,7 +121,7 @@ class ExportClient:
                 f"download {source}: counted {counts.rows:,} rows, "
                 f"but its metadata says {expected_rows:,}"
             )
-        return counts, nbytes
+        return counts
 
 
 def _short(counted: int, expected: int) -> str:

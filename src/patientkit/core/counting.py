@@ -82,11 +82,11 @@ class Counts:
 
     def report(self) -> dict[str, dict[str, object]]:
         """SPEC.md's aggregation document: patients and totals, sorted by name."""
-        patients: dict[str, dict[str, int]] = {}
+        patients: dict[str, Counter[str]] = {}
         totals: Counter[str] = Counter()
         for (patient, event), n in self.pairs.items():
-            p, e = patient.decode(), event.decode()
-            patients.setdefault(p, {})[e] = patients.get(p, {}).get(e, 0) + n
+            e = event.decode()
+            patients.setdefault(patient.decode(), Counter())[e] += n
             totals[e] += n
         return {
             "patients": {p: dict(sorted(patients[p].items())) for p in sorted(patients)},
@@ -124,7 +124,7 @@ class CsvCounter:
         cut = record_end(data)
         if cut:
             self._tail = data[cut:]
-            self._consume(data[:cut] if cut < len(data) else data)
+            self._consume(data[:cut])  # all of data when cut == len(data): no copy
         else:
             self._tail = data
         if len(self._tail) > MAX_RECORD:

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from patientkit.core import workers
-from patientkit.core.counting import BOM, Columns, Counts, CsvCounter, CsvError, read_header
-from patientkit.core.counting import record_end as _record_end
+from patientkit.core.counting import (
+    BOM,
+    Columns,
+    Counts,
+    CsvCounter,
+    CsvError,
+    read_header,
+    record_end,
+)
 from patientkit.errors import UsageError
 
 CHUNK = 1 << 20
@@ -85,14 +92,13 @@ def expand_paths(paths: list[str]) -> list[str]:
     return files
 
 
-def read_chunks(
-    stream: IO[bytes], start: int = 0, end: int | None = None, size: int = CHUNK
-) -> Iterator[bytes]:
+def read_chunks(stream: IO[bytes], start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """The bytes of stream from start to end (None: to its end), in chunks of CHUNK."""
     if start:
         stream.seek(start)
     left = None if end is None else end - start
     while left is None or left > 0:
-        chunk = stream.read(size if left is None else min(size, left))
+        chunk = stream.read(CHUNK if left is None else min(CHUNK, left))
         if not chunk:
             return
         if left is not None:
@@ -133,7 +139,7 @@ def plan_file(path: str, piece_size: int | None) -> FilePlan:
     with Path(path).open("rb") as stream:
         head = stream.read(CHUNK)
         bom = len(BOM) if head.startswith(BOM) else 0
-        cut = _record_end(head[bom:])
+        cut = record_end(head[bom:])
         if not cut:
             return FilePlan(path, [Piece(path)])  # the header alone fills a chunk
         columns, header_end, header_lines = read_header(head[bom : bom + cut], path)

@@ -16,9 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from patientkit.core.parallel import open_binary
+from patientkit.core.parallel import open_binary, read_chunks
 
-CHUNK = 1 << 20
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUFFIXES = (".csv.gz", ".csv")
 
@@ -150,5 +149,4 @@ def routes(catalog: Catalog) -> list[Route]:
 
 def _stream(path: Path) -> Iterator[bytes]:
     with open_binary(path) as stream:
-        while chunk := stream.read(CHUNK):
-            yield chunk
+        yield from read_chunks(stream)
