@@ -39,8 +39,8 @@ def listening() -> bool:
 
 class WorkerPool:
     def __init__(self, processes: int, on_message: Callable[[Any], None] | None = None) -> None:
-        # fork starts a worker in milliseconds (spawn and forkserver take half a second
-        # here, re-importing the CLI). It is safe because every worker is forked in
+        # fork starts a worker without importing anything again (spawn and forkserver
+        # re-import the CLI in each worker). It is safe because every worker is forked in
         # Pool() below, before this process starts any thread of its own: callers keep
         # progress bars free of refresh threads (see cli/progress.py).
         context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
