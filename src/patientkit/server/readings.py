@@ -29,8 +29,8 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
     async def create(request: Request) -> Response:
         try:
             body = await read_json(request, max_body)
-        except TooLarge:
-            return error(f"Request body is larger than {max_body} bytes.", 413)
+        except TooLarge as exc:
+            return error(str(exc), 413)
         except NotJson:
             return error(validation.NOT_AN_OBJECT, 400)
         try:
