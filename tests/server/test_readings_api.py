@@ -168,5 +168,5 @@ def test_an_oversize_body_is_413(api, device):
     hour = [(1, f"2021-09-29T16:{m:02d}:{s:02d}+01:00") for m in range(60) for s in range(60)]
     response = create(api, readings(device, *hour))
     assert response.status_code == 413
-    assert response.json()["status_code"] == 413
+    assert response.json() == error("Request body is larger than 20000 bytes.", 413)
     assert api.get(f"/api/device-readings/{device}/cumulative-count").status_code == 404
