@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from patientkit.errors import UsageError
@@ -48,10 +47,5 @@ class Rejects:
     def __enter__(self) -> Rejects:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

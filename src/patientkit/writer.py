@@ -18,7 +18,6 @@ import sqlite3
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from patientkit.core.storage import Store
@@ -100,10 +99,5 @@ class StoreProcess:
     def __enter__(self) -> StoreProcess:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -61,6 +61,14 @@ def test_one_batch_sets_totals_from_its_latest_reading_whatever_the_order(tmp_pa
         assert store.reading_totals() == (2, 4, 23)
 
 
+def test_a_batch_larger_than_sqlite_allows_in_one_statement(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 42)  # 10 readings a statement
+        batch = [reading(1, "2021-09-29T16:09:15+01:00", 1632928155 + n) for n in range(25)]
+        assert store.add_readings([*batch, batch[3]]) == 25
+        assert store.reading_totals() == (1, 25, 25)
+
+
 def test_schema_version_and_migrations(tmp_path):
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)

@@ -39,9 +39,12 @@ def test_created_flags_duplicates_in_the_batch_and_in_the_store(tmp_path):
         assert store.add_records([]) == []
 
 
-@pytest.mark.parametrize("limit", [999, 32766])
-def test_batches_larger_than_one_statement(tmp_path, limit, monkeypatch):
-    monkeypatch.setattr(storage, "RECORDS_PER_STATEMENT", 7)
+@pytest.mark.parametrize(
+    ("most", "limit"),
+    [(7, 32766), (5000, 999), (5000, 42)],  # 7 rows a statement; 166; 7 (42 variables)
+)
+def test_batches_larger_than_one_statement(tmp_path, most, limit, monkeypatch):
+    monkeypatch.setattr(storage, "RECORDS_PER_STATEMENT", most)
     with Store(tmp_path / "s.db") as store:
         store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
         store.add_records([record(f"T{i:03d}") for i in range(0, 30, 2)])

@@ -42,6 +42,11 @@ def create(api, body):
     return api.post("/api/device-readings/create", json=body)
 
 
+def readings(device, *pairs):
+    """A create body: the device's (count, timestamp) readings."""
+    return {"id": device, "readings": [{"count": c, "timestamp": t} for c, t in pairs]}
+
+
 def test_ping(api):
     response = api.get("/api/ping")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
@@ -49,14 +54,7 @@ def test_ping(api):
 
 def test_create_then_latest_and_cumulative(api, device):
     response = create(
-        api,
-        {
-            "id": device,
-            "readings": [
-                {"count": 5, "timestamp": "2021-09-29T16:09:15+01:00"},
-                {"count": 3, "timestamp": "2021-09-29T16:08:15+0100"},
-            ],
-        },
+        api, readings(device, (5, "2021-09-29T16:09:15+01:00"), (3, "2021-09-29T16:08:15+0100"))
     )
     assert (response.status_code, response.json()) == (201, {"status": "ok"})
     latest = api.get(f"/api/device-readings/{device}/latest-timestamp")
@@ -66,18 +64,10 @@ def test_create_then_latest_and_cumulative(api, device):
 
 
 def test_equal_instants_at_different_offsets_are_duplicates(api, device):
-    create(
-        api, {"id": device, "readings": [{"count": 5, "timestamp": "2021-09-29T16:09:15+01:00"}]}
-    )
+    create(api, readings(device, (5, "2021-09-29T16:09:15+01:00")))
     again = create(
         api,
-        {
-            "id": device,
-            "readings": [
-                {"count": 100, "timestamp": "2021-09-29T15:09:15+00:00"},
-                {"count": 100, "timestamp": "2021-09-29T10:09:15-0500"},
-            ],
-        },
+        readings(device, (100, "2021-09-29T15:09:15+00:00"), (100, "2021-09-29T10:09:15-0500")),
     )
     assert again.status_code == 201
     assert api.get(f"/api/device-readings/{device}/cumulative-count").json() == {
@@ -91,13 +81,11 @@ def test_equal_instants_at_different_offsets_are_duplicates(api, device):
 def test_latest_answers_in_the_offset_it_was_stored_with(api, device):
     create(
         api,
-        {
-            "id": device,
-            "readings": [
-                {"count": 1, "timestamp": "2021-09-29T10:00:00-05:00"},  # 15:00 UTC: the latest
-                {"count": 1, "timestamp": "2021-09-29T16:30:00+02:00"},  # 14:30 UTC
-            ],
-        },
+        readings(
+            device,
+            (1, "2021-09-29T10:00:00-05:00"),  # 15:00 UTC: the latest
+            (1, "2021-09-29T16:30:00+02:00"),  # 14:30 UTC
+        ),
     )
     assert api.get(f"/api/device-readings/{device}/latest-timestamp").json() == {
         "timestamp": "2021-09-29T10:00:00-0500"
@@ -158,14 +146,7 @@ def test_a_body_that_is_not_a_json_object(api):
 
 def test_all_or_nothing(api, device):
     response = create(
-        api,
-        {
-            "id": device,
-            "readings": [
-                {"count": 1, "timestamp": "2021-09-29T16:09:15+01:00"},
-                {"count": -1, "timestamp": "2021-09-29T16:10:15+01:00"},
-            ],
-        },
+        api, readings(device, (1, "2021-09-29T16:09:15+01:00"), (-1, "2021-09-29T16:10:15+01:00"))
     )
     assert response.status_code == 400
     missing = api.get(f"/api/device-readings/{device}/cumulative-count")
@@ -184,12 +165,8 @@ def test_unknown_and_invalid_devices_on_the_getters(api, device):
 
 
 def test_an_oversize_body_is_413(api, device):
-    readings = [
-        {"count": 1, "timestamp": f"2021-09-29T16:{m:02d}:{s:02d}+01:00"}
-        for m in range(60)
-        for s in range(60)
-    ]
-    response = create(api, {"id": device, "readings": readings})
+    hour = [(1, f"2021-09-29T16:{m:02d}:{s:02d}+01:00") for m in range(60) for s in range(60)]
+    response = create(api, readings(device, *hour))
     assert response.status_code == 413
-    assert response.json()["status_code"] == 413
+    assert response.json() == error("Request body is larger than 20000 bytes.", 413)
     assert api.get(f"/api/device-readings/{device}/cumulative-count").status_code == 404

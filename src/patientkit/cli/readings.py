@@ -13,6 +13,8 @@ from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
 
+DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
+
 app = typer.Typer(
     help="Replay device readings into the store or a readings API; read a device's totals.",
     no_args_is_help=True,
@@ -114,7 +116,10 @@ def replay(
         raise typer.Exit(1)
 
 
-def _device_totals(ctx: typer.Context, device_id: str, db: Path, to: str | None, key: str) -> None:
+def _device_total(
+    ctx: typer.Context, device_id: str, db: Path, to: str | None, key: str, method: str
+) -> None:
+    """Print {"device_id", key: the store's or the API's `method`(device_id)}."""
     from patientkit.core import validation
 
     _one_destination(ctx, to)
@@ -125,11 +130,7 @@ def _device_totals(ctx: typer.Context, device_id: str, db: Path, to: str | None,
         from patientkit.client.readings import ReadingsClient
 
         with ReadingsClient(to) as client:
-            value = (
-                client.latest_timestamp(device_id)
-                if key == "timestamp"
-                else client.cumulative_count(device_id)
-            )
+            value = getattr(client, method)(device_id)
     else:
         from patientkit.core.storage import Store
         from patientkit.errors import PatientkitError
@@ -137,11 +138,7 @@ def _device_totals(ctx: typer.Context, device_id: str, db: Path, to: str | None,
         if not db.exists():
             raise UsageError(f"{db}: no such store")
         with Store(db) as store:
-            value = (
-                store.latest_timestamp(device_id)
-                if key == "timestamp"
-                else store.cumulative_count(device_id)
-            )
+            value = getattr(store, method)(device_id)
         if value is None:
             raise PatientkitError(validation.NOT_FOUND)
     output.emit_json({"device_id": device_id, key: value})
@@ -150,7 +147,7 @@ def _device_totals(ctx: typer.Context, device_id: str, db: Path, to: str | None,
 @app.command()
 def latest(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument(help="The device's UUID4.")],
+    device_id: DeviceId,
     db: Db = DEFAULT_DB,
     to: To = None,
 ) -> None:
@@ -160,13 +157,13 @@ def latest(
 
         patientkit readings latest 063c5957-8905-45f9-bfe3-960713788919 --db readings.db
     """
-    _device_totals(ctx, device_id, db, to, "timestamp")
+    _device_total(ctx, device_id, db, to, "timestamp", "latest_timestamp")
 
 
 @app.command()
 def total(
     ctx: typer.Context,
-    device_id: Annotated[str, typer.Argument(help="The device's UUID4.")],
+    device_id: DeviceId,
     db: Db = DEFAULT_DB,
     to: To = None,
 ) -> None:
@@ -176,4 +173,4 @@ def total(
 
         patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --to http://127.0.0.1:8000
     """
-    _device_totals(ctx, device_id, db, to, "cumulative_count")
+    _device_total(ctx, device_id, db, to, "cumulative_count", "cumulative_count")

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -21,7 +21,6 @@ from patientkit.errors import RemoteError
 
 T = TypeVar("T")
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=60.0)
 
@@ -97,7 +96,7 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
-def make_client(server: str, timeout: httpx.Timeout = TIMEOUT, **kwargs: Any) -> httpx.Client:
+def make_client(server: str, **kwargs: Any) -> httpx.Client:
     """An httpx client for our APIs: base URL, user agent, bearer token from the
     environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections."""
     headers = {"user-agent": f"patientkit/{__version__}"}
@@ -106,7 +105,7 @@ def make_client(server: str, timeout: httpx.Timeout = TIMEOUT, **kwargs: Any) ->
         headers["authorization"] = f"Bearer {token}"
     if not server.startswith(("http://", "https://")):
         raise RemoteError(f"server URL must start with http:// or https://, not {server!r}")
-    return httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout, **kwargs)
+    return httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=TIMEOUT, **kwargs)
 
 
 def json_body(response: httpx.Response, what: str) -> Any:
@@ -115,3 +114,21 @@ def json_body(response: httpx.Response, what: str) -> Any:
         return response.json()
     except ValueError:
         raise RemoteError(f"{what}: the server answered malformed JSON") from None
+
+
+class ApiClient:
+    """A client of one of our APIs: `self.http` (`make_client`) for `server`, closed by
+    close() or at the end of a `with` block."""
+
+    def __init__(self, server: str, **kwargs: Any) -> None:
+        self.server = server
+        self.http = make_client(server, **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

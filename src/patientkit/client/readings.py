@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 
 from patientkit.client.http import (
+    ApiClient,
     describe,
     is_retryable_status,
     json_body,
-    make_client,
     retry_after,
 )
 from patientkit.core.storage import Reading
@@ -48,20 +48,7 @@ def error_message(response: httpx.Response) -> str:
     return f"status {response.status_code}"
 
 
-class ReadingsClient:
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.http = make_client(server)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> ReadingsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+class ReadingsClient(ApiClient):
     def ping(self) -> None:
         """Fail with RemoteError (exit 2) unless the server answers its ping."""
         try:

@@ -44,11 +44,11 @@ BUSY_TIMEOUT = 30.0  # seconds SQLite waits for a lock before it answers "locked
 LOCK_DEADLINE = 300.0  # seconds we keep retrying a locked write before giving up
 CACHE_KIB = 32 << 10  # page cache per connection
 CHECKPOINT_PAGES = 8192  # WAL pages between checkpoints (each one fsyncs: not too often)
-ROWS_PER_STATEMENT = 8000  # rows in one multi-row INSERT (4 columns: under SQLite's 32766)
+ROWS_PER_STATEMENT = 8000  # readings in one multi-row INSERT (4 values each)
+RECORDS_PER_STATEMENT = 5000  # records in one multi-row INSERT (6 values each)
 RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 RECORD_COLUMNS = (*RECORD_FIELDS, "created_at")
-_record_values = operator.itemgetter(*RECORD_FIELDS)
-RECORDS_PER_STATEMENT = 5000  # rows in one multi-row INSERT of records (6 values each)
+record_values = operator.itemgetter(*RECORD_FIELDS)  # a record's five fields, as a tuple
 
 MIGRATIONS: list[str] = [
     # 1: device readings, with per-device totals kept beside them
@@ -192,7 +192,7 @@ class Store:
             return
 
         def step(db: sqlite3.Connection) -> bool:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            version = self.schema_version()
             if version > SCHEMA_VERSION:
                 raise UsageError(
                     f"the store {self.path} has schema version {version}, newer than this "
@@ -215,7 +215,9 @@ class Store:
         duplicates of a stored (device, instant) and are ignored)."""
         if not readings:
             return 0
-        return self.write(lambda db: _insert_readings(db, readings))
+        return self.write(
+            lambda db: _insert_rows(db, "readings", Reading._fields, readings, ROWS_PER_STATEMENT)
+        )
 
     def latest_timestamp(self, device_id: str) -> str | None:
         row = self.db.execute(
@@ -278,12 +280,9 @@ class Store:
                     if row:
                         answers.append(RecordAnswer(int(row[0]), row[1]))
                         continue
-                created = db.execute(
-                    "INSERT OR IGNORE INTO test_records "
-                    "(test_id, patient_id, clinic_id, test_type, result, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (*_record_values(record), created_at),
-                ).rowcount
+                created = _insert_rows(
+                    db, "test_records", RECORD_COLUMNS, [(*record_values(record), created_at)], 1
+                )
                 given = answer(record, created == 1)
                 if request_id is not None:
                     db.execute(
@@ -315,7 +314,7 @@ class Store:
         """Up to `limit` records of a clinic that come after the (created_at, test_id) of
         `after` (None: from the start), in that order, through the clinic index."""
         rows = self.db.execute(
-            "SELECT test_id, patient_id, clinic_id, test_type, result, created_at "
+            f"SELECT {', '.join(RECORD_COLUMNS)} "
             "FROM test_records WHERE clinic_id = ? AND (created_at, test_id) > (?, ?) "
             "ORDER BY created_at, test_id LIMIT ?",
             (clinic_id, *(after or ("", "")), limit),
@@ -338,22 +337,32 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
-def _insert_readings(db: sqlite3.Connection, readings: Sequence[Reading]) -> int:
-    """Multi-row INSERT OR IGNORE: a reading at a stored (instant, device), or at one seen
-    earlier in the batch, is ignored; the trigger adds each new one to its device's totals.
-    Returns how many were new.
+def _insert_rows(
+    db: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    most: int,
+) -> int:
+    """Multi-row INSERT OR IGNORE of `rows` (tuples of `columns`), in the caller's
+    transaction: a row whose key is stored, or came earlier in `rows`, is ignored. Returns
+    how many were new. (A trigger's changes are not counted: readings' trigger keeps
+    `devices`.)
 
-    Thousands of rows a statement: each statement is one call into SQLite, its parameters
-    bound at once and its rows inserted without the GIL. (Row by row, every call gives the
-    GIL away and, next to a thread that parses input, waits up to the interpreter's switch
-    interval to get it back: inserts crawl.)"""
+    Up to `most` rows a statement, fewer if SQLite allows fewer variables (32766 since
+    SQLite 3.32, 999 before): each statement is one call into SQLite, its parameters bound
+    at once and its rows inserted without the GIL. (Row by row, or with `executemany`,
+    every call gives the GIL away and, next to a thread that parses input, waits up to the
+    interpreter's switch interval to get it back: inserts crawl.)"""
+    width = len(columns)
+    per_statement = min(most, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    head = f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES "
+    placeholder = "(" + ",".join("?" * width) + ")"
     new = 0
-    for start in range(0, len(readings), ROWS_PER_STATEMENT):
-        part = readings[start : start + ROWS_PER_STATEMENT]
+    for start in range(0, len(rows), per_statement):
+        part = rows[start : start + per_statement]
         new += db.execute(
-            "INSERT OR IGNORE INTO readings (device_id, count, timestamp, instant) VALUES "
-            + ",".join(["(?,?,?,?)"] * len(part)),
-            list(chain.from_iterable(part)),
+            head + ",".join([placeholder] * len(part)), list(chain.from_iterable(part))
         ).rowcount
     return new
 
@@ -361,13 +370,8 @@ def _insert_readings(db: sqlite3.Connection, readings: Sequence[Reading]) -> int
 def _insert_records(
     db: sqlite3.Connection, records: Sequence[dict[str, str]], created_at: str
 ) -> list[bool]:
-    """INSERT OR IGNORE the records in order, in the caller's transaction.
-
-    Multi-row statements of up to RECORDS_PER_STATEMENT rows: the parameters of a whole
-    statement are bound at once and SQLite inserts all its rows in one step, without the
-    GIL, so a thread that parses input meanwhile runs in parallel. (`executemany` gives
-    the GIL back and waits for it again on every row: next to a busy thread, each wait
-    lasts up to the interpreter's switch interval, and a bulk load crawls.)
+    """INSERT OR IGNORE the records in order, in the caller's transaction, in multi-row
+    statements (`_insert_rows`).
 
     Which ones were created: when the number of changes equals the number of records,
     all of them (the usual case, no further query). Otherwise the new rows are those
@@ -375,18 +379,8 @@ def _insert_records(
     so nobody else added any), and of records that share a test_id only the first can
     be the one created."""
     (before,) = db.execute("SELECT coalesce(max(rowid), 0) FROM test_records").fetchone()
-    changes = db.total_changes
-    per_statement = min(RECORDS_PER_STATEMENT, _variable_limit(db) // 6)
-    stamp = (created_at,)
-    for first in range(0, len(records), per_statement):
-        part = records[first : first + per_statement]
-        db.execute(
-            "INSERT OR IGNORE INTO test_records "
-            "(test_id, patient_id, clinic_id, test_type, result, created_at) VALUES "
-            + ",".join(["(?,?,?,?,?,?)"] * len(part)),
-            list(chain.from_iterable(map(add, map(_record_values, part), repeat(stamp)))),
-        )
-    new = db.total_changes - changes
+    rows = list(map(add, map(record_values, records), repeat((created_at,))))
+    new = _insert_rows(db, "test_records", RECORD_COLUMNS, rows, RECORDS_PER_STATEMENT)
     if new == len(records):
         return [True] * new
     fresh = {
@@ -399,11 +393,3 @@ def _insert_records(
         created.append(test_id in fresh)
         fresh.discard(test_id)
     return created
-
-
-def _variable_limit(db: sqlite3.Connection) -> int:
-    """How many ? one statement may hold (32766 since SQLite 3.32, 999 before)."""
-    try:
-        return db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    except AttributeError:  # Python before 3.11
-        return 999

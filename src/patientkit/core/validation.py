@@ -6,12 +6,11 @@ record before it sends anything). Written by hand: no schema library decides for
 
 from __future__ import annotations
 
-import operator
 import re
 from datetime import datetime
 from typing import Any
 
-from patientkit.core.storage import RECORD_FIELDS, Reading
+from patientkit.core.storage import RECORD_FIELDS, Reading, record_values
 
 ID_REQUIRED = "Field 'id' is required."
 READINGS_REQUIRED = "Field 'readings' is required."
@@ -132,15 +131,12 @@ def create_request(body: object, instants: Instants | None = None) -> list[Readi
     return [reading(device_id, item, instants) for item in items]
 
 
-_record_values = operator.itemgetter(*RECORD_FIELDS)
-
-
 def bad_record_field(record: dict[str, Any]) -> str | None:
     """The first of the five fields that is missing or not a non-empty string, or None.
 
     A string of only white space counts as empty."""
     try:  # a valid record, checked in C: a missing field or a non-string raises
-        if all(map(str.strip, _record_values(record))):
+        if all(map(str.strip, record_values(record))):
             return None
     except (KeyError, TypeError):
         pass

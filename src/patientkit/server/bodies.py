@@ -11,7 +11,10 @@ MAX_BODY = 16 << 20  # bytes
 
 
 class TooLarge(Exception):
-    pass
+    """A body over the limit; its message is the one to answer with."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body is larger than {limit} bytes.")
 
 
 class NotJson(Exception):
@@ -22,12 +25,12 @@ async def read_json(request: Request, limit: int) -> Any:
     """The JSON of the body; TooLarge past `limit` bytes, NotJson if it does not parse."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge
+        raise TooLarge(limit)
     parts, size = [], 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise TooLarge
+            raise TooLarge(limit)
         parts.append(part)
     try:
         return json.loads(b"".join(parts))

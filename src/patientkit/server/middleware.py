@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from patientkit.server.logs import log
 
 REQUEST_ID = "x-request-id"
+_REQUEST_ID = REQUEST_ID.encode()  # as ASGI headers name it
 MAX_REQUEST_ID = 200
 
 
@@ -35,7 +36,7 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, REQUEST_ID.encode())
+        given = _header(scope, _REQUEST_ID)
         request_id = given if given and len(given) <= MAX_REQUEST_ID else str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
@@ -46,8 +47,8 @@ class RequestLog:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [h for h in message.get("headers", []) if h[0] != REQUEST_ID.encode()]
-                headers.append((REQUEST_ID.encode(), request_id.encode("latin-1")))
+                headers = [h for h in message.get("headers", []) if h[0] != _REQUEST_ID]
+                headers.append((_REQUEST_ID, request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from patientkit.core import validation
+from patientkit.core.storage import Store
 from patientkit.server.bodies import NotJson, TooLarge, read_json
 from patientkit.server.stores import Stores
 
@@ -26,8 +29,8 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
     async def create(request: Request) -> Response:
         try:
             body = await read_json(request, max_body)
-        except TooLarge:
-            return error(f"Request body is larger than {max_body} bytes.", 413)
+        except TooLarge as exc:
+            return error(str(exc), 413)
         except NotJson:
             return error(validation.NOT_AN_OBJECT, 400)
         try:
@@ -37,26 +40,30 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
         await run_in_threadpool(lambda: stores.get().add_readings(readings))
         return JSONResponse({"status": "ok"}, status_code=201)
 
-    def latest(request: Request) -> Response:
-        device_id = request.path_params["device_id"]
-        if not validation.is_device_id(device_id):
-            return error(validation.BAD_DEVICE_ID, 400)
-        timestamp = stores.get().latest_timestamp(device_id)
-        if timestamp is None:
-            return error(validation.NOT_FOUND, 404)
-        return JSONResponse({"timestamp": timestamp})
+    def device_total(
+        key: str, read: Callable[[Store, str], object]
+    ) -> Callable[[Request], Response]:
+        """A GET of one device's total: {key: read(store, device_id)}."""
 
-    def cumulative(request: Request) -> Response:
-        device_id = request.path_params["device_id"]
-        if not validation.is_device_id(device_id):
-            return error(validation.BAD_DEVICE_ID, 400)
-        total = stores.get().cumulative_count(device_id)
-        if total is None:
-            return error(validation.NOT_FOUND, 404)
-        return JSONResponse({"cumulative_count": total})
+        def answer(request: Request) -> Response:
+            device_id = request.path_params["device_id"]
+            if not validation.is_device_id(device_id):
+                return error(validation.BAD_DEVICE_ID, 400)
+            value = read(stores.get(), device_id)
+            if value is None:
+                return error(validation.NOT_FOUND, 404)
+            return JSONResponse({key: value})
+
+        return answer
 
     return [
         Route("/api/device-readings/create", create, methods=["POST"]),
-        Route("/api/device-readings/{device_id}/latest-timestamp", latest),
-        Route("/api/device-readings/{device_id}/cumulative-count", cumulative),
+        Route(
+            "/api/device-readings/{device_id}/latest-timestamp",
+            device_total("timestamp", Store.latest_timestamp),
+        ),
+        Route(
+            "/api/device-readings/{device_id}/cumulative-count",
+            device_total("cumulative_count", Store.cumulative_count),
+        ),
     ]

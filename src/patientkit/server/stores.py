@@ -1,4 +1,4 @@
-"""One SQLite connection per server thread, opened on first use."""
+"""One SQLite connection per server thread, opened on first use (and kept until exit)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,10 @@ class Stores:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._all: list[Store] = []
-        self._lock = threading.Lock()
         Store(path).close()  # create and migrate now: fail at start-up, not on a request
 
     def get(self) -> Store:
         store = getattr(self._local, "store", None)
         if store is None:
             store = self._local.store = Store(self.path)
-            with self._lock:
-                self._all.append(store)
         return store
-
-    def close(self) -> None:
-        with self._lock:
-            for store in self._all:
-                store.close()
-            self._all.clear()
