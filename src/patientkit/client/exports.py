@@ -9,11 +9,11 @@ import httpx
 
 from patientkit.client.http import (
     DEFAULT_BACKOFF,
+    ApiClient,
     Backoff,
     Retryable,
     is_retryable_status,
     json_body,
-    make_client,
     retry_after,
     with_retries,
 )
@@ -24,19 +24,10 @@ CHUNK = 1 << 20
 OnRetry = Callable[[int, str, float], None]
 
 
-class ExportClient:
+class ExportClient(ApiClient):
     def __init__(self, server: str, backoff: Backoff = DEFAULT_BACKOFF) -> None:
-        self.server, self.backoff = server, backoff
-        self.http = make_client(server)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> ExportClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(server)
+        self.backoff = backoff
 
     def _check(self, response: httpx.Response, path: str, not_found: str) -> None:
         """Pass a 200; raise Retryable for an answer worth another attempt, else RemoteError."""
