@@ -3,7 +3,6 @@ SQLite files and a real `patientkit serve`."""
 
 import gzip
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 
 SUMMARY_KEYS = {
     "read",
@@ -388,13 +387,12 @@ def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
 
 
 def start_submit(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
     return subprocess.Popen(
         [sys.executable, "-m", "patientkit", "records", "submit", "-", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=cli_env(),
     )
 
 
