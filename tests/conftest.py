@@ -29,12 +29,16 @@ class Result:
         return json.loads(self.out)
 
 
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI run: this one without the PATIENTKIT_* settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
+
+
 def run_cli(
     *args: str, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120
 ) -> Result:
     """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
-    full_env = {**inherited, "COLUMNS": "200", **(env or {})}
+    full_env = {**cli_env(), "COLUMNS": "200", **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "patientkit", *args],
         input=input.encode() if isinstance(input, str) else input,

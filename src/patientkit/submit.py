@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,16 +67,7 @@ class Tally:
         return self.created + self.duplicates + self.invalid + self.rejected + self.failed
 
     def summary(self, seconds: float) -> dict[str, int | float]:
-        return {
-            "read": self.read,
-            "created": self.created,
-            "duplicates": self.duplicates,
-            "invalid": self.invalid,
-            "rejected": self.rejected,
-            "failed": self.failed,
-            "retries": self.retries,
-            "seconds": round(seconds, 3),
-        }
+        return {"read": self.read, **asdict(self), "seconds": round(seconds, 3)}
 
 
 @dataclass
@@ -249,16 +240,13 @@ class HttpTarget:
         concurrency: int,
         tally: Tally,
         report: Report,
-        backoff: Backoff | None = None,
+        backoff: Backoff,
     ) -> None:
         from patientkit.client import records as api
-        from patientkit.client.http import DEFAULT_BACKOFF
 
         self.api = api
         self.tally, self.report = tally, report
-        self.client = api.RecordsClient(
-            server, connections=concurrency, backoff=backoff or DEFAULT_BACKOFF
-        )
+        self.client = api.RecordsClient(server, connections=concurrency, backoff=backoff)
         self.client.ping()
         self.concurrency = concurrency
         self.error: PatientkitError | None = None

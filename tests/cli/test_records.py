@@ -3,7 +3,6 @@ SQLite files and a real `patientkit serve`."""
 
 import gzip
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 
 SUMMARY_KEYS = {
     "read",
@@ -59,6 +58,18 @@ def counts(result):
     return {k: v for k, v in summary.items() if k not in ("seconds", "retries")}
 
 
+def verdicts(read, created=0, duplicates=0, invalid=0, rejected=0, failed=0):
+    """What counts() should give."""
+    return {
+        "read": read,
+        "created": created,
+        "duplicates": duplicates,
+        "invalid": invalid,
+        "rejected": rejected,
+        "failed": failed,
+    }
+
+
 def rejects_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -86,14 +97,7 @@ MIXED_LINES = [
     json.dumps({**rec("V5"), "note": "extra fields are not sent"}),  # 16 created
     json.dumps(rec("V2")),  # 17 duplicate inside the file
 ]
-MIXED_COUNTS = {
-    "read": 16,
-    "created": 4,
-    "duplicates": 3,
-    "invalid": 9,
-    "rejected": 0,
-    "failed": 0,
-}
+MIXED_COUNTS = verdicts(16, created=4, duplicates=3, invalid=9)
 MIXED_REJECTS = [
     (4, "invalid JSON: Expecting value", None),
     (5, "Invalid JSON", [1, 2]),
@@ -193,10 +197,7 @@ def test_csv_json_array_gzip_and_stdin_give_the_same_records(tmp_path):
         assert stored(db) == expected, name
     db = tmp_path / "stdin.db"
     result = run_cli("records", "submit", "-", "--db", str(db), input=ndjson(records))
-    assert (result.code, counts(result)) == (
-        0,
-        {**MIXED_COUNTS, "read": 5, "created": 5, "duplicates": 0, "invalid": 0},
-    )
+    assert (result.code, counts(result)) == (0, verdicts(5, created=5))
     assert stored(db) == expected
 
 
@@ -214,14 +215,7 @@ def test_csv_rows_are_checked_like_json(tmp_path):
         "records", "submit", str(source), "--db", str(tmp_path / "s.db"), "--rejects", str(rejects)
     )
     assert result.code == 1
-    assert counts(result) == {
-        "read": 4,
-        "created": 2,
-        "duplicates": 0,
-        "invalid": 2,
-        "rejected": 0,
-        "failed": 0,
-    }
+    assert counts(result) == verdicts(4, created=2, invalid=2)
     assert [(r["line"], r["reason"]) for r in rejects_lines(rejects)] == [
         (3, "Invalid or missing field: result"),
         (4, "expected 5 fields, found 3"),
@@ -240,14 +234,7 @@ def test_server_side_rejections_carry_their_request_id(serve, tmp_path):
         "records", "submit", str(source), "--to", server.url, "--rejects", str(rejects)
     )
     assert result.code == 1
-    assert counts(result) == {
-        "read": 3,
-        "created": 2,
-        "duplicates": 0,
-        "invalid": 0,
-        "rejected": 1,
-        "failed": 0,
-    }
+    assert counts(result) == verdicts(3, created=2, rejected=1)
     (line,) = rejects_lines(rejects)
     reason = "rejected by the server (413): Request body is larger than 300 bytes."
     assert {k: v for k, v in line.items() if k != "request_id"} == {
@@ -361,18 +348,7 @@ def test_chaos_ends_like_a_clean_run(serve, tmp_path):
     assert run_cli("records", "submit", str(prior), *args).code == 0
     chaotic = run_cli("records", "submit", str(main), *args)
 
-    assert (
-        counts(clean)
-        == counts(chaotic)
-        == {
-            "read": 255,
-            "created": 220,
-            "duplicates": 34,
-            "invalid": 1,
-            "rejected": 0,
-            "failed": 0,
-        }
-    )
+    assert counts(clean) == counts(chaotic) == verdicts(255, created=220, duplicates=34, invalid=1)
     assert chaotic.code == clean.code == 1  # the one invalid record
     assert chaotic.json()["retries"] > 0
     assert stored(chaos_db) == stored(clean_db)
@@ -411,13 +387,12 @@ def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
 
 
 def start_submit(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
     return subprocess.Popen(
         [sys.executable, "-m", "patientkit", "records", "submit", "-", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=cli_env(),
     )
 
 
@@ -561,4 +536,7 @@ def test_list_usage_errors(tmp_path):
     empty = run_cli("records", "list", "--clinic", " ", "--db", str(tmp_path / "no.db"))
     assert (empty.code, empty.err) == (2, "error: --clinic must not be empty\n")
     both = run_cli("records", "list", "--clinic", "C", "--db", "x.db", "--to", "http://127.0.0.1:9")
-    assert both.code == 2
+    assert (both.code, both.err) == (
+        2,
+        "error: --db and --to cannot be used together: give the store or the API\n",
+    )

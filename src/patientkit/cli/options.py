@@ -49,3 +49,9 @@ To = Annotated[
         show_default=False,
     ),
 ]
+
+
+def db_given(ctx: typer.Context) -> bool:
+    """--db was on the command line (PATIENTKIT_DB or the default do not count). The
+    source is compared by name: typer vendors its own click, with its own enum."""
+    return getattr(ctx.get_parameter_source("db"), "name", None) == "COMMANDLINE"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich is imported on the first line written to stderr, not at start-up
+    from rich.console import Console
 
 _state = {"quiet": False}
 
@@ -28,6 +29,8 @@ def err_console() -> Console:
     above a live progress bar rather than through it."""
     key = id(sys.stderr)
     if key not in _consoles:
+        from rich.console import Console
+
         _consoles.clear()
         _consoles[key] = Console(stderr=True, highlight=False, soft_wrap=True)
     return _consoles[key]
@@ -50,10 +53,6 @@ def error(message: str) -> None:
 def show_progress() -> bool:
     """A live progress bar only on a terminal, and never with --quiet."""
     return not is_quiet() and sys.stderr.isatty()
-
-
-def dumps(document: Any) -> str:
-    return json.dumps(document, sort_keys=True, ensure_ascii=False)
 
 
 def emit_json(document: Any, out_file: Path | None = None) -> None:

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from patientkit.cli import output
 
+if TYPE_CHECKING:  # rich.progress is imported only when a bar is drawn (on a terminal)
+    from rich.progress import Progress, ProgressColumn, TaskID
 
-class _Rate(ProgressColumn):
-    """MB/s of the bytes kept in the task's fields."""
 
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        nbytes = task.fields.get("bytes", 0)
-        rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
-        return Text(f"{nbytes / 1e6:,.0f} MB {rate:,.0f} MB/s", style="cyan")
+def _rate() -> ProgressColumn:
+    """A column: MB/s of the bytes kept in the task's fields."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            elapsed = task.elapsed or 0.0
+            nbytes = task.fields.get("bytes", 0)
+            rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
+            return Text(f"{nbytes / 1e6:,.0f} MB {rate:,.0f} MB/s", style="cyan")
+
+    return Rate()
 
 
 class Meter:
@@ -36,16 +35,18 @@ class Meter:
         self.rows = self.bytes = self.parts_done = self.parts = 0
         self.started = time.perf_counter()
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._drawn = 0.0
 
     def __enter__(self) -> Meter:
         if output.show_progress():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.completed:,.0f}/{task.fields[expected]} " + self.unit),
-                _Rate(),
+                _rate(),
                 TextColumn("{task.fields[done]}"),
                 TimeElapsedColumn(),
                 console=output.err_console(),

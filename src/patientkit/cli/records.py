@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output
-from patientkit.cli.options import DEFAULT_DB, Db, To
+from patientkit.cli.options import DEFAULT_DB, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
 
@@ -23,8 +23,7 @@ DEFAULT_REQUESTS = 4  # requests in flight: the best measured against a server o
 
 
 def _db_or_to(ctx: typer.Context, to: str | None) -> None:
-    source = ctx.get_parameter_source("db")  # by name: typer may vendor its own click
-    if to is not None and getattr(source, "name", None) == "COMMANDLINE":
+    if to is not None and db_given(ctx):
         raise UsageError("--db and --to cannot be used together: give the store or the API")
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from patientkit.cli.options import DEFAULT_DB, Db
 from patientkit.errors import UsageError
+
+if TYPE_CHECKING:
+    import socket
 
 EXAMPLES = """
 Examples:
@@ -43,6 +44,8 @@ def serve(
         raise UsageError(f"--chaos must be between 0 and 1, not {chaos}")
     if exports is not None and not exports.is_dir():
         raise UsageError(f"--exports {exports}: no such folder")
+    import logging  # here, not at the top: every command imports this module at start-up
+
     import uvicorn
 
     from patientkit.server import logs
@@ -64,6 +67,8 @@ serve.__doc__ = f"{serve.__doc__}\n{EXAMPLES}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(
         family, socket.SOCK_STREAM, socket.IPPROTO_TCP

@@ -61,12 +61,6 @@ def _dumps(document: object) -> str:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
-def answer_for(test_id: str, created: bool) -> RecordAnswer:
-    if created:
-        return RecordAnswer(200, _dumps({"status": "success", "test_id": test_id}))
-    return RecordAnswer(409, _dumps({"error": CONFLICT}))
-
-
 def _id(value: str) -> str:
     return value if len(value) <= MAX_LOGGED_ID else value[:MAX_LOGGED_ID] + "…"
 
@@ -131,7 +125,10 @@ def _settle(batch: Sequence[Pending], outcome: list[RecordAnswer] | BaseExceptio
 
 
 def _answer(record: dict[str, str], created: bool) -> RecordAnswer:
-    return answer_for(record["test_id"], created)
+    """The answer to a POST of the record, kept with its request id."""
+    if created:
+        return RecordAnswer(200, _dumps({"status": "success", "test_id": record["test_id"]}))
+    return RecordAnswer(409, _dumps({"error": CONFLICT}))
 
 
 def routes(stores: Stores, max_body: int) -> list[Route]:
@@ -189,9 +186,7 @@ async def _listing(stores: Stores, clinic_id: str, request_id: str) -> AsyncIter
     after: tuple[str, str] | None = None
     count = 0
     while True:
-        page = await run_in_threadpool(
-            lambda after=after: stores.get().records_page(clinic_id, after, PAGE)
-        )
+        page = await run_in_threadpool(_page, stores, clinic_id, after)
         if page:
             text = ",".join(_dumps(record) for record in page)
             yield (("[" if count == 0 else ",") + text).encode()
@@ -201,3 +196,8 @@ async def _listing(stores: Stores, clinic_id: str, request_id: str) -> AsyncIter
         after = (page[-1]["created_at"], page[-1]["test_id"])
     yield b"]" if count else b"[]"
     log("records listed", request_id=request_id, clinic_id=_id(clinic_id), count=count)
+
+
+def _page(stores: Stores, clinic_id: str, after: tuple[str, str] | None) -> list[dict[str, str]]:
+    """One page of the listing, on this worker thread's own connection."""
+    return stores.get().records_page(clinic_id, after, PAGE)
