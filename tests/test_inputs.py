@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patientkit import inputs
+from patientkit.errors import UsageError
 from patientkit.inputs import Item, read_items
 
 
@@ -150,3 +152,13 @@ def test_stdin_is_read_as_it_comes():
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
+
+
+def test_check_paths_takes_files_and_pipes_and_refuses_the_rest(tmp_path):
+    (tmp_path / "a.ndjson").write_text("{}\n")
+    os.mkfifo(tmp_path / "pipe")
+    inputs.check_paths(["-", str(tmp_path / "a.ndjson"), str(tmp_path / "pipe")])
+    with pytest.raises(UsageError, match=r"nope\.ndjson: no such file$"):
+        inputs.check_paths([str(tmp_path / "nope.ndjson")])
+    with pytest.raises(UsageError, match=r": is a folder, not a file$"):
+        inputs.check_paths([str(tmp_path)])

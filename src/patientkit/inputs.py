@@ -20,8 +20,9 @@ import csv
 import gzip
 import io
 import json
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import count, repeat
 from pathlib import Path
@@ -44,16 +45,20 @@ class Item(NamedTuple):
 _item = partial(tuple.__new__, Item)  # Item from a 4-tuple, without Python-level __new__
 
 
-def check_paths(paths: Sequence[str]) -> None:
-    """Refuse up front (UsageError, exit 2) an input that is not a readable file."""
+def check_paths(paths: Iterable[str]) -> None:
+    """Refuse up front (UsageError, exit 2) an input that is missing, a folder, or not
+    readable. A pipe (`<(zcat …)`, a named pipe) is taken as it is: it is not opened here,
+    since opening and closing it could cut off the program writing into it."""
     for path in paths:
         if path == "-":
             continue
         given = Path(path)
         if given.is_dir():
             raise UsageError(f"{path}: is a folder, not a file")
-        if not given.is_file():
+        if not given.exists():
             raise UsageError(f"{path}: no such file")
+        if not os.access(given, os.R_OK):
+            raise UsageError(f"{path}: cannot read it: Permission denied")
 
 
 def open_input(path: str) -> IO[bytes]:

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -376,21 +376,6 @@ class HttpTarget:
 
 
 Target = StoreTarget | HttpTarget
-
-
-def check_paths(paths: Iterable[str]) -> None:
-    """Every input can be opened, before anything is sent (an unreadable file is exit 2)."""
-    for path in paths:
-        if path == "-":
-            continue
-        if Path(path).is_dir():
-            raise UsageError(f"{path}: is a folder, not a file")
-        try:
-            Path(path).open("rb").close()
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read it: {exc.strerror}") from None
 
 
 def submit(

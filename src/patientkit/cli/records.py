@@ -66,8 +66,9 @@ def submit(
 
         zcat tests.csv.gz | patientkit records submit - --to http://127.0.0.1:8000
     """
+    from patientkit.inputs import check_paths
     from patientkit.rejects import Rejects
-    from patientkit.submit import HttpTarget, Report, Source, StoreTarget, Tally, check_paths
+    from patientkit.submit import HttpTarget, Report, Source, StoreTarget, Tally
     from patientkit.submit import submit as run
 
     _db_or_to(ctx, to)
