@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output
-from patientkit.cli.options import DEFAULT_DB, Db, To
+from patientkit.cli.options import DEFAULT_DB, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
@@ -23,8 +23,7 @@ app = typer.Typer(
 
 def _one_destination(ctx: typer.Context, to: str | None) -> None:
     """--db and --to together is a usage error (PATIENTKIT_DB alone does not count)."""
-    source = ctx.get_parameter_source("db")
-    if to is not None and source is not None and source.name == "COMMANDLINE":
+    if to is not None and db_given(ctx):
         raise UsageError("give --db or --to, not both")
 
 

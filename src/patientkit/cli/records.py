@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DEFAULT_REQUESTS = 4  # requests in flight: the best measured against a server on this machine
+DEFAULT_REQUESTS = 4  # requests in flight: more contend for the client's GIL on 2 cores
 
 
 def _db_or_to(ctx: typer.Context, to: str | None) -> None:

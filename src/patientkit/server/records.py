@@ -138,9 +138,9 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
         request_id = request.scope["state"]["request_id"]
         try:
             body = await read_json(request, max_body)
-        except TooLarge:
+        except TooLarge as exc:
             log("record refused", request_id=request_id, reason="body too large")
-            return error(f"Request body is larger than {max_body} bytes.", 413)
+            return error(str(exc), 413)
         except NotJson:
             body = None  # answered as SPEC's "Invalid JSON", like any non-object
         problem = validation.record_problem(body)
