@@ -8,6 +8,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from patientkit.generate import plan_export
@@ -198,3 +199,133 @@ def test_generated_rows_look_real(exports_dir):
 
 def test_outputs_demo_json_is_current(exports_dir):
     assert json.loads((ROOT / "outputs" / "demo.json").read_text()) == demo_report(exports_dir)
+
+
+# -- what a row is: case 07, locally and over HTTP ----------------------------------------
+
+CASES = ROOT.parent.parent / "shared" / "cases"
+CR_CSV = (
+    b"patient_id,event_time,event_type,value\rP001,2025-08-26T00:00:02Z,spo2,97\r"
+    b"P001,2025-08-26T00:00:03Z,spo2,98\rP002,2025-08-26T00:00:03Z,bp_sys,120\r"
+)
+CR_REPORT = {
+    "patients": {"P001": {"spo2": 2}, "P002": {"bp_sys": 1}},
+    "totals": {"bp_sys": 1, "spo2": 2},
+}
+
+
+def test_cr_only_line_ends_count_the_same_locally_over_http_and_in_the_metadata(serve, tmp_path):
+    case = CASES / "07-cr-only-line-ends" / "cr.csv"
+    if case.is_file():
+        assert case.read_bytes() == CR_CSV
+    variants = {
+        "cr": CR_CSV,
+        "blank": b"\r\n" + CR_CSV.replace(b"\rP002", b"\r\r\n\nP002") + b"\n\r",
+        "crlf": CR_CSV.replace(b"\r", b"\r\n"),
+    }
+    ids = {name: one_download(tmp_path, name, "") for name in variants}
+    for name, data in variants.items():
+        path = tmp_path / name / f"{ids[name]}.csv"
+        path.write_bytes(data)
+        local = run_cli("export", "count", str(path))
+        assert (local.code, json.loads(local.out)) == (0, CR_REPORT), (name, local.err)
+        piped = run_cli("export", "count", "-", input=gzip.compress(data))
+        assert json.loads(piped.out) == CR_REPORT, name
+    server = serve("--exports", str(tmp_path))
+    for name in variants:
+        meta = httpx.get(f"{server.url}/api/export/{name}/{ids[name]}").json()["data"]
+        assert meta["rows"] == 3, name
+        remote = run_cli("export", "aggregate", name, "--server", server.url, "--attempts", "1")
+        assert (remote.code, json.loads(remote.out)) == (0, CR_REPORT), (name, remote.err)
+
+
+# -- truncated or corrupt input: case 08 ----------------------------------------------------
+
+
+def truncated_gzip(tmp_path: Path) -> Path:
+    case = CASES / "08-truncated-gzip" / "half_export.csv.gz"
+    path = tmp_path / "half_export.csv.gz"
+    if case.is_file():
+        path.write_bytes(case.read_bytes())
+    else:
+        rows = b"".join(b"P1,t,spo2,%d\n" % i for i in range(200_000))
+        whole = gzip.compress(b"patient_id,event_time,event_type,value\n" + rows)
+        path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def test_a_truncated_gzip_is_one_line_no_counts_exit_1(tmp_path):
+    path = truncated_gzip(tmp_path)
+    reason = (
+        "cannot read it to the end: truncated or corrupt compressed data "
+        "(Compressed file ended before the end-of-stream marker was reached)"
+    )
+    for args, name in (([str(path)], str(path)), ([str(tmp_path)], str(path)), (["-"], "<stdin>")):
+        result = run_cli("export", "count", *args, input=path.read_bytes())
+        assert (result.code, result.out) == (1, ""), result.err
+        assert result.err.splitlines() == [f"error: {name}: {reason}"]
+        debug = run_cli("export", "count", *args, "--debug", input=path.read_bytes())
+        assert (debug.code, debug.out) == (1, "")  # a traceback, the same exit code
+        assert "Aborted" not in result.err + debug.err
+    corrupt = tmp_path / "corrupt.csv.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate data at all")
+    result = run_cli("export", "count", str(corrupt))
+    assert (result.code, result.out) == (1, "")
+    assert result.err.startswith(f"error: {corrupt}: cannot read it to the end: truncated or")
+    assert len(result.err.splitlines()) == 1
+
+
+def test_a_truncated_gzip_on_the_server_fails_aggregate_in_one_line(serve, tmp_path):
+    download_id = one_download(tmp_path, "half", "")
+    folder = tmp_path / "half"
+    (folder / f"{download_id}.csv").unlink()
+    truncated_gzip(tmp_path).rename(folder / f"{download_id}.csv.gz")
+    server = serve("--exports", str(tmp_path))
+    result = run_cli("export", "aggregate", "half", "--server", server.url, "--attempts", "1")
+    assert (result.code, result.out) == (2, "")
+    assert result.err.splitlines()[-1].startswith(
+        f"error: cannot get GET {server.url}/api/export/half/{download_id}: status 500: "
+        f"Download cannot be read: {download_id}.csv.gz: cannot read it to the end: "
+        "truncated or corrupt compressed data"
+    )
+
+
+@pytest.fixture
+def corrupt_gzip_server():
+    """An export server whose one download says it is gzip-encoded and is not."""
+    download_id = str(uuid.uuid4())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            data: dict = {"export_ids": ["x"], "id": "x", "download_ids": [download_id]}
+            if self.path.endswith(download_id):
+                data = {"id": download_id, "rows": 2}
+            body = json.dumps({"data": data}).encode()
+            headers = {"content-type": "application/json"}
+            if self.path.endswith("/data"):
+                whole = gzip.compress(b"patient_id,event_type\nP1,a\nP2,b\n")
+                body = whole[:10] + b"\xff" * 20  # a gzip header, then no deflate data
+                headers = {"content-encoding": "gzip"}
+            self.send_response(200)
+            for name, value in {**headers, "content-length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", download_id
+    httpd.shutdown()
+
+
+def test_a_download_that_fails_to_decode_fails_aggregate_in_one_line(corrupt_gzip_server):
+    url, download_id = corrupt_gzip_server
+    result = run_cli("export", "aggregate", "x", "--server", url, "--attempts", "1")
+    assert (result.code, result.out) == (1, ""), result.err
+    assert result.err.splitlines()[-1].startswith(
+        f"error: download {download_id}: cannot decode it, truncated or corrupt"
+    )
+    assert "Traceback" not in result.err and "internal error" not in result.err

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patientkit.core.counting import Counts, CsvCounter, CsvError, count_chunks
+from patientkit.core.counting import Counts, CsvCounter, CsvError, count_chunks, records
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 
@@ -303,3 +303,32 @@ def test_any_bytes_give_counts_or_a_csv_error(data, size):
         return
     want = reference(data.decode("utf-8", "surrogateescape"))
     assert want is not None and (got.rows, len(pairs(got))) == (want[0], len(want[1]))
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.large_base_example,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(text=csv_texts())
+def test_every_reader_of_csv_agrees_on_what_a_row_is(tmp_path, text):
+    """One definition of a row: the counter, the server's metadata scan and the CSV inputs
+    of readings and records find the same rows, on the same lines."""
+    from patientkit.inputs import read_items
+    from patientkit.server.exports import _scan
+
+    want = reference(text)
+    if want is None:
+        return
+    path = tmp_path / "x.csv"
+    path.write_bytes(text.encode())
+    assert count(text.encode()).rows == want[0]
+    assert _scan("x", path)["rows"] == want[0]
+    lines = [line for line, _ in records(io.StringIO(text, newline=""), "x.csv")][1:]
+    items = list(read_items(str(path), ("patient_id", "event_type")))
+    assert [item.line for item in items] == lines
+    assert all(item.error is None for item in items)

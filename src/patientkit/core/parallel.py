@@ -122,7 +122,7 @@ def unreadable(source: str, exc: BaseException) -> ReadError:
         why = f"truncated or corrupt compressed data ({exc})"
     else:
         why = f"read error ({exc.strerror or exc})" if isinstance(exc, OSError) else str(exc)
-    return ReadError(f"{source}: cannot read it to the end: {why}; nothing counted")
+    return ReadError(f"{source}: cannot read it to the end: {why}")
 
 
 def count_stream(chunks: Iterator[bytes], counter: CsvCounter, progress: Progress | None) -> Counts:
