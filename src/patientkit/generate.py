@@ -232,18 +232,16 @@ def folder_problems(folder: Path, present: set[str]) -> list[str]:
     """What is wrong with an export folder whose downloads carry metadata: a download
     named by a `<uuid>.meta.json` whose CSV (`present`: the file names found) is missing,
     or a temporary file of an unfinished download. Each as `<name> (reason)`."""
-    problems = []
-    for meta in sorted(folder.glob(f"*{META_SUFFIX}")):
+    problems = {}
+    for meta in folder.glob(f"*{META_SUFFIX}"):
         stem = meta.name.removesuffix(META_SUFFIX)
-        if stem.startswith("."):
-            continue
-        if f"{stem}.csv" not in present and f"{stem}.csv.gz" not in present:
-            problems.append(f"{stem}.csv (missing)")
-    for tmp in sorted(folder.glob(".*.csv.tmp")):
+        if not stem.startswith(".") and not {f"{stem}.csv", f"{stem}.csv.gz"} & present:
+            problems[f"{stem}.csv"] = "missing"
+    for tmp in folder.glob(".*.csv.tmp"):
         name = tmp.name.removeprefix(".").removesuffix(".tmp")
         if name not in present:
-            problems.append(f"{name} (partial: {tmp.name} was never finished)")
-    return problems
+            problems[name] = f"partial: {tmp.name} was never finished"
+    return [f"{name} ({why})" for name, why in sorted(problems.items())]
 
 
 def expected_rows(path: Path) -> int | None:

@@ -1,9 +1,15 @@
 """`patientkit export …` end to end: real server, real files, exact outcomes."""
 
+import contextlib
 import gzip
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -12,7 +18,7 @@ import httpx
 import pytest
 
 from patientkit.generate import plan_export
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, cli_env, run_cli
 
 
 def demo_report(exports_dir: Path) -> dict:
@@ -329,3 +335,164 @@ def test_a_download_that_fails_to_decode_fails_aggregate_in_one_line(corrupt_gzi
         f"error: download {download_id}: cannot decode it, truncated or corrupt"
     )
     assert "Traceback" not in result.err and "internal error" not in result.err
+
+
+# -- interrupts and reruns: case 10 ----------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The living child processes of pid, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def interrupt(args: list[str], when: str, after: float, twice: float | None = None) -> tuple:
+    """Run the CLI in its own process group and press Ctrl-C there (SIGINT to the whole
+    group, as a terminal does) `after` seconds past `when`: "start" (the process began)
+    or "pool" (its worker processes appeared); again `twice` seconds later.
+    Returns (exit code, stderr, seconds from the first Ctrl-C to the exit, workers seen)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**cli_env(), "COLUMNS": "200"},
+        start_new_session=True,
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while when == "pool" and not children(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline, "no pool started"
+            time.sleep(0.005)
+        started = time.monotonic()
+        while time.monotonic() < started + after:
+            seen.update(children(process.pid))
+            time.sleep(0.01)
+        seen.update(children(process.pid))
+        assert process.poll() is None, "the command ended before its Ctrl-C"
+        os.killpg(process.pid, signal.SIGINT)
+        pressed = time.monotonic()
+        if twice is not None:
+            time.sleep(twice)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+        took = time.monotonic() - pressed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    time.sleep(0.1)
+    return process.returncode, err.decode(), took, seen
+
+
+def assert_interrupted(result: tuple, line: str) -> None:
+    code, err, took, seen = result
+    assert code == 130, err
+    assert err.splitlines() == [f"error: interrupted: {line}"], err
+    assert took < 3, took
+    assert not [pid for pid in seen if alive(pid)], "worker processes left behind"
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 110 MB of export CSV: long enough to count that a Ctrl-C lands mid-task."""
+    folder = tmp_path_factory.mktemp("big") / "big"
+    folder.mkdir()
+    block = b"".join(
+        b"P%03d,2025-08-26T00:00:00.000000Z,spo2,97\n" % (i % 7) for i in range(10_000)
+    )
+    for _ in range(2):
+        with (folder / f"{uuid.uuid4()}.csv").open("wb") as out:
+            out.write(b"patient_id,event_time,event_type,value\n")
+            for _ in range(130):
+                out.write(block)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("when", "after", "twice"),
+    [("pool", 0.0, None), ("pool", 0.3, 0.05), ("pool", 1.0, None), ("pool", 1.0, 0.3)],
+)
+def test_ctrl_c_ends_export_count_at_once(big_folder, when, after, twice):
+    result = interrupt(["export", "count", str(big_folder), "--workers", "2"], when, after, twice)
+    assert_interrupted(result, "nothing was counted")
+    assert result[3], "the test never saw the worker processes"
+
+
+@pytest.mark.parametrize(("after", "twice"), [(0.0, None), (0.5, 0.2), (1.2, None)])
+def test_ctrl_c_ends_export_aggregate_at_once(serve, big_folder, after, twice):
+    server = serve("--exports", str(big_folder.parent))
+    args = ["export", "aggregate", "big", "--server", server.url, "--concurrency", "2"]
+    assert_interrupted(interrupt(args, "pool", after, twice), "nothing was counted")
+
+
+@pytest.mark.parametrize(
+    ("when", "after", "twice"),
+    [("pool", 0.0, None), ("pool", 0.3, 0.1), ("start", 1.0, None), ("start", 1.0, 0.5)],
+)
+def test_ctrl_c_ends_export_generate_and_leaves_a_folder_count_refuses(
+    tmp_path, when, after, twice
+):
+    result = interrupt(["export", "generate", "small", str(tmp_path)], when, after, twice)
+    assert_interrupted(result, "run the same command again to finish the folder")
+    folder = tmp_path / "small"
+    assert not list(folder.glob(".*")), "temporary files left behind"
+    metas = sorted(folder.glob("*.meta.json"))
+    assert len(metas) == 10  # the folder says what it should hold
+    missing = [m.name.replace(".meta.json", ".csv") for m in metas]
+    missing = [name for name in missing if not (folder / name).exists()]
+    assert missing
+    count = run_cli("export", "count", str(folder))
+    assert (count.code, count.out) == (1, "")
+    assert count.err.startswith(f"error: {folder}: incomplete export, nothing counted: ")
+    assert f"{missing[0]} (missing)" in count.err
+    assert len(count.err.splitlines()) == 1
+
+
+def test_a_rerun_completes_an_interrupted_folder_and_count_checks_every_file(tmp_path):
+    first = run_cli("export", "generate", "demo", str(tmp_path), "--seed", "5")
+    assert first.code == 0, first.err
+    folder = tmp_path / "demo"
+    whole = {p.name: p.read_bytes() for p in folder.iterdir()}
+    one, two = sorted(p for p in whole if p.endswith(".csv"))
+    # what an interrupted run leaves: one download never written, another half written
+    (folder / one).unlink()
+    (folder / f".{two}.tmp").write_bytes(whole[two][:1000])
+    (folder / two).unlink()
+    refused = run_cli("export", "count", str(folder))
+    assert (refused.code, refused.out) == (1, "")
+    assert refused.err.strip() == (
+        f"error: {folder}: incomplete export, nothing counted: {one} (missing), {two} "
+        f"(partial: .{two}.tmp was never finished) (run `export generate` or the download "
+        "again)"
+    )
+    rerun = run_cli("export", "generate", "demo", str(tmp_path), "--seed", "5")
+    assert rerun.code == 0, rerun.err  # our own temporary files are not foreign downloads
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == whole
+    counted = run_cli("export", "count", str(folder))
+    assert counted.code == 0, counted.err
+    assert sum(json.loads(counted.out)["totals"].values()) == json.loads(first.out)["rows"]
+    # a download cut short but renamed into place: its rows differ from its metadata
+    (folder / two).write_bytes(whole[two][: len(whole[two]) // 2].rsplit(b"\n", 1)[0] + b"\n")
+    rows = whole[two][: len(whole[two]) // 2].rsplit(b"\n", 1)[0].count(b"\n")
+    meta = json.loads(whole[two.replace(".csv", ".meta.json")])
+    for args in ([str(folder)], [str(folder / two)]):
+        short = run_cli("export", "count", *args)
+        assert (short.code, short.out) == (1, "")
+        assert short.err.strip() == (
+            "error: download does not match its metadata, nothing counted (partial or "
+            f"changed?): {folder / two} (counted {rows:,} rows, its metadata says "
+            f"{meta['rows']:,})"
+        )
