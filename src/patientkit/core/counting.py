@@ -209,9 +209,9 @@ class CsvCounter:
             if (patient, event) == REQUIRED:
                 raise CsvError(self.source, line, "the header row again (concatenated files?)")
             for name, value in (("patient_id", patient), ("event_type", event)):
-                reason = _key_problem(value)
-                if reason:
-                    raise CsvError(self.source, line, f"{name} {reason}")
+                problem = _key_problem(value)
+                if problem:
+                    raise CsvError(self.source, line, f"{name} {problem}")
             pairs[(_encode(patient), _encode(event))] += 1
         self.counts.pairs.update(pairs)
         self.counts.rows += pairs.total()

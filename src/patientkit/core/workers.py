@@ -96,7 +96,7 @@ class WorkerPool:
         # re-import the CLI in each worker). It is safe because the parent has no thread
         # of its own when it forks: callers keep progress bars free of refresh threads
         # (see cli/progress.py), and this pool reads messages in the calling thread.
-        context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+        context: Any = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
         self.on_message = on_message
         self.processes: list[BaseProcess] = []
         self.conns: list[Connection] = []
