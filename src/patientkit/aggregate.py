@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from patientkit.client.exports import ExportClient
 from patientkit.client.http import DEFAULT_BACKOFF, Backoff, Retryable, with_retries
 from patientkit.core import workers
@@ -88,6 +90,13 @@ def count_download(job: Job) -> Outcome:
         except Retryable as exc:
             flush()
             return Outcome(job.download_id, None, error=f"download {job.download_id}: {exc}")
+        except httpx.DecodingError as exc:  # its Content-Encoding: truncated or corrupt
+            flush()
+            return Outcome(
+                job.download_id,
+                None,
+                error=f"download {job.download_id}: cannot decode it, truncated or corrupt ({exc})",
+            )
         except PatientkitError as exc:
             flush()
             return Outcome(job.download_id, None, error=str(exc), exit_code=exc.exit_code)

@@ -4,6 +4,11 @@
 beside each, `<download uuid>.meta.json` holding the metadata the export API serves
 (rows, event_types, patients, start_time, end_time), so that the server need not scan
 gigabytes at start-up. The same seed always gives the same bytes.
+
+Every metadata file is written first, so a folder always tells which downloads it should
+hold (`folder_problems`); each CSV is written to `.<uuid>.csv.tmp` and renamed into place
+when whole, so a `<uuid>.csv` is always complete. An interrupted run leaves only its own
+temporary files, which the next run removes; the next run writes just what is missing.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from patientkit.core.workers import WorkerPool
 
 HEADER = "patient_id,event_time,event_type,value\n"
 DAY_US = 86_400 * 1_000_000
@@ -136,16 +142,43 @@ def metadata(plan: DownloadPlan) -> dict[str, object]:
     }
 
 
+META_SUFFIX = ".meta.json"
+
+
+def csv_path(plan: DownloadPlan, folder: Path) -> Path:
+    return folder / f"{plan.download_id}.csv"
+
+
+def tmp_path(plan: DownloadPlan, folder: Path) -> Path:
+    """Where a download is written before it is whole (hidden, never a `.csv`)."""
+    return folder / f".{plan.download_id}.csv.tmp"
+
+
+def meta_path(plan: DownloadPlan, folder: Path) -> Path:
+    return folder / f"{plan.download_id}{META_SUFFIX}"
+
+
+def write_metadata(plan: DownloadPlan, folder: Path) -> None:
+    """Write a download's metadata through a temporary name (never half a file)."""
+    meta = meta_path(plan, folder)
+    tmp = folder / f".{meta.name}.tmp"
+    tmp.write_text(json.dumps(metadata(plan), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(meta)
+
+
 def write_download(plan: DownloadPlan, folder: Path, seed: int) -> Path:
-    """Write one download's CSV and metadata through temporary names, then rename."""
-    path = folder / f"{plan.download_id}.csv"
-    tmp = folder / f".{plan.download_id}.csv.tmp"
-    with tmp.open("w", encoding="utf-8", newline="") as out:
-        for text in iter_rows(plan, seed):
-            out.write(text)
-    tmp.replace(path)
-    meta = folder / f"{plan.download_id}.meta.json"
-    meta.write_text(json.dumps(metadata(plan), indent=2) + "\n", encoding="utf-8")
+    """Write one download's CSV through its temporary name, rename it into place, then
+    its metadata (again: the server takes metadata only when it is not older than the
+    CSV, see server/exports.py)."""
+    path, tmp = csv_path(plan, folder), tmp_path(plan, folder)
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as out:
+            for text in iter_rows(plan, seed):
+                out.write(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_metadata(plan, folder)
     return path
 
 
@@ -153,18 +186,73 @@ def _write(args: tuple[DownloadPlan, Path, int]) -> Path:
     return write_download(*args)
 
 
+def _complete(plan: DownloadPlan, folder: Path) -> bool:
+    """Whether a download is already in place with its metadata (a `.csv` appears whole)."""
+    meta, path = meta_path(plan, folder), csv_path(plan, folder)
+    try:
+        return path.is_file() and json.loads(meta.read_text(encoding="utf-8")) == metadata(plan)
+    except (OSError, ValueError):
+        return False
+
+
 def generate_export(
     export_id: str, root: Path, seed: int = 0, workers: int | None = None
 ) -> list[Path]:
-    """Generate all downloads of an export under root/export_id, in parallel processes."""
+    """Generate the downloads of an export under root/export_id that are not there yet,
+    in parallel processes; all of them in the end. Returns every download's path.
+
+    Interrupted (KeyboardInterrupt) or failed, it stops its workers, removes its
+    temporary files and raises; run it again to finish the folder.
+    """
     folder = root / export_id
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(plan, folder, seed) for plan in plan_export(export_id, seed)]
-    workers = min(len(jobs), workers or os.cpu_count() or 1)
-    if workers <= 1:
-        return [_write(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_write, jobs))
+    plans = plan_export(export_id, seed)
+    try:
+        for plan in plans:
+            tmp_path(plan, folder).unlink(missing_ok=True)  # left by a run that was killed
+        todo = [plan for plan in plans if not _complete(plan, folder)]
+        for plan in todo:
+            write_metadata(plan, folder)  # first: the folder says what it should hold
+        jobs = [(plan, folder, seed) for plan in todo]
+        workers = min(len(jobs), workers or os.cpu_count() or 1)
+        if workers <= 1:
+            for job in jobs:
+                _write(job)
+        else:
+            with WorkerPool(workers) as pool:
+                for _ in pool.imap_unordered(_write, jobs):
+                    pass
+    finally:
+        for plan in plans:  # the pool is stopped: no worker writes any more
+            tmp_path(plan, folder).unlink(missing_ok=True)
+    return [csv_path(plan, folder) for plan in plans]
+
+
+def folder_problems(folder: Path, present: set[str]) -> list[str]:
+    """What is wrong with an export folder whose downloads carry metadata: a download
+    named by a `<uuid>.meta.json` whose CSV (`present`: the file names found) is missing,
+    or a temporary file of an unfinished download. Each as `<name> (reason)`."""
+    problems = {}
+    for meta in folder.glob(f"*{META_SUFFIX}"):
+        stem = meta.name.removesuffix(META_SUFFIX)
+        if not stem.startswith(".") and not {f"{stem}.csv", f"{stem}.csv.gz"} & present:
+            problems[f"{stem}.csv"] = "missing"
+    for tmp in folder.glob(".*.csv.tmp"):
+        name = tmp.name.removeprefix(".").removesuffix(".tmp")
+        if name not in present:
+            problems[name] = f"partial: {tmp.name} was never finished"
+    return [f"{name} ({why})" for name, why in sorted(problems.items())]
+
+
+def expected_rows(path: Path) -> int | None:
+    """The `rows` of the `.meta.json` beside a `.csv`/`.csv.gz` file, if it has one."""
+    name = path.name.removesuffix(".gz").removesuffix(".csv")
+    meta = path.with_name(f"{name}{META_SUFFIX}")
+    try:
+        rows = json.loads(meta.read_text(encoding="utf-8")).get("rows")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) else None
 
 
 def generate_readings(

@@ -205,15 +205,16 @@ def _reason(exc: ValueError) -> str:
 
 def _csv_items(stream: IO[bytes], source: str, fields: Sequence[str]) -> Iterator[Item]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
-    reader = csv.reader(text)
+    reader = csv.reader(text)  # rows as SPEC.md says: \n, \r\n or \r; [] is a blank line
     try:
-        header = [name.strip() for name in next(reader)]
+        header = [name.strip() for name in next(row for row in reader if row)]
     except StopIteration:
         return
     missing = [field for field in fields if field not in header]
     if missing:
         names = ", ".join(f"'{field}'" for field in missing)
-        yield Item(source, 1, None, f"the CSV header lacks {names} (it has: {','.join(header)})")
+        lacks = f"the CSV header lacks {names} (it has: {','.join(header)})"
+        yield Item(source, reader.line_num, None, lacks)
         return
     line = reader.line_num + 1
     try:

@@ -1,17 +1,24 @@
 """`patientkit export …` end to end: real server, real files, exact outcomes."""
 
+import contextlib
 import gzip
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from patientkit.generate import plan_export
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, cli_env, run_cli
 
 
 def demo_report(exports_dir: Path) -> dict:
@@ -198,3 +205,294 @@ def test_generated_rows_look_real(exports_dir):
 
 def test_outputs_demo_json_is_current(exports_dir):
     assert json.loads((ROOT / "outputs" / "demo.json").read_text()) == demo_report(exports_dir)
+
+
+# -- what a row is: case 07, locally and over HTTP ----------------------------------------
+
+CASES = ROOT.parent.parent / "shared" / "cases"
+CR_CSV = (
+    b"patient_id,event_time,event_type,value\rP001,2025-08-26T00:00:02Z,spo2,97\r"
+    b"P001,2025-08-26T00:00:03Z,spo2,98\rP002,2025-08-26T00:00:03Z,bp_sys,120\r"
+)
+CR_REPORT = {
+    "patients": {"P001": {"spo2": 2}, "P002": {"bp_sys": 1}},
+    "totals": {"bp_sys": 1, "spo2": 2},
+}
+
+
+def test_cr_only_line_ends_count_the_same_locally_over_http_and_in_the_metadata(serve, tmp_path):
+    case = CASES / "07-cr-only-line-ends" / "cr.csv"
+    if case.is_file():
+        assert case.read_bytes() == CR_CSV
+    variants = {
+        "cr": CR_CSV,
+        "blank": b"\r\n" + CR_CSV.replace(b"\rP002", b"\r\r\n\nP002") + b"\n\r",
+        "crlf": CR_CSV.replace(b"\r", b"\r\n"),
+    }
+    ids = {name: one_download(tmp_path, name, "") for name in variants}
+    for name, data in variants.items():
+        path = tmp_path / name / f"{ids[name]}.csv"
+        path.write_bytes(data)
+        local = run_cli("export", "count", str(path))
+        assert (local.code, json.loads(local.out)) == (0, CR_REPORT), (name, local.err)
+        piped = run_cli("export", "count", "-", input=gzip.compress(data))
+        assert json.loads(piped.out) == CR_REPORT, name
+    server = serve("--exports", str(tmp_path))
+    for name in variants:
+        meta = httpx.get(f"{server.url}/api/export/{name}/{ids[name]}").json()["data"]
+        assert meta["rows"] == 3, name
+        remote = run_cli("export", "aggregate", name, "--server", server.url, "--attempts", "1")
+        assert (remote.code, json.loads(remote.out)) == (0, CR_REPORT), (name, remote.err)
+
+
+# -- truncated or corrupt input: case 08 ----------------------------------------------------
+
+
+def truncated_gzip(tmp_path: Path) -> Path:
+    case = CASES / "08-truncated-gzip" / "half_export.csv.gz"
+    path = tmp_path / "half_export.csv.gz"
+    if case.is_file():
+        path.write_bytes(case.read_bytes())
+    else:
+        rows = b"".join(b"P1,t,spo2,%d\n" % i for i in range(200_000))
+        whole = gzip.compress(b"patient_id,event_time,event_type,value\n" + rows)
+        path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def test_a_truncated_gzip_is_one_line_no_counts_exit_1(tmp_path):
+    path = truncated_gzip(tmp_path)
+    reason = (
+        "cannot read it to the end: truncated or corrupt compressed data "
+        "(Compressed file ended before the end-of-stream marker was reached)"
+    )
+    for args, name in (([str(path)], str(path)), ([str(tmp_path)], str(path)), (["-"], "<stdin>")):
+        result = run_cli("export", "count", *args, input=path.read_bytes())
+        assert (result.code, result.out) == (1, ""), result.err
+        assert result.err.splitlines() == [f"error: {name}: {reason}"]
+        debug = run_cli("export", "count", *args, "--debug", input=path.read_bytes())
+        assert (debug.code, debug.out) == (1, "")  # a traceback, the same exit code
+        assert "Aborted" not in result.err + debug.err
+    corrupt = tmp_path / "corrupt.csv.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate data at all")
+    result = run_cli("export", "count", str(corrupt))
+    assert (result.code, result.out) == (1, "")
+    assert result.err.startswith(f"error: {corrupt}: cannot read it to the end: truncated or")
+    assert len(result.err.splitlines()) == 1
+
+
+def test_a_truncated_gzip_on_the_server_fails_aggregate_in_one_line(serve, tmp_path):
+    download_id = one_download(tmp_path, "half", "")
+    folder = tmp_path / "half"
+    (folder / f"{download_id}.csv").unlink()
+    truncated_gzip(tmp_path).rename(folder / f"{download_id}.csv.gz")
+    server = serve("--exports", str(tmp_path))
+    result = run_cli("export", "aggregate", "half", "--server", server.url, "--attempts", "1")
+    assert (result.code, result.out) == (2, "")
+    assert result.err.splitlines()[-1].startswith(
+        f"error: cannot get GET {server.url}/api/export/half/{download_id}: status 500: "
+        f"Download cannot be read: {download_id}.csv.gz: cannot read it to the end: "
+        "truncated or corrupt compressed data"
+    )
+
+
+@pytest.fixture
+def corrupt_gzip_server():
+    """An export server whose one download says it is gzip-encoded and is not."""
+    download_id = str(uuid.uuid4())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            data: dict = {"export_ids": ["x"], "id": "x", "download_ids": [download_id]}
+            if self.path.endswith(download_id):
+                data = {"id": download_id, "rows": 2}
+            body = json.dumps({"data": data}).encode()
+            headers = {"content-type": "application/json"}
+            if self.path.endswith("/data"):
+                whole = gzip.compress(b"patient_id,event_type\nP1,a\nP2,b\n")
+                body = whole[:10] + b"\xff" * 20  # a gzip header, then no deflate data
+                headers = {"content-encoding": "gzip"}
+            self.send_response(200)
+            for name, value in {**headers, "content-length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", download_id
+    httpd.shutdown()
+
+
+def test_a_download_that_fails_to_decode_fails_aggregate_in_one_line(corrupt_gzip_server):
+    url, download_id = corrupt_gzip_server
+    result = run_cli("export", "aggregate", "x", "--server", url, "--attempts", "1")
+    assert (result.code, result.out) == (1, ""), result.err
+    assert result.err.splitlines()[-1].startswith(
+        f"error: download {download_id}: cannot decode it, truncated or corrupt"
+    )
+    assert "Traceback" not in result.err and "internal error" not in result.err
+
+
+# -- interrupts and reruns: case 10 ----------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The living child processes of pid, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def interrupt(args: list[str], when: str, after: float, twice: float | None = None) -> tuple:
+    """Run the CLI in its own process group and press Ctrl-C there (SIGINT to the whole
+    group, as a terminal does) `after` seconds past `when`: "start" (the process began)
+    or "pool" (its worker processes appeared); again `twice` seconds later.
+    Returns (exit code, stderr, seconds from the first Ctrl-C to the exit, workers seen)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**cli_env(), "COLUMNS": "200"},
+        start_new_session=True,
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while when == "pool" and not children(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline, "no pool started"
+            time.sleep(0.005)
+        started = time.monotonic()
+        while time.monotonic() < started + after:
+            seen.update(children(process.pid))
+            time.sleep(0.01)
+        seen.update(children(process.pid))
+        assert process.poll() is None, "the command ended before its Ctrl-C"
+        os.killpg(process.pid, signal.SIGINT)
+        pressed = time.monotonic()
+        if twice is not None:
+            time.sleep(twice)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+        took = time.monotonic() - pressed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    time.sleep(0.1)
+    return process.returncode, err.decode(), took, seen
+
+
+def assert_interrupted(result: tuple, line: str) -> None:
+    code, err, took, seen = result
+    assert code == 130, err
+    assert err.splitlines() == [f"error: interrupted: {line}"], err
+    assert took < 3, took
+    assert not [pid for pid in seen if alive(pid)], "worker processes left behind"
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 110 MB of export CSV: long enough to count that a Ctrl-C lands mid-task."""
+    folder = tmp_path_factory.mktemp("big") / "big"
+    folder.mkdir()
+    block = b"".join(
+        b"P%03d,2025-08-26T00:00:00.000000Z,spo2,97\n" % (i % 7) for i in range(10_000)
+    )
+    for _ in range(2):
+        with (folder / f"{uuid.uuid4()}.csv").open("wb") as out:
+            out.write(b"patient_id,event_time,event_type,value\n")
+            for _ in range(130):
+                out.write(block)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("when", "after", "twice"),
+    [("pool", 0.0, None), ("pool", 0.3, 0.05), ("pool", 1.0, None), ("pool", 1.0, 0.3)],
+)
+def test_ctrl_c_ends_export_count_at_once(big_folder, when, after, twice):
+    result = interrupt(["export", "count", str(big_folder), "--workers", "2"], when, after, twice)
+    assert_interrupted(result, "nothing was counted")
+    assert result[3], "the test never saw the worker processes"
+
+
+@pytest.mark.parametrize(("after", "twice"), [(0.0, None), (0.5, 0.2), (1.2, None)])
+def test_ctrl_c_ends_export_aggregate_at_once(serve, big_folder, after, twice):
+    server = serve("--exports", str(big_folder.parent))
+    args = ["export", "aggregate", "big", "--server", server.url, "--concurrency", "2"]
+    assert_interrupted(interrupt(args, "pool", after, twice), "nothing was counted")
+
+
+@pytest.mark.parametrize(
+    ("when", "after", "twice"),
+    [("pool", 0.0, None), ("pool", 0.3, 0.1), ("start", 1.0, None), ("start", 1.0, 0.5)],
+)
+def test_ctrl_c_ends_export_generate_and_leaves_a_folder_count_refuses(
+    tmp_path, when, after, twice
+):
+    result = interrupt(["export", "generate", "small", str(tmp_path)], when, after, twice)
+    assert_interrupted(result, "run the same command again to finish the folder")
+    folder = tmp_path / "small"
+    assert not list(folder.glob(".*")), "temporary files left behind"
+    metas = sorted(folder.glob("*.meta.json"))
+    assert len(metas) == 10  # the folder says what it should hold
+    missing = [m.name.replace(".meta.json", ".csv") for m in metas]
+    missing = [name for name in missing if not (folder / name).exists()]
+    assert missing
+    count = run_cli("export", "count", str(folder))
+    assert (count.code, count.out) == (1, "")
+    assert count.err.startswith(f"error: {folder}: incomplete export, nothing counted: ")
+    assert f"{missing[0]} (missing)" in count.err
+    assert len(count.err.splitlines()) == 1
+
+
+def test_a_rerun_completes_an_interrupted_folder_and_count_checks_every_file(tmp_path):
+    first = run_cli("export", "generate", "demo", str(tmp_path), "--seed", "5")
+    assert first.code == 0, first.err
+    folder = tmp_path / "demo"
+    whole = {p.name: p.read_bytes() for p in folder.iterdir()}
+    one, two = sorted(p for p in whole if p.endswith(".csv"))
+    # what an interrupted run leaves: one download never written, another half written
+    (folder / one).unlink()
+    (folder / f".{two}.tmp").write_bytes(whole[two][:1000])
+    (folder / two).unlink()
+    refused = run_cli("export", "count", str(folder))
+    assert (refused.code, refused.out) == (1, "")
+    assert refused.err.strip() == (
+        f"error: {folder}: incomplete export, nothing counted: {one} (missing), {two} "
+        f"(partial: .{two}.tmp was never finished) (run `export generate` or the download "
+        "again)"
+    )
+    rerun = run_cli("export", "generate", "demo", str(tmp_path), "--seed", "5")
+    assert rerun.code == 0, rerun.err  # our own temporary files are not foreign downloads
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == whole
+    counted = run_cli("export", "count", str(folder))
+    assert counted.code == 0, counted.err
+    assert sum(json.loads(counted.out)["totals"].values()) == json.loads(first.out)["rows"]
+    # a download cut short but renamed into place: its rows differ from its metadata
+    (folder / two).write_bytes(whole[two][: len(whole[two]) // 2].rsplit(b"\n", 1)[0] + b"\n")
+    rows = whole[two][: len(whole[two]) // 2].rsplit(b"\n", 1)[0].count(b"\n")
+    meta = json.loads(whole[two.replace(".csv", ".meta.json")])
+    for args in ([str(folder)], [str(folder / two)]):
+        short = run_cli("export", "count", *args)
+        assert (short.code, short.out) == (1, "")
+        assert short.err.strip() == (
+            "error: download does not match its metadata, nothing counted (partial or "
+            f"changed?): {folder / two} (counted {rows:,} rows, its metadata says "
+            f"{meta['rows']:,})"
+        )

@@ -2,10 +2,13 @@ import csv
 import io
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from patientkit.core.counting import Counts, CsvCounter, CsvError, count_chunks
+from patientkit.core.counting import Counts, CsvCounter, CsvError, count_chunks, records
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 
@@ -86,8 +89,11 @@ def test_header_only_counts_nothing():
         (b"patient_id,event_type,patient_id\n", "x.csv:1: column 'patient_id' appears 2 times"),
         (HEADER + b"P1,t,a,1\nP2,t,b\nP3,t,c,1\n", "x.csv:3: expected 4 fields, found 3"),
         (HEADER + b"P1,t,a,1\nP2,t,b,1,extra\n", "x.csv:3: expected 4 fields, found 5"),
-        (HEADER + b"P1,t,a,1\n\nP2,t,b,1\n", "x.csv:3: empty line"),
-        (HEADER + b"P1,t,a,1\nP2,t,b,1\n\n", "x.csv:4: empty line"),
+        (HEADER + b"P1,t,a,1\n\nP2,t,b\n", "x.csv:4: expected 4 fields, found 3"),
+        (b"\r\n\r" + HEADER + b"P1,t,a\n", "x.csv:4: expected 4 fields, found 3"),
+        (HEADER.replace(b"\n", b"\r") + b"P1,t,a,1\rP2,t\r", "x.csv:3: expected 4 fields, found 2"),
+        (b"\n\npatient_id,value\n", "x.csv:3: missing required column 'event_type'"),
+        (b"\n\r\n\r", "x.csv:1: empty file: expected a header row"),
         (HEADER + b'P1,t,a,1\nP2,"t,b,1\nP3,t,c,1\n', "x.csv:3: unterminated quoted field"),
         (HEADER + b"P1,t,a,1\n,t,b,1\n", "x.csv:3: patient_id is empty"),
         (HEADER + b"P1,t,,1\n", "x.csv:2: event_type is empty"),
@@ -165,3 +171,164 @@ def test_memory_is_bounded_by_one_record():
     with pytest.raises(CsvError, match=r"x.csv:2: record longer than 16 MiB"):
         for _ in range(20):
             counter.feed(b"x" * (1 << 20))
+
+
+CASES = Path(__file__).resolve().parents[3] / "shared" / "cases"
+
+
+def test_lone_cr_line_ends_are_rows_as_the_csv_module_reads_them():
+    # case 07-cr-only-line-ends: it counted {} (the header "ended" at the appended \n)
+    data = (
+        b"patient_id,event_time,event_type,value\rP001,2025-08-26T00:00:02Z,spo2,97\r"
+        b"P001,2025-08-26T00:00:03Z,spo2,98\rP002,2025-08-26T00:00:03Z,bp_sys,120\r"
+    )
+    case = CASES / "07-cr-only-line-ends" / "cr.csv"
+    if case.is_file():
+        assert case.read_bytes() == data
+    result = count_every_way(data)
+    assert result.rows == 3
+    assert pairs(result) == {("P001", "spo2"): 2, ("P002", "bp_sys"): 1}
+    assert pairs(count_every_way(data.rstrip(b"\r"))) == pairs(result)
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_blank_lines_are_skipped_never_counted_never_an_error(end):
+    rows = [b"P1,t,a,1", b"", b"P2,t,b,1", b"", b"", b"P1,t,a,2", b""]
+    data = end + HEADER.rstrip(b"\n") + end + end.join(rows) + end
+    result = count_every_way(data)
+    assert result.rows == 3
+    assert pairs(result) == {("P1", "a"): 2, ("P2", "b"): 1}
+    # line numbers still count the blank lines
+    bad = data + b"P3,t" + end
+    assert count_every_way(bad) == f"x.csv:{2 + len(rows) + 1}: expected 4 fields, found 2"
+
+
+def test_mixed_line_ends_and_a_crlf_split_across_every_chunk_boundary():
+    data = HEADER + b'P1,t,a,1\r\nP2,t,b,1\rP1,t,a,1\n\r\nP2,t,"b\r\nc",1\r'
+    result = count_every_way(data)
+    assert pairs(result) == {("P1", "a"): 2, ("P2", "b"): 1, ("P2", "b\r\nc"): 1}
+    assert count_every_way(data + b"P3\r") == "x.csv:8: expected 4 fields, found 1"
+
+
+def test_the_fast_path_never_counts_a_chunk_it_cannot_vouch_for_as_zero():
+    # a chunk of only blank lines, or with line ends the pattern does not know, is read
+    # by the csv module; the rows counted always equal the reference
+    for body in (b"\r\n" * 5, b"\r" * 5, b"P1,t,a,1\rP1,t,a,1\n", b"P1,t,a,1\r\r\n"):
+        data = HEADER + body
+        want = sum(1 for r in csv.reader(io.StringIO(data.decode(), newline="")) if r) - 1
+        assert count_every_way(data).rows == want
+
+
+# -- property: the counter, the csv module and the server's metadata scan agree ---------
+
+
+def reference(text: str) -> tuple[int, dict[tuple[str, str], int]] | None:
+    """Rows and pairs as the csv module reads text (blank lines skipped); None if the
+    counter must refuse it (a malformed row, header or quoting)."""
+    try:
+        found = [r for r in csv.reader(io.StringIO(text, newline=""), strict=True) if r]
+    except csv.Error:
+        return None
+    if not found:
+        return None
+    names = [n.strip() for n in found[0]]
+    if any(names.count(k) != 1 for k in ("patient_id", "event_type")):
+        return None
+    p, e = names.index("patient_id"), names.index("event_type")
+    got: Counter[tuple[str, str]] = Counter()
+    for row in found[1:]:
+        if len(row) != len(names) or not row[p] or not row[e]:
+            return None
+        if (row[p], row[e]) == ("patient_id", "event_type"):
+            return None
+        got[(row[p], row[e])] += 1
+    return len(found) - 1, dict(got)
+
+
+FIELD = st.text(alphabet='aP1é ,"\r\n', max_size=5)
+LINE_END = st.sampled_from(["\n", "\r\n", "\r"])
+
+
+@st.composite
+def csv_texts(draw: st.DrawFn) -> str:
+    columns = draw(st.permutations(["patient_id", "event_type", "event_time", "value"]))
+    columns = columns[: draw(st.integers(2, 4))]
+    if "patient_id" not in columns or "event_type" not in columns:
+        columns = ["patient_id", "event_type"]
+    key = st.sampled_from(["P1", "P2", "P,3", 'P"4', "P\r\n5", "P\r6"])
+    records = [columns]
+    for _ in range(draw(st.integers(0, 12))):
+        row = [draw(key) if c in ("patient_id", "event_type") else draw(FIELD) for c in columns]
+        if draw(st.integers(0, 15)) == 0:
+            row = row[:-1] or ["x", "y", "z"]  # now and then a malformed row
+        records.append(row)
+    out = []
+    for record in records:
+        while draw(st.integers(0, 4)) == 0:
+            out.append(draw(LINE_END))  # blank lines anywhere
+        style = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]))
+        line = io.StringIO()
+        csv.writer(line, quoting=style, lineterminator="").writerow(record)
+        out.append(line.getvalue() + draw(LINE_END))
+    text = "".join(out)
+    if draw(st.booleans()):
+        text = text.rstrip("\r\n")  # the last record may lack its line end
+    return text
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
+@given(text=csv_texts(), size=st.integers(1, 64))
+def test_counter_equals_the_csv_module_on_random_texts(text, size):
+    data = text.encode()
+    want = reference(text)
+    try:
+        got = count(data, size)
+    except CsvError:
+        assert want is None, text
+        return
+    assert want is not None, text
+    assert (got.rows, pairs(got)) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200), size=st.integers(1, 16))
+def test_any_bytes_give_counts_or_a_csv_error(data, size):
+    try:
+        got = count(data, size)
+    except CsvError:
+        return
+    want = reference(data.decode("utf-8", "surrogateescape"))
+    assert want is not None and (got.rows, len(pairs(got))) == (want[0], len(want[1]))
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.large_base_example,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(text=csv_texts())
+def test_every_reader_of_csv_agrees_on_what_a_row_is(tmp_path, text):
+    """One definition of a row: the counter, the server's metadata scan and the CSV inputs
+    of readings and records find the same rows, on the same lines."""
+    from patientkit.inputs import read_items
+    from patientkit.server.exports import _scan
+
+    want = reference(text)
+    if want is None:
+        return
+    path = tmp_path / "x.csv"
+    path.write_bytes(text.encode())
+    assert count(text.encode()).rows == want[0]
+    assert _scan("x", path)["rows"] == want[0]
+    lines = [line for line, _ in records(io.StringIO(text, newline=""), "x.csv")][1:]
+    items = list(read_items(str(path), ("patient_id", "event_type")))
+    assert [item.line for item in items] == lines
+    assert all(item.error is None for item in items)

@@ -1,10 +1,24 @@
+import csv
 import gzip
+import io
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from patientkit.core.counting import CsvError
-from patientkit.core.parallel import count_files, count_piece, expand_paths, plan_file
+from patientkit.core.parallel import (
+    ReadError,
+    after_line_end,
+    count_files,
+    count_piece,
+    expand_paths,
+    plan_file,
+)
+from patientkit.core.workers import WorkerDied, WorkerPool
 from patientkit.errors import UsageError
 
 HEADER = b"patient_id,event_time,event_type,value\n"
@@ -77,3 +91,106 @@ def test_progress_reports_every_byte(tmp_path):
     result = count_piece(plan_file(str(path), None).pieces[0], seen.append)
     assert result.error is None
     assert sum(seen) == path.stat().st_size
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_cuts_fall_on_record_ends_under_every_line_end(tmp_path, end):
+    path = write(
+        tmp_path / "a.csv", [r.replace(b"\n", end) for r in rows(5000)], HEADER.replace(b"\n", end)
+    )
+    plan = plan_file(str(path), piece_size=7_001)
+    assert len(plan.pieces) > 10
+    data = path.read_bytes()
+    for piece in plan.pieces[1:]:
+        assert data[piece.start - 1 : piece.start] in (b"\n", b"\r")
+        assert data[piece.start : piece.start + 1] not in (b"\n", b"\r")  # never inside \r\n
+    assert count_files([str(path)], workers=2, piece_size=7_001) == count_files([str(path)], 1)
+    assert count_files([str(path)], workers=1).rows == 5000
+
+
+def test_after_line_end_takes_a_crlf_whole_even_across_a_read(tmp_path):
+    data = b"ab\r\ncd\ref\n" + b"x" * 70_000 + b"\r" + b"\n" + b"y\r"
+    path = tmp_path / "d"
+    path.write_bytes(data)
+    with path.open("rb") as stream:
+        assert after_line_end(stream, 0) == 4
+        assert after_line_end(stream, 3) == 4  # between \r and \n: after the \n
+        assert after_line_end(stream, 4) == 7
+        assert after_line_end(stream, 10) == 10 + 70_000 + 2
+        assert after_line_end(stream, len(data) - 1) == len(data)
+        assert after_line_end(stream, len(data)) == len(data)
+
+
+LINE_ENDS = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.sampled_from([b"P1", b"P2", b'"P\r\n3"', b'"P,4"']),
+            st.sampled_from([b"a", b"b", b'"c\rd"']),
+            LINE_ENDS,
+            st.integers(0, 3),
+        ),
+        max_size=300,
+    ),
+    piece_size=st.integers(40, 2_000),
+    header_end=LINE_ENDS,
+)
+def test_byte_ranges_count_as_the_whole_file_and_the_csv_module(
+    tmp_path, records, piece_size, header_end
+):
+    body = b"".join(
+        blank * end + b"%s,t,%s,1%s" % (patient, event, end)
+        for patient, event, end, blank in records
+    )
+    path = tmp_path / "r.csv"
+    path.write_bytes(HEADER.replace(b"\n", header_end) + body)
+    text = path.read_bytes().decode()
+    found = [r for r in csv.reader(io.StringIO(text, newline="")) if r][1:]
+    want = Counter((r[0].encode(), r[2].encode()) for r in found)
+    split = count_files([str(path)], workers=1, piece_size=piece_size)
+    assert (split.rows, split.pairs) == (len(found), want)
+
+
+def test_a_truncated_gzip_is_a_read_error_in_a_worker_too(tmp_path):
+    whole = gzip.compress(HEADER + b"".join(rows(100_000)))
+    (tmp_path / "a.csv.gz").write_bytes(whole[: len(whole) // 2])
+    write(tmp_path / "b.csv", rows(10))
+    for workers in (1, 2):
+        with pytest.raises(ReadError, match=r"a.csv.gz: cannot read it to the end: truncated"):
+            count_files([str(tmp_path)], workers=workers)
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang():
+    with WorkerPool(2) as pool, pytest.raises(WorkerDied, match="ended unexpectedly"):
+        pool.map(os._exit, [0, 0, 0])
+    with WorkerPool(2) as pool, pytest.raises(RuntimeError, match="CsvError: x:1: y"):
+        pool.map(_raise_csv_error, [1])  # an exception that does not pickle arrives all the same
+
+
+def _raise_csv_error(_: int) -> None:
+    raise CsvError("x", 1, "y")
+
+
+def test_the_pool_leaves_no_process_behind():
+    def gone(pid: int) -> bool:
+        stat = Path(f"/proc/{pid}/stat")
+        return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+    with WorkerPool(2) as pool:
+        pids = pool.map(_pid, range(6))
+        assert len(set(pids)) == 2
+    with pytest.raises(KeyboardInterrupt), WorkerPool(2) as pool:
+        pids += pool.map(_pid, range(2))
+        raise KeyboardInterrupt  # as Ctrl-C mid-job: every worker stopped on the way out
+    assert all(gone(pid) for pid in pids)
+    mine = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert not set(map(int, mine)) & set(pids)
+
+
+def _pid(_: int) -> int:
+    return os.getpid()

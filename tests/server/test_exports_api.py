@@ -113,3 +113,34 @@ def test_serve_refuses_a_missing_exports_folder(tmp_path):
     result = run_cli("serve", "--exports", str(tmp_path / "nope"), "--port", "0")
     assert result.code == 2
     assert result.err.strip() == f"error: --exports {tmp_path / 'nope'}: no such folder"
+
+
+def test_metadata_rows_follow_what_a_row_is_and_an_unreadable_file_is_said(serve, tmp_path):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    cases = {  # rows as the counter counts them: any line end, blank lines skipped
+        b"\r\npatient_id,event_time,event_type,value\rA1,t1,spo2,1\r\rA2,t2,spo2,2\r": 2,
+        b'patient_id,event_type\r\n\r\nA1,x\r\n\nA2,"y\r\nz"\r\n\r': 2,
+        b"patient_id,event_type\nA1,x": 1,
+        b"patient_id,event_type\n\n\n": 0,
+    }
+    ids = {}
+    for data, rows in cases.items():
+        download_id = str(uuid.uuid4())
+        (folder / f"{download_id}.csv").write_bytes(data)
+        ids[download_id] = rows
+    half = str(uuid.uuid4())
+    whole = gzip.compress(b"patient_id,event_type\n" + b"A1,x\n" * 100_000)
+    (folder / f"{half}.csv.gz").write_bytes(whole[: len(whole) // 2])
+    server = serve("--exports", str(tmp_path))
+    for download_id, rows in ids.items():
+        meta = httpx.get(f"{server.url}/api/export/rows/{download_id}").json()["data"]
+        assert meta["rows"] == rows, download_id
+    response = httpx.get(f"{server.url}/api/export/rows/{half}")
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": f"Download cannot be read: {half}.csv.gz: cannot read it to the end: "
+        "truncated or corrupt compressed data (Compressed file ended before the "
+        "end-of-stream marker was reached)"
+    }
+    assert httpx.get(f"{server.url}/api/ping").status_code == 200  # still up

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from patientkit.cli import output
 from patientkit.cli.options import DEFAULT_SERVER, Concurrency, OutFile, Server, cpu_count
 from patientkit.cli.progress import Meter
+from patientkit.errors import InputError
+
+if TYPE_CHECKING:
+    from patientkit.core.counting import Counts
 
 app = typer.Typer(
     help="Aggregate healthcare exports: count events per patient and event type.",
@@ -23,6 +30,32 @@ class Shape(StrEnum):
     demo = "demo"
     small = "small"
     large = "large"
+
+
+@contextmanager
+def interruptible(hint: str) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) ends the command inside: the first one raises KeyboardInterrupt
+    where the job is (which stops its worker processes and removes its temporary files on
+    the way out); any later one is ignored while that happens, so that nothing cuts the
+    clean-up short. Then one line on stderr and exit 130."""
+    asked = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal asked
+        if not asked:
+            asked = True
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        for sig in previous:  # ignored in C: also while the interpreter shuts down
+            signal.signal(sig, signal.SIG_IGN)
+        output.error(f"interrupted: {hint}")
+        raise typer.Exit(130) from None
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 
 def warn_retry(what: str, attempt: int, reason: str, delay: float) -> None:
@@ -65,7 +98,7 @@ def aggregate(
     from patientkit.aggregate import Events, aggregate_export
     from patientkit.client.http import Backoff
 
-    with Meter(f"export {export_id}") as meter:
+    with interruptible("nothing was counted"), Meter(f"export {export_id}") as meter:
         counts = aggregate_export(
             server,
             export_id,
@@ -95,25 +128,72 @@ def count(
 ) -> None:
     """Count events per patient and event type in local CSV files, on all cores.
 
+    A file with a `<uuid>.meta.json` beside it (as `export generate` writes) must hold the
+    rows its metadata says, and a folder must hold every download its metadata names;
+    otherwise nothing is printed and the exit code is 1. So is it for a file that cannot
+    be read to its end (a truncated gzip): counts are printed whole or not at all.
+
     Example:
 
         patientkit export count exports/demo -o demo.json
 
         zcat export.csv.gz | patientkit export count -
     """
-    from patientkit.core.counting import Counts, count_chunks
-    from patientkit.core.parallel import count_files, read_chunks, sniff_gzip
+    from patientkit.core.counting import Counts, CsvCounter
+    from patientkit.core.parallel import count_each, count_stream, read_chunks, sniff_gzip
 
     files = [p for p in paths if p != "-"]
-    total = Counts()
-    with Meter("counting") as meter:
+    with interruptible("nothing was counted"), Meter("counting") as meter:
+        _check_folders(files)
         meter.start(len(paths), None)
-        if files:
-            total.merge(count_files(files, workers or cpu_count(), lambda n: meter.advance(0, n)))
+        each = count_each(files, workers or cpu_count(), lambda n: meter.advance(0, n))
+        _check_rows(each)
         if "-" in paths:
-            total.merge(count_chunks(read_chunks(sniff_gzip(sys.stdin.buffer)), "<stdin>"))
+            stdin = sniff_gzip(sys.stdin.buffer)
+            each["-"] = count_stream(read_chunks(stdin), CsvCounter("<stdin>"), None)
+    total = Counts()
+    for counts in each.values():
+        total.merge(counts)
     output.emit_json(total.report(), out)
     _summary(meter, total.rows)
+
+
+def _listed(problems: list[str], most: int = 5) -> str:
+    shown = ", ".join(problems[:most])
+    return shown + (f" and {len(problems) - most} more" if len(problems) > most else "")
+
+
+def _check_folders(paths: list[str]) -> None:
+    """Refuse a folder whose metadata names downloads that are missing or unfinished."""
+    from patientkit.generate import folder_problems
+
+    for given in paths:
+        folder = Path(given)
+        if folder.is_dir():
+            present = {p.name for p in folder.iterdir()}
+            problems = folder_problems(folder, present)
+            if problems:
+                raise InputError(
+                    f"{given}: incomplete export, nothing counted: {_listed(problems)} "
+                    "(run `export generate` or the download again)"
+                )
+
+
+def _check_rows(each: dict[str, Counts]) -> None:
+    """Refuse files whose rows differ from their metadata's `rows`."""
+    from patientkit.generate import expected_rows
+
+    wrong = []
+    for path, counts in each.items():
+        expected = expected_rows(Path(path))
+        if expected is not None and expected != counts.rows:
+            wrong.append(f"{path} (counted {counts.rows:,} rows, its metadata says {expected:,})")
+    if wrong:
+        what = "download does" if len(wrong) == 1 else f"{len(wrong)} downloads do"
+        raise InputError(
+            f"{what} not match its metadata, nothing counted (partial or changed?): "
+            f"{_listed(wrong)}"
+        )
 
 
 @app.command()
@@ -135,14 +215,23 @@ def generate(
     folder = directory / export.value
     planned = {f"{p.download_id}.csv" for p in plans}
     if folder.is_dir():
-        strangers = [p.name for p in folder.glob("*.csv*") if p.name not in planned]
+        strangers = [
+            p.name
+            for p in folder.iterdir()
+            if p.name.endswith((".csv", ".csv.gz"))
+            and not p.name.startswith(".")  # hidden: temporary files, ours or others'
+            and p.name not in planned
+        ]
         if strangers:
             raise typer.BadParameter(
                 f"{folder} already holds {len(strangers)} downloads that seed {seed} does not "
                 "make; remove them or choose another folder",
                 param_hint="DIR",
             )
-    with Meter(f"generating {export.value}") as meter:
+    with (
+        interruptible("run the same command again to finish the folder"),
+        Meter(f"generating {export.value}") as meter,
+    ):
         generate_export(export.value, directory, seed)
     rows = sum(p.rows for p in plans)
     output.emit_json(

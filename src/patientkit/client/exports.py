@@ -35,7 +35,7 @@ class ExportClient(ApiClient):
         if status == 404:
             raise RemoteError(f"{not_found} on {self.server} (404)")
         if is_retryable_status(status):
-            raise Retryable(f"status {status}", retry_after(response))
+            raise Retryable(f"status {status}{_detail(response)}", retry_after(response))
         if status != 200:
             raise RemoteError(f"GET {self.server}{path}: unexpected status {status}")
 
@@ -113,6 +113,16 @@ class ExportClient(ApiClient):
                 f"but its metadata says {expected_rows:,}"
             )
         return counts
+
+
+def _detail(response: httpx.Response) -> str:
+    """': <detail>' of an export API error answer, if it has one (a streamed answer's
+    body is not read)."""
+    try:
+        detail = response.json().get("detail") if response.is_closed else None
+    except (ValueError, AttributeError, httpx.HTTPError):
+        return ""
+    return f": {detail}" if isinstance(detail, str) and detail else ""
 
 
 def _short(counted: int, expected: int) -> str:

@@ -11,8 +11,21 @@ Each chunk is cut at its last record boundary and counted by one of two paths:
   key columns are taken by slicing (`fields[i::columns]`) and counted by `Counter`,
   with no Python code running per row;
 * the csv module, for any chunk the fast path cannot vouch for (quotes, a short or long
-  row, a blank line, a lone CR, an empty key). It reads the chunk record by record and
-  names the exact line of a malformed row.
+  row, a blank line, mixed line ends, an empty key). It reads the chunk record by record
+  and names the exact line of a malformed row.
+
+What a row is (SPEC.md), here and wherever patientkit reads CSV: records end with `\\n`,
+`\\r\\n` or a lone `\\r`, as the csv module reads text opened with `newline=""`; a blank line
+is not a row (skipped, never counted, never an error), before the header too; the last
+record may lack its line end. `line_ends` counts physical lines the csv module's way and
+`record_end` cuts at record boundaries under all three line ends, so both paths, the byte
+ranges of `core/parallel.py`, the server's metadata scan (`records`) and the CSV inputs
+agree on every row and every line number.
+
+The fast path proves what it counted: its separator pattern shows that every record of
+the chunk is one line of exactly `width` fields, so the rows it counts are the chunk's
+line ends; a chunk with no row in that pattern (n == 0) or whose keys do not add up to n
+goes to the csv module. No chunk is ever counted as zero without being read.
 
 Partial counts merge associatively (`Counts.merge`), so files and byte ranges can be
 counted apart, in any order, in other processes.
@@ -23,7 +36,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from patientkit.errors import InputError
@@ -157,7 +170,8 @@ class CsvCounter:
             self._slow(body)
 
     def _read_header(self, body: bytes) -> bytes:
-        self.columns, end, lines = read_header(body, self.source)
+        """Take the header (after any blank lines) off body; what follows it."""
+        self.columns, end, lines = read_header(body, self.source, self.lines + 1)
         self.quotes += body.count(b'"', 0, end)
         self.lines += lines
         return body[end:]
@@ -168,15 +182,15 @@ class CsvCounter:
         plain = _plain_rows(body, columns.width)
         if plain is None:
             return False
-        n, body = plain
+        n, body = plain  # n rows, each one line: exactly the line ends of body
         if self._glued:
             chunk = _count_glued(body, columns)
             if len(chunk) > max(GLUED_KEYS, n // 4):
                 self._glued = False  # the column beside a key varies too much to glue
         else:
             chunk = _count_split(body, columns)
-        if not _keys_ok(chunk):
-            return False  # let the slow path name the line
+        if chunk.total() != n or not _keys_ok(chunk):
+            return False  # let the slow path read it and name the line
         self.counts.pairs.update(chunk)
         self.counts.rows += n
         self.lines += n
@@ -186,45 +200,65 @@ class CsvCounter:
         columns = self.columns
         assert columns is not None
         text = body.decode("utf-8", "surrogateescape")
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         pairs: Counter[Pair] = Counter()
-        start = self.lines
-        line = start + 1
-        try:
-            for record in reader:
-                if len(record) != columns.width:
-                    reason = (
-                        "empty line"
-                        if not record
-                        else f"expected {columns.width} fields, found {len(record)}"
-                    )
-                    raise CsvError(self.source, line, reason)
-                patient, event = record[columns.patient], record[columns.event]
-                if (patient, event) == REQUIRED:
-                    raise CsvError(self.source, line, "the header row again (concatenated files?)")
-                for name, value in (("patient_id", patient), ("event_type", event)):
-                    reason = _key_problem(value)
-                    if reason:
-                        raise CsvError(self.source, line, f"{name} {reason}")
-                pairs[(_encode(patient), _encode(event))] += 1
-                line = start + reader.line_num + 1
-        except csv.Error as exc:
-            raise CsvError(self.source, line, f"malformed quoting: {exc}") from None
+        for line, record in records(io.StringIO(text, newline=""), self.source, self.lines):
+            if len(record) != columns.width:
+                reason = f"expected {columns.width} fields, found {len(record)}"
+                raise CsvError(self.source, line, reason)
+            patient, event = record[columns.patient], record[columns.event]
+            if (patient, event) == REQUIRED:
+                raise CsvError(self.source, line, "the header row again (concatenated files?)")
+            for name, value in (("patient_id", patient), ("event_type", event)):
+                problem = _key_problem(value)
+                if problem:
+                    raise CsvError(self.source, line, f"{name} {problem}")
+            pairs[(_encode(patient), _encode(event))] += 1
         self.counts.pairs.update(pairs)
         self.counts.rows += pairs.total()
-        self.lines += body.count(b"\n")
+        self.lines += line_ends(body)
         self.quotes += body.count(b'"')
 
 
+def records(
+    lines: Iterable[str], source: str, before: int = 0, strict: bool = True
+) -> Iterator[tuple[int, list[str]]]:
+    """The rows of CSV text as SPEC.md defines them: (line number, fields) per record,
+    blank lines skipped. `lines` is text split as `newline=""` splits it (a file or
+    StringIO opened so); `before` is the number of lines that came before it.
+
+    Raises CsvError naming the line for malformed quoting (with `strict`, the csv
+    module's strict mode: a quote must close a field).
+    """
+    reader = csv.reader(lines, strict=strict)
+    line = before + 1
+    try:
+        for record in reader:
+            if record:  # [] is a blank line: not a row
+                yield line, record
+            line = before + reader.line_num + 1
+    except csv.Error as exc:
+        raise CsvError(source, line, f"malformed quoting: {exc}") from None
+
+
+def line_ends(data: bytes) -> int:
+    """Physical lines ended in data, as the csv module counts them: each `\\n`, `\\r\\n`
+    and lone `\\r` ends one (data must not end between the two bytes of a `\\r\\n`)."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
 def _plain_rows(body: bytes, width: int) -> tuple[int, bytes] | None:
-    """(rows, body with LF line ends) when every row of body has exactly `width` fields
-    and no quotes, checked in C: the separators alone must repeat one row's pattern."""
+    """(rows, body with LF line ends) when body is n >= 1 rows of exactly `width` fields,
+    no quotes, no blank line, one kind of line end, checked in C: the separators alone
+    must repeat one row's pattern. Then each row is one line and n is body's line ends."""
     seps = body.translate(None, _NOT_SEPARATORS)
+    commas = b"," * (width - 1)
     n = len(seps) // width
-    if seps == (b"," * (width - 1) + b"\n") * n:
+    if n and seps == (commas + b"\n") * n:
         return n, body
+    if n and seps == (commas + b"\r") * n:
+        return n, body.replace(b"\r", b"\n")
     n = len(seps) // (width + 1)
-    if seps == (b"," * (width - 1) + b"\r\n") * n:
+    if n and seps == (commas + b"\r\n") * n:
         return n, body.replace(b"\r\n", b"\n")
     return None
 
@@ -276,30 +310,60 @@ def _before_line_end(field: bytes) -> bytes:
     return field.partition(b"\n")[0]
 
 
-def read_header(body: bytes, source: str) -> tuple[Columns, int, int]:
-    """Parse the header record at the start of body (which ends at a record boundary).
+def read_header(body: bytes, source: str, first_line: int = 1) -> tuple[Columns | None, int, int]:
+    """Parse the header record at the start of body (which ends at a record boundary),
+    after any blank lines; `first_line` is the line number body starts at.
 
-    Returns the columns, the offset just after the header and the lines it took.
+    Returns the columns (None when body is blank lines only), the offset just after the
+    header and the lines taken. Raises CsvError for a malformed header.
     """
-    reader = csv.reader(io.StringIO(body.decode("utf-8", "surrogateescape"), newline=""))
+    start = blank = 0
+    while start < len(body) and body[start] in b"\r\n":
+        step = 2 if body.startswith(b"\r\n", start) else 1
+        start += step
+        blank += 1
+    if start == len(body):
+        return None, start, blank
+    end = _first_record_end(body, start)
+    text = body[start:end].decode("utf-8", "surrogateescape")
+    line = first_line + blank
     try:
-        names = next(reader)
+        names = next(csv.reader(io.StringIO(text, newline="")))
     except (csv.Error, StopIteration) as exc:
-        raise CsvError(source, 1, f"malformed header: {exc}") from None
-    offset = -1
-    for _ in range(reader.line_num):
-        offset = body.index(b"\n", offset + 1)
-    return Columns.from_header(names, source), offset + 1, reader.line_num
+        raise CsvError(source, line, f"malformed header: {exc}") from None
+    columns = Columns.from_header(names, source, line)
+    return columns, end, blank + line_ends(body[start:end])
+
+
+def _first_record_end(data: bytes, start: int) -> int:
+    """Offset just after the first record end at or after start outside quotes (data
+    ends at a record boundary, so there is one)."""
+    quotes = 0
+    position = start
+    while True:
+        found = [i for i in (data.find(b"\n", position), data.find(b"\r", position)) if i >= 0]
+        if not found:
+            return len(data)
+        end = min(found)
+        quotes += data.count(b'"', position, end)
+        position = end + (2 if data.startswith(b"\r\n", end) else 1)
+        if quotes % 2 == 0:
+            return position
 
 
 def record_end(data: bytes) -> int:
-    """Offset just after the last line end of data that is outside quotes, or 0."""
-    end = data.rfind(b"\n")
+    """Offset just after the last record end of data (a line end outside quotes), or 0.
+
+    A `\\r` as data's last byte is not taken: the `\\n` of a `\\r\\n` may come next, and a
+    cut between the two would make a blank line of it. Data is taken to start at a record
+    boundary (quotes pair up from its start).
+    """
+    end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1))
     if end < 0 or b'"' not in data:
         return end + 1
     quotes_before = data.count(b'"', 0, end)
     while quotes_before % 2:  # that line end is inside a quoted field: step back
-        previous = data.rfind(b"\n", 0, end)
+        previous = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end))
         if previous < 0:
             return 0
         quotes_before -= data.count(b'"', previous, end)

@@ -1,17 +1,22 @@
 """Count local CSV files on all cores.
 
-Every file is a piece; a large plain file is cut into byte ranges at line ends, one piece
-each, so that one big file uses every core too. A cut at a line end is only a record
-boundary when an even number of quote characters comes before it (RFC 4180 quoting
-keeps quotes paired), which each piece's quote count lets us check afterwards: a file
-whose cut fell inside a quoted field is counted again as one piece. Pieces return their
-counts, lines and quotes, and at most one error, which the caller places by line.
+Every file is a piece; a large plain file is cut into byte ranges at line ends (`\\n`,
+`\\r\\n` taken whole, or a lone `\\r`: see core/counting.py), one piece each, so that one
+big file uses every core too. A cut at a line end is only a record boundary when an even
+number of quote characters comes before it (RFC 4180 quoting keeps quotes paired), which
+each piece's quote count lets us check afterwards: a file whose cut fell inside a quoted
+field is counted again as one piece. Pieces return their counts, lines and quotes, and at
+most one error, which the caller places by line.
+
+A file that cannot be read to its end (a truncated or corrupt gzip, a read error) is an
+InputError naming it: its counts would be partial, so none are returned.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from patientkit.core.counting import (
     read_header,
     record_end,
 )
-from patientkit.errors import UsageError
+from patientkit.errors import InputError, UsageError
 
 CHUNK = 1 << 20
 MIN_PIECE = 8 << 20  # no piece smaller than this
@@ -106,18 +111,44 @@ def read_chunks(stream: IO[bytes], start: int = 0, end: int | None = None) -> It
         yield chunk
 
 
+class ReadError(InputError):
+    """A file that cannot be read to its end: what was counted of it would be partial."""
+
+
+def unreadable(source: str, exc: BaseException) -> ReadError:
+    """The one-line error for an input that failed mid-read (exc: EOFError, OSError or
+    zlib.error from reading or decompressing it)."""
+    if isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile):
+        why = f"truncated or corrupt compressed data ({exc})"
+    else:
+        why = f"read error ({exc.strerror or exc})" if isinstance(exc, OSError) else str(exc)
+    return ReadError(f"{source}: cannot read it to the end: {why}")
+
+
+def count_stream(chunks: Iterator[bytes], counter: CsvCounter, progress: Progress | None) -> Counts:
+    """Feed chunks to counter and finish it. Raises CsvError, or ReadError when the
+    chunks fail to come (a truncated gzip, an I/O error)."""
+    try:
+        for chunk in chunks:
+            counter.feed(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    except (EOFError, OSError, zlib.error) as exc:
+        raise unreadable(counter.source, exc) from None
+    return counter.finish()
+
+
 def count_piece(piece: Piece, progress: Progress | None = None) -> PieceResult:
-    """Count one piece; a malformed row ends it with an error instead of an exception."""
+    """Count one piece; a malformed row ends it with an error instead of an exception.
+    Raises ReadError when the file cannot be read to the end of the piece."""
     counter = CsvCounter(piece.path, columns=piece.columns)
     try:
         with open_binary(piece.path) as stream:
-            for chunk in read_chunks(stream, piece.start, piece.end):
-                counter.feed(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-        counts = counter.finish()
+            counts = count_stream(read_chunks(stream, piece.start, piece.end), counter, progress)
     except CsvError as exc:
         return PieceResult(counter.counts, counter.lines, counter.quotes, (exc.line, exc.reason))
+    except OSError as exc:  # opening it
+        raise unreadable(piece.path, exc) from None
     return PieceResult(counts, counter.lines, counter.quotes)
 
 
@@ -143,13 +174,14 @@ def plan_file(path: str, piece_size: int | None) -> FilePlan:
         if not cut:
             return FilePlan(path, [Piece(path)])  # the header alone fills a chunk
         columns, header_end, header_lines = read_header(head[bom : bom + cut], path)
+        if columns is None:
+            return FilePlan(path, [Piece(path)])  # blank lines fill the first chunk
         starts = [bom + header_end]
         for i in range(1, pieces):
-            stream.seek(size * i // pieces)
-            stream.readline()
-            if stream.tell() >= size or stream.tell() <= starts[-1]:
+            start = after_line_end(stream, size * i // pieces)
+            if start >= size or start <= starts[-1]:
                 break
-            starts.append(stream.tell())
+            starts.append(start)
     ends: list[int | None] = [*starts[1:], None]
     return FilePlan(
         path,
@@ -157,6 +189,27 @@ def plan_file(path: str, piece_size: int | None) -> FilePlan:
         header_lines,
         head.count(b'"', bom, bom + header_end),
     )
+
+
+def after_line_end(stream: IO[bytes], position: int) -> int:
+    """The offset just after the first line end at or after position: a `\\n`, a
+    `\\r\\n` taken whole (never cut between its two bytes), or a lone `\\r`; the end of
+    the stream if none follows."""
+    stream.seek(position)
+    while block := stream.read(1 << 16):
+        ends = [i for i in (block.find(b"\n"), block.find(b"\r")) if i >= 0]
+        if ends:
+            end = min(ends)
+            if block[end] == ord("\r"):
+                following = block[end + 1 : end + 2]
+                if not following:
+                    stream.seek(position + end + 1)
+                    following = stream.read(1)
+                if following == b"\n":
+                    end += 1
+            return position + end + 1
+        position += len(block)
+    return position
 
 
 def settle(plan: FilePlan, results: list[PieceResult]) -> Counts | None:
@@ -185,10 +238,25 @@ def count_files(
     on_progress: Progress | None = None,
     piece_size: int | None = None,
 ) -> Counts:
-    """Count local files on up to `workers` processes; raise the first error by file order.
+    """Count local files on up to `workers` processes, merged; see count_each."""
+    total = Counts()
+    for counts in count_each(paths, workers, on_progress, piece_size).values():
+        total.merge(counts)
+    return total
+
+
+def count_each(
+    paths: list[str],
+    workers: int | None = None,
+    on_progress: Progress | None = None,
+    piece_size: int | None = None,
+) -> dict[str, Counts]:
+    """Count local files on up to `workers` processes: each file's counts, by path.
 
     Files are cut into pieces of about piece_size bytes (default: enough pieces to keep
-    every worker busy to the end, none under MIN_PIECE).
+    every worker busy to the end, none under MIN_PIECE). Raises the first CsvError by
+    file order, ReadError for a file that cannot be read to its end, UsageError for a
+    missing path.
     """
     files = expand_paths(paths)
     workers = max(1, workers or os.cpu_count() or 1)
@@ -197,7 +265,7 @@ def count_files(
         piece_size = max(MIN_PIECE, total_size // (workers * PIECES_PER_WORKER))
     plans = [plan_file(path, piece_size) for path in files]
     jobs = [piece for plan in plans for piece in plan.pieces]
-    total = Counts()
+    each: dict[str, Counts] = {}
     with _Runner(min(workers, len(jobs)), on_progress) as runner:
         results = runner.map(jobs)
         for plan in plans:
@@ -208,8 +276,8 @@ def count_files(
                     FilePlan(plan.path, [Piece(plan.path)]), runner.map([Piece(plan.path)])
                 )
             assert counts is not None
-            total.merge(counts)
-    return total
+            each.setdefault(plan.path, Counts()).merge(counts)
+    return each
 
 
 def _count_in_worker(piece: Piece) -> PieceResult:

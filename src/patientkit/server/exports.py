@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from patientkit.core.parallel import open_binary, read_chunks
+from patientkit.core.counting import records
+from patientkit.core.parallel import open_binary, read_chunks, unreadable
+from patientkit.errors import PatientkitError
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUFFIXES = (".csv.gz", ".csv")
@@ -78,20 +80,36 @@ def _sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def _scan(download_id: str, path: Path) -> dict[str, Any]:
-    """Metadata of a file that came without any: one pass with the csv module."""
+    """Metadata of a file that came without any: one pass with the csv module, rows as
+    SPEC.md defines them (`core/counting.records`: any of the three line ends, blank
+    lines skipped, the header the first record). Raises CsvError for malformed quoting
+    and ReadError for a file that cannot be read to its end."""
     rows = 0
     patients: set[str] = set()
     events: set[str] = set()
     first = last = None
-    with open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        for record in csv.DictReader(text):
-            rows += 1
-            patients.add(record.get("patient_id") or "")
-            events.add(record.get("event_type") or "")
-            when = record.get("event_time") or ""
-            first = when if first is None or when < first else first
-            last = when if last is None or when > last else last
+    source = path.name
+    try:
+        with open_binary(path) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+            found = records(text, source, strict=False)
+            header = next(found, None)
+            names = [name.strip() for name in header[1]] if header else []
+            column = {name: names.index(name) for name in reversed(names)}
+
+            def get(record: list[str], name: str) -> str:
+                at = column.get(name)
+                return record[at] if at is not None and at < len(record) else ""
+
+            for _, record in found:
+                rows += 1
+                patients.add(get(record, "patient_id"))
+                events.add(get(record, "event_type"))
+                when = get(record, "event_time")
+                first = when if first is None or when < first else first
+                last = when if last is None or when > last else last
+    except (EOFError, OSError, zlib.error) as exc:
+        raise unreadable(source, exc) from None
     return {
         "id": download_id,
         "rows": rows,
@@ -131,7 +149,10 @@ def routes(catalog: Catalog) -> list[Route]:
         found = _download(request)
         if isinstance(found, Response):
             return found
-        return JSONResponse({"data": catalog.metadata(*found)})
+        try:
+            return JSONResponse({"data": catalog.metadata(*found)})
+        except PatientkitError as exc:  # a file of ours we cannot read: our fault, said so
+            return JSONResponse({"detail": f"Download cannot be read: {exc}"}, status_code=500)
 
     def download_data(request: Request) -> Response:
         found = _download(request)
