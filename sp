@@ -1,0 +1,1 @@
+PKSPOOL1
