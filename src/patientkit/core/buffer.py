@@ -819,24 +819,47 @@ class BatchBuffer(Generic[E]):
             except BufferStopped as exc:
                 reason = f"{EXIT_REASON} ({exc.reason})"
             left = self.drain_pending()
-        if left:
-            self._park_at_exit(left, reason)
+        self._park(left, reason, "before exit")
+
+    def __del__(self) -> None:
+        # A buffer dropped without close() after it stopped (a running one is kept alive
+        # by its flusher, and closed at exit): its events must not vanish in silence.
+        # Nobody else can reach it now, so its state is read without waiting for anyone.
+        try:
+            if self._state is _CLOSED and not self._dead_letters:
+                return
+            self._state = _CLOSED
+            left = [event for unit in self._work for event in unit.events]
+            left.extend(self._pending)
+            self._work.clear()
+            self._pending.clear()
+            self._handed_back += len(left)
+            reason = f"not delivered: {self._stop_reason or 'the buffer was dropped unclosed'}"
+            self._park(left, reason, "by a buffer dropped without close()")
+            if self._journal is not None:
+                self._journal.close()
+        except BaseException:  # late in shutdown there may be no stderr left
+            pass
+
+    def _park(self, left: list[E], reason: str, when: str) -> None:
+        """Put events not delivered `when` where the next run finds them (the spool, or
+        the dead-letter callback), and say on stderr how many and where; also count the
+        dead letters kept in memory that nobody collected."""
         letters = self.drain_dead_letters()
         if letters:
             _warn(
                 f"{len(letters)} events a delivery buffer dead-lettered in memory were never "
-                "collected with drain_dead_letters() and are lost at exit"
+                "collected with drain_dead_letters(); they are lost"
             )
-
-    def _park_at_exit(self, left: list[E], reason: str) -> None:
-        """Put events not delivered at exit where the next run finds them; warn."""
+        if not left:
+            return
         journal = self._journal
         if journal is not None:
             loose = [event for event in left if not isinstance(self._encoded(event), bytes)]
             kept = len(left) - len(loose)
             if kept:
                 _warn(
-                    f"{kept} events were not delivered before exit; they are kept in the "
+                    f"{kept} events were not delivered {when}; they are kept in the "
                     f"spool {journal.path} and delivered by the next buffer on it"
                 )
             left = loose
@@ -857,12 +880,12 @@ class BatchBuffer(Generic[E]):
                     self._dead_lettered += taken
                     self._handed_back -= taken
                 _warn(
-                    f"{taken} events were not delivered before exit; they went to the "
+                    f"{taken} events were not delivered {when}; they went to the "
                     "dead-letter destination"
                 )
         if taken < len(left):
             _warn(
-                f"{len(left) - taken} events were not delivered before exit and are lost"
+                f"{len(left) - taken} events were not delivered {when} and are lost"
                 f"{failure}: give the buffer a spool or a dead_letter callback, or close it"
             )
 
