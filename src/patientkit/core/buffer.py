@@ -35,7 +35,17 @@ thread every `spool_sync_interval` (fsync included), so the durability of tracke
 does not wait for a slow sink. After each attempt, the flusher records which events
 settled and fsyncs before it starts the next attempt: after a crash, a new buffer on the
 same path delivers every journaled unsettled event first, and the only events it can send
-a second time are those of the attempt that was in flight.
+a second time are those of the attempt that was in flight. An event `encode` fails on
+cannot be journaled: it is dead-lettered alone, without a sink call, with the reason.
+
+*Fork and exit.* A weak registry of buffers serves two process-wide hooks. After
+`os.fork()` (`os.register_at_fork`), the child's copy of each buffer becomes a new, empty
+one with fresh locks and its own flusher, and without the spool (it closes its copies of
+the spool's descriptors): the parent's events stay the parent's. At interpreter exit
+(`atexit`; the flusher is a daemon thread, still running then) each open buffer is closed
+within its `close_timeout` (`EXIT_CLOSE_TIMEOUT` without one), in real time; what it cannot
+deliver stays in its spool or goes to its dead-letter callback, and one stderr line says
+how many events and where.
 
 Sink contract
 -------------
@@ -44,7 +54,10 @@ means every event was accepted. `SinkResult.rejected` maps an index in the batch
 permanent reason; `SinkResult.retry` lists indices to send again; `retry_after` asks for a
 minimum wait. Raise `RetryableError` (transport errors, 408/425/429/5xx) to retry the
 whole batch, `PermanentError` to dead-letter all of it, `PayloadTooLarge` to have it
-split. Any other exception is a retryable failure; it never kills the flusher.
+split, `PoisonError` when some event of it can never be taken and the sink cannot say
+which (the buffer bisects it, dead-letters the poison events alone and delivers the rest,
+with no backoff and no step towards `failure_limit`). Any other exception is a retryable
+failure; it never kills the flusher.
 With `key=`, the sink must keep per-key order inside a batch: once it asks to retry an
 event, it must not accept a later event of the same key in that batch (rejecting one is
 fine). The buffer checks this and stops with a clear reason if a sink breaks it.
