@@ -46,6 +46,9 @@ DATA_ERRORS: tuple[type[Exception], ...] = (
     OverflowError,
 )
 
+# What pickling the arguments of a call can raise for a value that cannot be sent.
+_SEND_ERRORS: tuple[type[Exception], ...] = (pickle.PicklingError, *DATA_ERRORS)
+
 
 def refusal(exc: BaseException) -> str:
     """A short reason for a DATA_ERRORS exception (no values quoted for Unicode errors)."""
@@ -111,7 +114,7 @@ class StoreProcess:
             self._start()  # a crashed child: start another (the store survived it)
         try:
             self.conn.send((method, args))  # pickled whole before a byte is sent
-        except (pickle.PicklingError, *DATA_ERRORS) as exc:
+        except _SEND_ERRORS as exc:
             raise StoreRefused(f"cannot be sent to the store: {refusal(exc)}") from None
         except OSError:
             raise StoreUnavailable("the store process stopped") from None

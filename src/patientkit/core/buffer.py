@@ -333,6 +333,8 @@ def _is_index(value: object, size: int) -> bool:
 class BatchBuffer(Generic[E]):
     """Batch events to `sink` from a background thread; see the module docstring."""
 
+    _spooler: threading.Thread | None
+
     def __init__(
         self,
         sink: Callable[[list[E]], SinkResult | None],
@@ -438,7 +440,7 @@ class BatchBuffer(Generic[E]):
         self._journal_settled = 0
         self._unencodable: dict[int, str] = {}  # seq -> why `encode` failed on the event
         self._spool_stop = False
-        self._spooler: threading.Thread | None = None
+        self._spooler = None
 
     def _start_flusher(self) -> None:
         self._next_flush = 0.0  # set by the flusher itself: see _run
