@@ -1,1 +1,0 @@
-PKSPOOL1
