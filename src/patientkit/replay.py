@@ -5,14 +5,16 @@ own rules (`core.validation`); an invalid one goes to the dead-letter file with 
 line and reason. Valid readings go through a `BatchBuffer` to a sink:
 
 * `StoreSink`: one transaction per batch; duplicates of stored (device, instant) pairs are
-  ignored and counted.
+  ignored and counted. A batch the store refuses for good (a value it cannot hold) is
+  answered with `PoisonError`: the buffer bisects it, the refused reading is
+  dead-lettered with the store's reason and the rest are stored.
 * `ApiSink`: each batch grouped per device into create requests of up to `batch_size`
-  readings, sent in tracking order per device. A 400 or 413 splits the request in halves
-  until the reading the server refuses is found, so the good ones still land; the refused
-  one is dead-lettered with the server's message. Transport errors, 408/425/429 and 5xx
-  are retried by the buffer (with backoff, Retry-After honoured); a device's later
-  readings wait behind its failed ones, so the first of two readings at one instant is
-  the one stored, as in a clean run.
+  readings, sent in tracking order per device. A 400 or 413 (or a body that cannot be
+  encoded) splits the request in halves until the reading the server refuses is found,
+  so the good ones still land; the refused one is dead-lettered with the server's
+  message. Transport errors, 408/425/429 and 5xx are retried by the buffer (with
+  backoff, Retry-After honoured); a device's later readings wait behind its failed ones,
+  so the first of two readings at one instant is the one stored, as in a clean run.
 
 Re-running the same replay after a crash stores exactly what one clean run stores: what
 landed before is ignored as duplicates and the rest lands in the same order.
@@ -29,17 +31,24 @@ from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from patientkit.client.readings import ReadingsClient
+from patientkit.client.readings import Answer, ReadingsClient
 from patientkit.core import validation
-from patientkit.core.buffer import BatchBuffer, BufferStopped, RetryableError, SinkResult
+from patientkit.core.buffer import (
+    BatchBuffer,
+    BufferStopped,
+    PoisonError,
+    RetryableError,
+    SinkResult,
+)
 from patientkit.core.storage import Reading
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
-from patientkit.writer import StoreProcess, StoreUnavailable
+from patientkit.writer import StoreProcess, StoreRefused, StoreUnavailable
 
 CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
 _DIGITS = re.compile(r"[0-9]+")
+UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
 
 
 @dataclass
@@ -120,7 +129,8 @@ class Parser:
 class StoreSink:
     """Each batch in one transaction, written by the store's own process (see writer.py);
     counts the duplicates the store ignored. A failing store (full disk, I/O error, a
-    crashed writer) is retried by the buffer."""
+    crashed writer) is retried by the buffer; a batch the store refuses for good (its
+    transaction rolled back) is a `PoisonError`, which the buffer bisects."""
 
     def __init__(self, writer: StoreProcess) -> None:
         self.writer = writer
@@ -131,6 +141,8 @@ class StoreSink:
         readings = list(map(itemgetter(0), batch))
         try:
             new = self.writer.call("add_readings", readings)
+        except StoreRefused as exc:
+            raise PoisonError(f"refused by the store: {exc}") from exc
         except StoreUnavailable as exc:
             raise RetryableError(f"the store failed: {exc}") from exc
         self.duplicates += len(readings) - new
@@ -187,13 +199,17 @@ class ApiSink:
     ) -> tuple[int, Any]:
         """Send chunk; return how many of its readings, from the front, are settled, and
         the retryable answer that stopped it (None when all are settled)."""
-        answer = self.client.create(device_id, [batch[i][0] for i in chunk])
+        try:
+            answer = self.client.create(device_id, [batch[i][0] for i in chunk])
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # the body cannot be encoded: a reading of the chunk can never be sent
+            answer = Answer(UNENCODABLE, f"cannot be encoded as JSON ({type(exc).__name__})")
         if answer.ok:
             self.devices.add(device_id)
             return len(chunk), None
         if answer.retryable:
             return 0, answer
-        if len(chunk) > 1 and answer.status in (400, 413):  # find the one it refuses
+        if len(chunk) > 1 and answer.status in (400, 413, UNENCODABLE):  # find the one
             half = len(chunk) // 2
             done, failed = self._deliver(device_id, batch, chunk[:half], rejected)
             if failed is not None:
@@ -201,8 +217,10 @@ class ApiSink:
             done, failed = self._deliver(device_id, batch, chunk[half:], rejected)
             return half + done, failed
         reason = answer.message if answer.status != 413 else "payload too large (413)"
+        if answer.status != UNENCODABLE:
+            reason = f"refused by the server ({answer.status}): {reason}"
         for index in chunk:
-            rejected[index] = f"refused by the server ({answer.status}): {reason}"
+            rejected[index] = reason
         return len(chunk), None
 
 

@@ -6,7 +6,9 @@ Every record read ends in exactly one of created, duplicate, invalid, rejected o
   server's own check): reported with file:line and reason, never sent;
 * to the store (`StoreTarget`): batches through the delivery buffer, one transaction
   each; `Store.add_records` says which were created and which duplicates (a test_id
-  already stored, or earlier in the input: the first one wins);
+  already stored, or earlier in the input: the first one wins); a record the store can
+  never take (a value it cannot bind or hold) is isolated by the buffer (`PoisonError`:
+  the batch is bisected) and rejected with the store's reason, the rest are stored;
 * to an API (`HttpTarget`): N worker threads, each with one request in flight on its own
   keep-alive connection, each record its own `X-Request-ID`, kept across its retries, so
   a lost answer is retried without turning a creation into a duplicate. 2xx is created,
@@ -33,12 +35,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from patientkit.core.buffer import BatchBuffer, BufferStopped, RetryPolicy
+from patientkit.core.buffer import BatchBuffer, BufferStopped, PoisonError, RetryPolicy
 from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import record_problem
 from patientkit.errors import PatientkitError, UsageError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
+from patientkit.writer import DATA_ERRORS, refusal
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.http import Backoff
@@ -168,15 +171,27 @@ class StoreTarget:
             max_pending=batch * 8,
             retry_policy=RetryPolicy(initial=0.05, maximum=5.0),
             failure_limit=10,
+            dead_letter=self._refused,
         )
 
     def _sink(self, batch: list[Item]) -> None:
-        created = sum(self.store.add_records([item.value for item in batch]))  # five fields read
+        try:  # one transaction: a refused batch stores nothing
+            created = sum(self.store.add_records([item.value for item in batch]))  # five fields
+        except DATA_ERRORS as exc:
+            raise PoisonError(f"refused by the store: {refusal(exc)}") from exc
         with self._lock:
             if self._abandoned:
                 return  # already counted as failed
             self.tally.created += created
             self.tally.duplicates += len(batch) - created
+
+    def _refused(self, item: Item, reason: str) -> None:
+        """The buffer's dead letter: a record the store can never take is rejected."""
+        with self._lock:
+            if self._abandoned:
+                return  # already counted as failed
+            self.tally.rejected += 1
+        self.report(item, reason)
 
     def run(self, source: Source) -> None:
         """Read in this thread; the buffer's flusher stores."""
@@ -212,7 +227,8 @@ class StoreTarget:
         stats = self.buffer.stats()
         with self._lock:
             self._abandoned = True
-            unconfirmed = stats.tracked - self.tally.created - self.tally.duplicates
+            settled = self.tally.created + self.tally.duplicates + stats.dead_lettered
+            unconfirmed = stats.tracked - settled
             self.tally.failed += unconfirmed
         return unconfirmed
 

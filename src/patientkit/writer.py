@@ -7,12 +7,14 @@ one GIL, and every SQLite step would wait for the parsing thread to give it back
 
 Arguments and answers are pickled (plain tuples and dicts are cheap). A failure in the
 child comes back as an exception here: StoreUnavailable (the child died or the store is
-busy or failing: worth retrying), UsageError (the store cannot be opened).
+busy or failing: worth retrying), StoreRefused (the store can never take these values: one
+cannot be bound or breaks a constraint), UsageError (the store cannot be opened).
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 import signal
 import sqlite3
 from multiprocessing import get_all_start_methods, get_context
@@ -26,6 +28,34 @@ from patientkit.errors import PatientkitError, UsageError
 
 class StoreUnavailable(PatientkitError):
     """The store could not do it now; the call may succeed if tried again."""
+
+
+class StoreRefused(PatientkitError):
+    """The store can never take these arguments (the same call fails the same way)."""
+
+
+# What a store call raises when a value itself cannot be stored: it cannot be bound (an
+# integer past 64 bits, a str with a lone surrogate, an unsupported type) or it breaks a
+# constraint. Retrying the same values cannot help.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
+# What pickling the arguments of a call can raise for a value that cannot be sent.
+_SEND_ERRORS: tuple[type[Exception], ...] = (pickle.PicklingError, *DATA_ERRORS)
+
+
+def refusal(exc: BaseException) -> str:
+    """A short reason for a DATA_ERRORS exception (no values quoted for Unicode errors)."""
+    if isinstance(exc, UnicodeError):
+        detail = getattr(exc, "reason", "") or "invalid text"
+        return f"{type(exc).__name__}: {detail}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _serve(path: str, conn: Connection, parent_end: Connection) -> None:
@@ -48,6 +78,8 @@ def _serve(path: str, conn: Connection, parent_end: Connection) -> None:
         method, args = request
         try:
             conn.send(("ok", getattr(store, method)(*args)))
+        except DATA_ERRORS as exc:
+            conn.send(("refused", refusal(exc)))
         except (sqlite3.Error, PatientkitError) as exc:
             conn.send(("retry", f"{type(exc).__name__}: {exc}"))
     store.close()
@@ -81,10 +113,14 @@ class StoreProcess:
         if not self.process.is_alive():
             self._start()  # a crashed child: start another (the store survived it)
         try:
-            self.conn.send((method, args))
+            self.conn.send((method, args))  # pickled whole before a byte is sent
+        except _SEND_ERRORS as exc:
+            raise StoreRefused(f"cannot be sent to the store: {refusal(exc)}") from None
         except OSError:
             raise StoreUnavailable("the store process stopped") from None
         status, value = self._receive()
+        if status == "refused":
+            raise StoreRefused(value)
         if status != "ok":
             raise StoreUnavailable(value)
         return value

@@ -35,7 +35,17 @@ thread every `spool_sync_interval` (fsync included), so the durability of tracke
 does not wait for a slow sink. After each attempt, the flusher records which events
 settled and fsyncs before it starts the next attempt: after a crash, a new buffer on the
 same path delivers every journaled unsettled event first, and the only events it can send
-a second time are those of the attempt that was in flight.
+a second time are those of the attempt that was in flight. An event `encode` fails on
+cannot be journaled: it is dead-lettered alone, without a sink call, with the reason.
+
+*Fork and exit.* A weak registry of buffers serves two process-wide hooks. After
+`os.fork()` (`os.register_at_fork`), the child's copy of each buffer becomes a new, empty
+one with fresh locks and its own flusher, and without the spool (it closes its copies of
+the spool's descriptors): the parent's events stay the parent's. At interpreter exit
+(`atexit`; the flusher is a daemon thread, still running then) each open buffer is closed
+within its `close_timeout` (`EXIT_CLOSE_TIMEOUT` without one), in real time; what it cannot
+deliver stays in its spool or goes to its dead-letter callback, and one stderr line says
+how many events and where.
 
 Sink contract
 -------------
@@ -44,7 +54,10 @@ means every event was accepted. `SinkResult.rejected` maps an index in the batch
 permanent reason; `SinkResult.retry` lists indices to send again; `retry_after` asks for a
 minimum wait. Raise `RetryableError` (transport errors, 408/425/429/5xx) to retry the
 whole batch, `PermanentError` to dead-letter all of it, `PayloadTooLarge` to have it
-split. Any other exception is a retryable failure; it never kills the flusher.
+split, `PoisonError` when some event of it can never be taken and the sink cannot say
+which (the buffer bisects it, dead-letters the poison events alone and delivers the rest,
+with no backoff and no step towards `failure_limit`). Any other exception is a retryable
+failure; it never kills the flusher.
 With `key=`, the sink must keep per-key order inside a batch: once it asks to retry an
 event, it must not accept a later event of the same key in that batch (rejecting one is
 fine). The buffer checks this and stops with a clear reason if a sink breaks it.
@@ -55,12 +68,15 @@ sink messages (which may quote health data).
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import logging
 import os
 import random
+import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,6 +97,7 @@ __all__ = [
     "FlushResult",
     "PayloadTooLarge",
     "PermanentError",
+    "PoisonError",
     "RetryPolicy",
     "RetryableError",
     "SinkError",
@@ -102,6 +119,13 @@ _RUNNING = "running"
 _CLOSING = "closing"
 _CLOSED = "closed"
 
+EXIT_CLOSE_TIMEOUT = 5.0  # seconds a buffer open at interpreter exit gets without close_timeout
+EXIT_REASON = "not delivered before the interpreter exited"
+
+# Every buffer made in this process, weakly: the fork and exit hooks below reach them
+# without keeping one alive.
+_LIVE: weakref.WeakSet[BatchBuffer[Any]] = weakref.WeakSet()
+
 
 # --- what a sink raises ------------------------------------------------------------------
 
@@ -122,6 +146,23 @@ class RetryableError(SinkError):
 
 class PermanentError(SinkError):
     """The whole batch is rejected for good; every event is dead-lettered with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PoisonError(SinkError):
+    """Some event of the batch can never be taken, and the sink cannot say which.
+
+    Raise it when the cause lies in the events themselves (one cannot be encoded, the
+    store or server refuses it for good) and would come back however often the batch is
+    sent. The buffer bisects the batch, settling each half before the next, until the
+    events that still raise it are alone; each is dead-lettered with `reason`, the rest
+    are delivered. It is not a failed delivery: no backoff, no step towards
+    `failure_limit`. When the sink knows the index, `SinkResult(rejected=...)` says the
+    same in one call.
+    """
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -277,6 +318,7 @@ class _Outcome:
     failure_kind: str = ""
     split: bool = False
     invalid: str = ""  # the result could not be read: nothing settled, buffer stops
+    unjournaled: bool = False  # the events were never written to the spool
     broken_order: str = ""  # applied as answered, then the buffer stops
 
 
@@ -290,6 +332,8 @@ def _is_index(value: object, size: int) -> bool:
 
 class BatchBuffer(Generic[E]):
     """Batch events to `sink` from a background thread; see the module docstring."""
+
+    _spooler: threading.Thread | None
 
     def __init__(
         self,
@@ -334,6 +378,22 @@ class BatchBuffer(Generic[E]):
         self._spool_sync_interval = spool_sync_interval
         self._close_timeout = close_timeout
 
+        self._generation = 0  # bumped in a forked child: a flusher of another one stops
+        self._fresh_state()
+        if spool is not None:
+            self._open_spool(spool, decode or json.loads)
+
+        self._start_flusher()
+        if self._journal is not None:
+            self._spooler = threading.Thread(
+                target=self._spool_run, name="patientkit-buffer-spool", daemon=True
+            )
+            self._spooler.start()
+        _LIVE.add(self)
+
+    def _fresh_state(self) -> None:
+        """Locks, queues and counters of a new, empty, running buffer (also in a forked
+        child, where the parent's copies may be held by threads that do not exist)."""
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)  # the flusher waits here
         self._space = threading.Condition(self._lock)  # blocked producers wait here
@@ -341,7 +401,8 @@ class BatchBuffer(Generic[E]):
         self._spool_wakeup = threading.Condition(self._lock)  # the spool thread waits here
         self._close_lock = threading.Lock()
 
-        self._pending: deque[E] = deque()  # never replaced: track() appends without a lock
+        # never replaced while threads use it: track() appends without a lock
+        self._pending: deque[E] = deque()
         self._flusher_called = False  # set when a producer woke the flusher for a full batch
         self._drained = False
         self._work: deque[_Unit[E]] = deque()
@@ -377,21 +438,16 @@ class BatchBuffer(Generic[E]):
         self._journaled_upto = 0
         self._journal_live = 0
         self._journal_settled = 0
+        self._unencodable: dict[int, str] = {}  # seq -> why `encode` failed on the event
         self._spool_stop = False
-        self._spooler: threading.Thread | None = None
-        if spool is not None:
-            self._open_spool(spool, decode or json.loads)
+        self._spooler = None
 
-        self._next_flush = self._clock.now() + flush_interval
+    def _start_flusher(self) -> None:
+        self._next_flush = 0.0  # set by the flusher itself: see _run
         self._flusher = threading.Thread(
             target=self._run, name="patientkit-buffer-flusher", daemon=True
         )
         self._flusher.start()
-        if self._journal is not None:
-            self._spooler = threading.Thread(
-                target=self._spool_run, name="patientkit-buffer-spool", daemon=True
-            )
-            self._spooler.start()
 
     # --- producers -----------------------------------------------------------------------
 
@@ -680,8 +736,14 @@ class BatchBuffer(Generic[E]):
 
     # --- shutdown ------------------------------------------------------------------------
 
-    def _shutdown(self, timeout: float | None) -> None:
+    def _shutdown(self, timeout: float | None, real_time: bool = False) -> None:
+        """Close: stop taking events, let the flusher deliver until `timeout`, hand back.
+
+        With `real_time`, the deadline is in real seconds whatever the buffer's clock
+        (at interpreter exit nobody will advance a `FakeClock`).
+        """
         self._refuse_inside_sink("close")
+        clock: Clock = SystemClock() if real_time else self._clock
         with self._close_lock:
             with self._lock:
                 if self._state is _CLOSED:
@@ -692,11 +754,11 @@ class BatchBuffer(Generic[E]):
                 self._accepting = False
                 self._wakeup.notify_all()
                 self._space.notify_all()
-                deadline = self._deadline(timeout)
+                deadline = None if timeout is None else clock.now() + timeout
                 while not self._flusher_done:
-                    if deadline is not None and self._clock.now() >= deadline:
+                    if deadline is not None and clock.now() >= deadline:
                         break
-                    self._clock.wait(self._settled, deadline)
+                    clock.wait(self._settled, deadline)
                 if not self._flusher_done:
                     self._abandon = True
                     self._wakeup.notify_all()
@@ -725,13 +787,137 @@ class BatchBuffer(Generic[E]):
                     if self._stop_reason is not None:
                         raise self._refusal()
 
+    # --- fork and interpreter exit -------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a child made by `os.fork()`: become a new, empty buffer with its own flusher.
+
+        Only the forking thread lives on in the child, so the parent's locks may be held
+        forever and its flusher is gone. The parent's events stay the parent's (it
+        delivers them); the child starts with an empty queue and zeroed counters. The
+        child never writes the parent's spool: it closes its copies of the spool's
+        descriptors (the parent keeps its lock) and runs without a spool. A buffer that
+        was stopped, closing or closed in the parent is closed, and empty, in the child.
+        """
+        running = self._state is _RUNNING and self._stop_reason is None
+        stop_reason, stop_cause = self._stop_reason, self._stop_cause
+        journal = self._journal
+        self._generation += 1
+        self._fresh_state()
+        if journal is not None:
+            journal.forget()
+        if running:
+            self._start_flusher()
+            return
+        self._state = _CLOSED
+        self._accepting = False
+        self._drained = True
+        self._flusher_done = True
+        self._stop_reason, self._stop_cause = stop_reason, stop_cause
+
+    def _close_at_exit(self) -> None:
+        """Close a buffer still open at interpreter exit, within its close timeout
+        (`EXIT_CLOSE_TIMEOUT` without one), in real time. What it cannot deliver stays in
+        its spool, or goes to its dead-letter callback; one warning line on stderr says
+        how many events, and where they are. Never silent, never raises."""
+        with self._lock:
+            state = self._state
+        left: list[E] = []
+        reason = EXIT_REASON
+        if state is _RUNNING:
+            timeout = EXIT_CLOSE_TIMEOUT if self._close_timeout is None else self._close_timeout
+            try:
+                try:
+                    self._shutdown(timeout, real_time=True)
+                except KeyboardInterrupt:  # Ctrl-C while waiting: stop waiting
+                    self._shutdown(0, real_time=True)
+            except BufferStopped as exc:
+                reason = f"{EXIT_REASON} ({exc.reason})"
+            left = self.drain_pending()
+        self._park(left, reason, "before exit")
+
+    def __del__(self) -> None:
+        # A buffer dropped without close() after it stopped (a running one is kept alive
+        # by its flusher, and closed at exit): its events must not vanish in silence.
+        # Nobody else can reach it now, so its state is read without waiting for anyone.
+        try:
+            if self._state is _CLOSED and not self._dead_letters:
+                return
+            self._state = _CLOSED
+            left = [event for unit in self._work for event in unit.events]
+            left.extend(self._pending)
+            self._work.clear()
+            self._pending.clear()
+            self._handed_back += len(left)
+            reason = f"not delivered: {self._stop_reason or 'the buffer was dropped unclosed'}"
+            self._park(left, reason, "by a buffer dropped without close()")
+            if self._journal is not None:
+                self._journal.close()
+        except BaseException:  # late in shutdown there may be no stderr left
+            pass
+
+    def _park(self, left: list[E], reason: str, when: str) -> None:
+        """Put events not delivered `when` where the next run finds them (the spool, or
+        the dead-letter callback), and say on stderr how many and where; also count the
+        dead letters kept in memory that nobody collected."""
+        letters = self.drain_dead_letters()
+        if letters:
+            _warn(
+                f"{len(letters)} events a delivery buffer dead-lettered in memory were never "
+                "collected with drain_dead_letters(); they are lost"
+            )
+        if not left:
+            return
+        journal = self._journal
+        if journal is not None:
+            loose = [event for event in left if not isinstance(self._encoded(event), bytes)]
+            kept = len(left) - len(loose)
+            if kept:
+                _warn(
+                    f"{kept} events were not delivered {when}; they are kept in the "
+                    f"spool {journal.path} and delivered by the next buffer on it"
+                )
+            left = loose
+            if not left:
+                return
+        taken = 0
+        failure = ""
+        if self._dead_letter is not None:
+            for event in left:
+                try:
+                    self._dead_letter(event, reason)
+                except Exception as exc:
+                    failure = f" (the dead_letter callback failed: {type(exc).__name__})"
+                    break
+                taken += 1
+            if taken:
+                with self._lock:
+                    self._dead_lettered += taken
+                    self._handed_back -= taken
+                _warn(
+                    f"{taken} events were not delivered {when}; they went to the "
+                    "dead-letter destination"
+                )
+        if taken < len(left):
+            _warn(
+                f"{len(left) - taken} events were not delivered {when} and are lost"
+                f"{failure}: give the buffer a spool or a dead_letter callback, or close it"
+            )
+
     # --- the flusher ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        generation = self._generation
         try:
-            while self._step():
+            # The clock is read here, not in the fork hook: a FakeClock's lock may have
+            # been held by a thread that did not survive the fork.
+            with self._lock:
+                self._next_flush = self._clock.now() + self._flush_interval
+            while self._step(generation):
                 pass
         except BaseException as exc:  # the flusher must never die silently
+            if generation != self._generation:
+                return  # a forked child's copy of an old flusher: not ours to report
             with self._lock:
                 self._in_user_code = False
                 self._in_flight = 0
@@ -739,12 +925,20 @@ class BatchBuffer(Generic[E]):
                 self._stop(f"delivery stopped: {reason}", exc)
             logger.error("buffer flusher failed (%s); the buffer stopped", type(exc).__name__)
         finally:
-            with self._lock:
-                self._flusher_done = True
-                self._settled.notify_all()
+            if generation == self._generation:
+                with self._lock:
+                    self._flusher_done = True
+                    self._settled.notify_all()
 
-    def _step(self) -> bool:
-        """Wait for work, or make one attempt. False when the flusher should end."""
+    def _step(self, generation: int) -> bool:
+        """Wait for work, or make one attempt. False when the flusher should end.
+
+        A flusher that forked from inside the sink goes on in the child as that child's
+        main thread; the child has its own flusher, so this one ends (`generation`).
+        """
+        if generation != self._generation:
+            return False
+        outcome: _Outcome | None = None
         if self._journal is not None:
             with self._spool_lock:
                 if not self._journal.closed:
@@ -781,10 +975,31 @@ class BatchBuffer(Generic[E]):
                 if self._journal is not None and self._journaled_upto - self._taken < size:
                     return True  # journal them first (top of the next step)
                 unit = self._take(size, now)
+                if self._unencodable:
+                    poisoned = self._split_unencodable(unit)
+                    if poisoned is not None:
+                        unit, outcome = poisoned
             self._in_flight = len(unit)
             self._in_user_code = True
-        self._finish(unit, self._attempt(unit))
+        self._finish(unit, outcome or self._attempt(unit), generation)
         return True
+
+    def _split_unencodable(self, unit: _Unit[E]) -> tuple[_Unit[E], _Outcome] | None:
+        # Lock held; `unit` is the only unit of the work queue. Events the spool could not
+        # encode are dead-lettered alone, without a sink call; the others go on as usual.
+        bad = [i for i, seq in enumerate(unit.seqs) if seq in self._unencodable]
+        if not bad:
+            return None
+        reasons = [self._unencodable.pop(unit.seqs[i]) for i in bad]
+        bad_set = set(bad)
+        poisoned = _Unit([unit.seqs[i] for i in bad], [unit.events[i] for i in bad])
+        good = [i for i in range(len(unit)) if i not in bad_set]
+        self._work.popleft()
+        if good:
+            rest = _Unit([unit.seqs[i] for i in good], [unit.events[i] for i in good])
+            self._work.appendleft(rest)
+        self._work.appendleft(poisoned)
+        return poisoned, _Outcome(rejected=list(enumerate(reasons)), unjournaled=True)
 
     def _take(self, count: int, now: float) -> _Unit[E]:
         # Lock held: cut a unit of `count` events from the front of the deque.
@@ -809,6 +1024,10 @@ class BatchBuffer(Generic[E]):
             return _Outcome(split=True)
         except PermanentError as exc:
             return _Outcome(rejected=[(i, exc.reason) for i in range(size)])
+        except PoisonError as exc:
+            if size == 1:
+                return _Outcome(rejected=[(0, str(exc.reason))])
+            return _Outcome(split=True)  # bisect until the poison is alone
         except RetryableError as exc:
             return _Outcome(
                 retry=range(size),
@@ -872,7 +1091,9 @@ class BatchBuffer(Generic[E]):
                 )
         return ""
 
-    def _finish(self, unit: _Unit[E], outcome: _Outcome) -> None:
+    def _finish(self, unit: _Unit[E], outcome: _Outcome, generation: int) -> None:
+        if generation != self._generation:
+            return  # forked from inside the sink: in this child, the unit is the parent's
         rejected = outcome.rejected
         if outcome.split and len(unit) == 1:
             rejected = [(0, PAYLOAD_TOO_LARGE)]
@@ -883,7 +1104,8 @@ class BatchBuffer(Generic[E]):
             if self._abandon:
                 return  # handed back by close(); this late answer changes nothing
             self._in_flight = 0
-            self._batches += 1
+            if not outcome.unjournaled:
+                self._batches += 1
             if outcome.invalid:
                 self._stop(f"delivery stopped: {outcome.invalid}")
                 logger.error("sink broke its contract (invalid result); the buffer stopped")
@@ -912,7 +1134,7 @@ class BatchBuffer(Generic[E]):
                 logger.error("sink broke per-key order; the buffer stopped")
             if self._flush_goals and self._min_unsettled() >= min(self._flush_goals):
                 self._settled.notify_all()
-        if self._journal is not None and settled_count:
+        if self._journal is not None and settled_count and not outcome.unjournaled:
             settled = [unit.seqs[i] for i in outcome.accepted]
             settled.extend(unit.seqs[i] for i, _ in rejected)
             self._journal_settle(settled)
@@ -992,10 +1214,32 @@ class BatchBuffer(Generic[E]):
             events = list(itertools.islice(snapshot, start - self._taken, None))
         if not events:
             return
-        journal.append_tracked([(start + i, self._encode(e)) for i, e in enumerate(events)])
-        self._journal_live += len(events)
+        items: list[tuple[int, bytes]] = []
+        unencodable: dict[int, str] = {}
+        for seq, event in enumerate(events, start=start):
+            payload = self._encoded(event)
+            if isinstance(payload, bytes):
+                items.append((seq, payload))
+            else:
+                unencodable[seq] = payload
+        if items:
+            journal.append_tracked(items)
+            self._journal_live += len(items)
         with self._lock:
+            self._unencodable.update(unencodable)
             self._journaled_upto = start + len(events)
+        if unencodable:
+            logger.warning("%d events cannot be written to the spool", len(unencodable))
+
+    def _encoded(self, event: E) -> bytes | str:
+        """The event's spool payload, or why `encode` cannot make one."""
+        try:
+            payload = self._encode(event)
+        except Exception as exc:
+            return f"cannot be written to the spool: {type(exc).__name__}: {exc}"
+        if not isinstance(payload, bytes):
+            return f"cannot be written to the spool: encode returned {type(payload).__name__}"
+        return payload
 
     def _journal_settle(self, seqs: list[int]) -> None:
         journal = self._journal
@@ -1026,7 +1270,9 @@ class BatchBuffer(Generic[E]):
             journaled_count = max(0, self._journaled_upto - self._taken)
             journaled = itertools.islice(self._pending.copy(), journaled_count)
             pairs.extend(enumerate(journaled, start=self._taken))
-        return [(seq, self._encode(event)) for seq, event in pairs]
+            unencodable = set(self._unencodable)
+        encoded = [(seq, self._encoded(e)) for seq, e in pairs if seq not in unencodable]
+        return [(seq, payload) for seq, payload in encoded if isinstance(payload, bytes)]
 
     def _spool_run(self) -> None:
         try:
@@ -1059,3 +1305,36 @@ class BatchBuffer(Generic[E]):
                 self._journal.sync()
             finally:
                 self._journal.close()
+
+
+# --- process-wide hooks -------------------------------------------------------------------
+
+
+def _warn(message: str) -> None:
+    """One warning line on stderr (logging may be shut down at exit)."""
+    try:
+        sys.stderr.write(f"patientkit: warning: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed: nowhere left to say it
+        pass
+
+
+def _fork_child_hook() -> None:
+    for buffer in list(_LIVE):
+        try:
+            buffer._after_fork_in_child()
+        except Exception as exc:  # a hook must not break fork for the rest of the process
+            _warn(f"a delivery buffer could not be renewed after fork ({type(exc).__name__})")
+
+
+def _exit_hook() -> None:
+    for buffer in list(_LIVE):
+        try:
+            buffer._close_at_exit()
+        except Exception as exc:
+            _warn(f"a delivery buffer could not be closed at exit ({type(exc).__name__}: {exc})")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fork_child_hook)
+atexit.register(_exit_hook)

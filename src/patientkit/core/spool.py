@@ -160,6 +160,19 @@ class Journal:
         finally:
             os.close(self._lock_fd)
 
+    def forget(self) -> None:
+        """In a process forked from the owner: close this process's copies of the file
+        and lock descriptors without writing anything. The owner keeps its lock (an
+        `flock` lasts while any copy of its descriptor is open, so a child that kept
+        them would hold the spool locked after the owner let go)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
