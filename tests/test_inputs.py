@@ -14,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patientkit import inputs
+from patientkit.core import jsontext
 from patientkit.errors import UsageError
 from patientkit.inputs import Item, read_items
 
 
 def reference(data: bytes, source: str = "x") -> list[Item]:
-    """The plain reader: one json.loads per line."""
+    """The plain reader: one jsontext.loads (json.loads, checked) per line."""
     found = []
     for number, line in enumerate(io.BytesIO(data), start=1):
         if number == 1:
@@ -27,10 +28,9 @@ def reference(data: bytes, source: str = "x") -> list[Item]:
         if not line.strip():
             continue
         try:
-            found.append(Item(source, number, json.loads(line)))
-        except ValueError as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
-            found.append(Item(source, number, None, f"invalid JSON: {reason}"))
+            found.append(Item(source, number, jsontext.loads(line)))
+        except jsontext.BadJson as exc:
+            found.append(Item(source, number, None, exc.reason))
     return found
 
 
@@ -87,6 +87,15 @@ FRAGMENTS = [
     b"[]",
     b"null",
     b"true false",
+    b'{"count": ' + b"9" * 4400 + b"}",  # more digits than int() converts
+    b"[" * 1500,  # deeper than the parser recurses
+    b'{"a": ' * 101 + b"1" + b"}" * 101,  # parses, but deeper than MAX_DEPTH
+    b'{"a": ' * 100 + b"1" + b"}" * 100,  # just deep enough
+    b'{"s": "\\ud800"}',  # a lone surrogate escape
+    b'{"s": "\\ud83d\\ude00"}',  # a pair: one character
+    b'{"s": "\\\\ud800"}',  # an escaped backslash, then text
+    b'{"s": "Jos\xe9"}',  # Latin-1: not UTF-8
+    b'{"s": "\xed\xa0\x80"}',  # an encoded surrogate: not UTF-8
 ]
 
 
