@@ -81,7 +81,7 @@ def test_schema_version_and_migrations(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         assert store.add_records(
             [{"test_id": "t", "patient_id": "p", "clinic_id": "c", "test_type": "x", "result": "r"}]
         ) == [True]
