@@ -229,11 +229,19 @@ def _ndjson_line(line: str, number: int, source: str) -> Item | None:
 def _utf8_rows(items: Iterable[Item]) -> Iterator[Item]:
     """The CSV items, each row holding a byte that is not UTF-8 (decoded as a surrogate by
     `surrogateescape`, never replaced) made an invalid record "not valid UTF-8" with no
-    value: nothing of it is stored or written out."""
+    value: nothing of it is stored or written out. A header that is not UTF-8 is an error
+    of the file, like a header that lacks a field."""
+    header_checked = False
     for item in items:
         value = item.value
         if value is not None:
-            text = "".join(value.values()) + "".join(value)  # the header's names too
+            if not header_checked:
+                header_checked = True
+                names = "".join(value)
+                if not names.isascii() and RAW_SURROGATE.search(names):
+                    yield Item(item.source, 1, None, f"the CSV header is {NOT_UTF8}")
+                    return
+            text = "".join(value.values())
             if not text.isascii() and RAW_SURROGATE.search(text):
                 item = Item(item.source, item.line, None, NOT_UTF8)
         elif item.error is not None and RAW_SURROGATE.search(item.error):

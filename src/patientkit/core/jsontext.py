@@ -219,17 +219,22 @@ def _path_to(
     return None
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _at(path: list[str | int], reason: str) -> str:
-    """`reason` prefixed with where: `count: …`, `readings[2].count: …`."""
+    """`reason` prefixed with where: `count: …`, `readings[2].count: …`; a key that is not
+    plain letters, digits, `_` or `-` is shown as a JSON string in brackets, escaped to
+    ASCII, and cut to MAX_KEY_SHOWN characters."""
     if not path:
         return reason
     shown = ""
     for step in path:
         if isinstance(step, int):
             shown += f"[{step}]"
+        elif _PLAIN_KEY.fullmatch(step) and len(step) <= MAX_KEY_SHOWN:
+            shown += f".{step}" if shown else step
         else:
-            key = step.encode("utf-8", "backslashreplace").decode("utf-8")
-            if len(key) > MAX_KEY_SHOWN:
-                key = key[:MAX_KEY_SHOWN] + "…"
-            shown += f".{key}" if shown else key
+            cut = step if len(step) <= MAX_KEY_SHOWN else step[:MAX_KEY_SHOWN] + "…"
+            shown += f"[{json.dumps(cut)}]"
     return f"{shown}: {reason}"
