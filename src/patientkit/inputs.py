@@ -2,16 +2,20 @@
 
 `read_items(path, csv_fields)` yields one `Item` per record with the line it starts on,
 streaming: a JSON array is decoded element by element, never loaded whole. A record that
-cannot be read (a line of invalid JSON, a CSV row of the wrong width) is an Item with an
-error, so the caller reports it and goes on with the next.
+cannot be read (a line of invalid JSON, a CSV row of the wrong width, bytes that are not
+UTF-8, a number too long, nesting too deep, a lone surrogate escape: see core.jsontext)
+is an Item with an error, so the caller reports it and goes on with the next. Bytes that
+are not UTF-8 are never replaced: they are decoded as surrogates and the record holding
+them is refused.
 
 NDJSON is read in chunks of whole lines (as much as the stream has, so stdin streams
-line by line). A chunk of plain objects (every line begins with `{`, no `[` anywhere) is
-parsed by one `json.loads` as an array. Any other chunk is decoded to text once and every
-line parsed in place by the JSON module's C scanner, which must take it whole as exactly
-one value. A line the scanner does not take whole (blank, invalid, more than one value)
-and a chunk that is not UTF-8 go through `json.loads` line by line, so values, errors and
-line numbers are always the same as one `json.loads` per line (bench/inputs.py times both).
+line by line). A chunk of plain objects (every line begins with `{`, no `[` anywhere, no
+deep nesting, no escape that may be a lone surrogate) is parsed by one `json.loads` as an
+array. Any other chunk is decoded to text once and every line parsed in place by the
+JSON module's C scanner, which must take it whole as exactly one value, then checked by
+`jsontext.check`. A line the scanner does not take whole (blank, invalid, more than one
+value) goes through `jsontext.loads` alone, so values, errors and line numbers are always
+the same as one `jsontext.loads` per line (bench/inputs.py times both).
 """
 
 from __future__ import annotations
