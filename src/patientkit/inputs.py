@@ -2,16 +2,20 @@
 
 `read_items(path, csv_fields)` yields one `Item` per record with the line it starts on,
 streaming: a JSON array is decoded element by element, never loaded whole. A record that
-cannot be read (a line of invalid JSON, a CSV row of the wrong width) is an Item with an
-error, so the caller reports it and goes on with the next.
+cannot be read (a line of invalid JSON, a CSV row of the wrong width, bytes that are not
+UTF-8, a number too long, nesting too deep, a lone surrogate escape: see core.jsontext)
+is an Item with an error, so the caller reports it and goes on with the next. Bytes that
+are not UTF-8 are never replaced: they are decoded as surrogates and the record holding
+them is refused.
 
 NDJSON is read in chunks of whole lines (as much as the stream has, so stdin streams
-line by line). A chunk of plain objects (every line begins with `{`, no `[` anywhere) is
-parsed by one `json.loads` as an array. Any other chunk is decoded to text once and every
-line parsed in place by the JSON module's C scanner, which must take it whole as exactly
-one value. A line the scanner does not take whole (blank, invalid, more than one value)
-and a chunk that is not UTF-8 go through `json.loads` line by line, so values, errors and
-line numbers are always the same as one `json.loads` per line (bench/inputs.py times both).
+line by line). A chunk of plain objects (every line begins with `{`, no `[` anywhere, no
+deep nesting, no escape that may be a lone surrogate) is parsed by one `json.loads` as an
+array. Any other chunk is decoded to text once and every line parsed in place by the
+JSON module's C scanner, which must take it whole as exactly one value, then checked by
+`jsontext.check`. A line the scanner does not take whole (blank, invalid, more than one
+value) goes through `jsontext.loads` alone, so values, errors and line numbers are always
+the same as one `jsontext.loads` per line (bench/inputs.py times both).
 """
 
 from __future__ import annotations
@@ -28,11 +32,20 @@ from itertools import count, repeat
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from patientkit.core import jsontext
+from patientkit.core.jsontext import (
+    ESCAPED_SURROGATE_BYTES,
+    MAX_DEPTH,
+    NOT_UTF8,
+    RAW_SURROGATE,
+    BadJson,
+)
 from patientkit.errors import UsageError
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 JSON_SUFFIXES = (".json", ".ndjson", ".jsonl")
+BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() removes: a line of only these is blank
 
 
 class Item(NamedTuple):
@@ -79,9 +92,14 @@ def open_input(path: str) -> IO[bytes]:
 
 
 def _format(path: str, stream: IO[bytes]) -> str:
+    """csv, array or ndjson: by the name's suffix (`.csv`; `.ndjson` and `.jsonl` are
+    NDJSON whatever their first line holds, so that a first line that is a bad array does
+    not turn the lines after it into one), else by the first bytes."""
     name = path.lower().removesuffix(".gz")
     if name.endswith(".csv"):
         return "csv"
+    if name.endswith((".ndjson", ".jsonl")):
+        return "ndjson"
     head = stream.peek(4096).lstrip(b"\xef\xbb\xbf \t\r\n")  # type: ignore[attr-defined]
     if head.startswith(b"["):
         return "array"
@@ -97,7 +115,7 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     try:
         kind = _format(path, stream)
         if kind == "csv":
-            yield from _csv_items(stream, source, csv_fields)
+            yield from _utf8_rows(_csv_items(stream, source, csv_fields))
         elif kind == "array":
             yield from array_items(stream, source)
         else:
@@ -141,12 +159,22 @@ def _ndjson_piece(piece: bytes, number: int, source: str, added_newline: bool) -
     no `[`, so no value can span a line break (a `,` that joins two lines inside an object
     would need a key string next, not `{`) and a line holding two values shows up as one
     value too many. Then one `json.loads` of the lines joined as an array gives every value,
-    and the Items are made in C. Any other chunk is parsed line by line in place."""
+    and the Items are made in C. It is also safe only when no value can be refused after
+    parsing (jsontext.check): no line nests deeper than MAX_DEPTH (the chunk has fewer than
+    MAX_DEPTH `{` beyond one a line) and no escape may be a lone surrogate. Any other chunk,
+    and one that is not valid UTF-8, is parsed line by line in place."""
     lines = piece.count(b"\n")
-    if piece[:1] == b"{" and piece.count(b"\n{") == lines - 1 and b"[" not in piece:
+    if (
+        piece[:1] == b"{"
+        and piece.count(b"\n{") == lines - 1
+        and b"[" not in piece
+        and piece.count(b"{") - lines < MAX_DEPTH
+        and not ESCAPED_SURROGATE_BYTES.search(piece)
+    ):
         try:
-            values = json.loads(b"[" + piece[:-1].replace(b"\n", b",") + b"]")
-        except ValueError:  # an invalid line, or bytes that are not UTF-8
+            text = piece.decode("utf-8")
+            values = json.loads("[" + text[:-1].replace("\n", ",") + "]")
+        except (ValueError, RecursionError):  # an invalid line, bytes that are not UTF-8
             values = None
         if values is not None and len(values) == lines:
             yield from map(_item, zip(repeat(source), count(number + 1), values, repeat(None)))
@@ -156,55 +184,77 @@ def _ndjson_piece(piece: bytes, number: int, source: str, added_newline: bool) -
 
 def _ndjson_chunk(piece: bytes, number: int, source: str, added_newline: bool) -> Iterator[Item]:
     """The items of whole lines (`piece` ends with a newline, which we `added` when the
-    input's last line had none) after line `number`."""
+    input's last line had none) after line `number`. Bytes that are not UTF-8 are decoded
+    as surrogates (`surrogateescape`): a line holding one is "not valid UTF-8", and the
+    lines around it are read as usual."""
     try:
-        text = piece.decode("utf-8")
+        text, clean = piece.decode("utf-8"), True
     except UnicodeDecodeError:
-        lines = piece.split(b"\n")[:-1]
-        for index, line in enumerate(lines):
-            number += 1
-            ends = b"" if added_newline and index == len(lines) - 1 else b"\n"
-            item = _ndjson_line(line + ends, number, source)
-            if item is not None:
-                yield item
-        return
+        text, clean = piece.decode("utf-8", "surrogateescape"), False
     find, size, pos = text.find, len(text), 0
     while pos < size:
         number += 1
         end_of_line = find("\n", pos)
+        if not clean and RAW_SURROGATE.search(text, pos, end_of_line):
+            yield Item(source, number, None, NOT_UTF8)
+            pos = end_of_line + 1
+            continue
         try:
             value, end = _scan(text, pos)
-        except (StopIteration, ValueError):  # no value here, or an invalid one
+        except (StopIteration, ValueError, RecursionError):  # no value here, or a bad one
             end = -1
         if end == end_of_line or (
             0 < end < end_of_line and not text[end:end_of_line].strip(" \t\r")
         ):
-            yield Item(source, number, value)
-        else:  # the same bytes as the line read alone: the same value or error
+            problem = jsontext.check(value, text, pos, end)
+            yield (
+                Item(source, number, value)
+                if problem is None
+                else Item(source, number, None, problem)
+            )
+        else:  # the same text as the line read alone: the same value or error
             last = added_newline and end_of_line == size - 1
-            line = text[pos : end_of_line + (0 if last else 1)].encode()
-            item = _ndjson_line(line, number, source)
+            item = _ndjson_line(text[pos : end_of_line + (0 if last else 1)], number, source)
             if item is not None:
                 yield item
         pos = end_of_line + 1
 
 
-def _ndjson_line(line: bytes, number: int, source: str) -> Item | None:
+def _ndjson_line(line: str, number: int, source: str) -> Item | None:
     """One line, the slow way: None for a blank line."""
-    if not line.strip():
+    if not line.strip(BLANK):
         return None  # a blank line holds no record
     try:
-        return Item(source, number, json.loads(line))
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        return Item(source, number, None, f"invalid JSON: {_reason(exc)}")
+        return Item(source, number, jsontext.loads(line))
+    except BadJson as exc:
+        return Item(source, number, None, exc.reason)
 
 
-def _reason(exc: ValueError) -> str:
-    return exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+def _utf8_rows(items: Iterable[Item]) -> Iterator[Item]:
+    """The CSV items, each row holding a byte that is not UTF-8 (decoded as a surrogate by
+    `surrogateescape`, never replaced) made an invalid record "not valid UTF-8" with no
+    value: nothing of it is stored or written out. A header that is not UTF-8 is an error
+    of the file, like a header that lacks a field."""
+    header_checked = False
+    for item in items:
+        value = item.value
+        if value is not None:
+            if not header_checked:
+                header_checked = True
+                names = "".join(value)
+                if not names.isascii() and RAW_SURROGATE.search(names):
+                    yield Item(item.source, 1, None, f"the CSV header is {NOT_UTF8}")
+                    return
+            text = "".join(value.values())
+            if not text.isascii() and RAW_SURROGATE.search(text):
+                item = Item(item.source, item.line, None, NOT_UTF8)
+        elif item.error is not None and RAW_SURROGATE.search(item.error):
+            item = Item(item.source, item.line, None, f"the CSV header is {NOT_UTF8}")
+        yield item
 
 
 def _csv_items(stream: IO[bytes], source: str, fields: Sequence[str]) -> Iterator[Item]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text)  # rows as SPEC.md says: \n, \r\n or \r; [] is a blank line
     try:
         header = [name.strip() for name in next(row for row in reader if row)]
@@ -231,17 +281,27 @@ def _csv_items(stream: IO[bytes], source: str, fields: Sequence[str]) -> Iterato
 
 
 def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
-    """Decode a JSON array element by element from a stream of any size."""
-    reader = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict")
+    """Decode a JSON array element by element from a stream of any size.
+
+    An element that is JSON but cannot be taken (see core.jsontext: a number too long,
+    nesting too deep, a lone surrogate escape, bytes that are not UTF-8 inside a string) is
+    an Item with its reason, and reading goes on after it: it ends where the parser
+    stopped, or, for one too deep to parse, at the bracket that closes it. An element that
+    is not JSON (or holds bytes that are not UTF-8 outside its strings) ends the array: its
+    Item says why and that the rest is unread, since where the next element starts cannot
+    be known."""
+    reader = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape")
     decoder = json.JSONDecoder()
-    buffer, pos, line, eof = "", 0, 1, False
+    buffer, pos, line, eof, clean = "", 0, 1, False, True
 
     def more() -> bool:
-        nonlocal buffer, pos, eof
+        nonlocal buffer, pos, eof, clean
         if eof:
             return False
         chunk = reader.read(CHUNK)
         eof = not chunk
+        if clean and not chunk.isascii() and RAW_SURROGATE.search(chunk):
+            clean = False  # a byte that is not UTF-8 came: look for it from now on
         buffer = buffer[pos:] + chunk
         pos = 0
         return not eof
@@ -259,42 +319,57 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             if not more():
                 return None
 
-    try:
-        if skip_space() != "[":
-            yield Item(source, line, None, "invalid JSON: expected '[' to start an array")
-            return
-        pos += 1
-        state = "first"  # first: a value or ']'; value: a value; next: ',' or ']'
+    def element() -> tuple[Any, str | None, int]:
+        """The element at pos: (value, None, end), or (None, reason, end) for one that
+        cannot be taken, with end -1 when reading cannot go on after it."""
         while True:
-            char = skip_space()
-            if char is None:
-                yield Item(source, line, None, "invalid JSON: the array is not closed")
+            try:
+                value, end = decoder.raw_decode(buffer, pos)
+                if end < len(buffer) or eof:  # a number at the very end of the buffer may go on
+                    if not clean and RAW_SURROGATE.search(buffer, pos, end):
+                        return None, NOT_UTF8, end
+                    problem = jsontext.check(value, buffer, pos, end)
+                    return (value, None, end) if problem is None else (None, problem, end)
+            except json.JSONDecodeError as exc:
+                if eof:
+                    bad_bytes = not clean and RAW_SURROGATE.search(buffer, pos, exc.pos + 1)
+                    reason = NOT_UTF8 if bad_bytes else f"invalid JSON: {exc.msg}"
+                    return None, reason, -1
+            except (ValueError, RecursionError) as exc:  # a number too long, too deep
+                reason, found = jsontext.failure(buffer, pos, exc)
+                if found is not None and (found < len(buffer) or eof):
+                    return None, reason, found
+                if eof:
+                    return None, reason, -1
+            more()
+
+    if skip_space() != "[":
+        yield Item(source, line, None, "invalid JSON: expected '[' to start an array")
+        return
+    pos += 1
+    state = "first"  # first: a value or ']'; value: a value; next: ',' or ']'
+    while True:
+        char = skip_space()
+        if char is None:
+            yield Item(source, line, None, "invalid JSON: the array is not closed")
+            return
+        if char == "]" and state != "value":
+            pos += 1
+            if skip_space() is not None:
+                yield Item(source, line, None, "invalid JSON: data after the array")
+            return
+        if state == "next":
+            if char != ",":
+                yield Item(source, line, None, "invalid JSON: expected ',' between elements")
                 return
-            if char == "]" and state != "value":
-                pos += 1
-                if skip_space() is not None:
-                    yield Item(source, line, None, "invalid JSON: data after the array")
-                return
-            if state == "next":
-                if char != ",":
-                    yield Item(source, line, None, "invalid JSON: expected ',' between elements")
-                    return
-                pos += 1
-                state = "value"
-                continue
-            while True:
-                try:
-                    value, end = decoder.raw_decode(buffer, pos)
-                    if end < len(buffer) or eof:
-                        break  # a number at the very end of the buffer may go on
-                except json.JSONDecodeError as exc:
-                    if eof:
-                        yield Item(source, line, None, f"invalid JSON: {exc.msg}")
-                        return
-                more()
-            yield Item(source, line, value)
-            line += buffer.count("\n", pos, end)
-            pos = end
-            state = "next"
-    except UnicodeDecodeError:
-        yield Item(source, line, None, "invalid JSON: not UTF-8 text; the rest is unread")
+            pos += 1
+            state = "value"
+            continue
+        value, reason, end = element()
+        if end < 0:
+            yield Item(source, line, None, f"{reason}; the rest of the array is unread")
+            return
+        yield Item(source, line, value, reason)
+        line += buffer.count("\n", pos, end)
+        pos = end
+        state = "next"

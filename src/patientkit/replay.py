@@ -113,7 +113,9 @@ class Parser:
             return None, validation.BAD_COUNT, record
         count = one.get("count")
         if type(count) is not int:
-            if type(count) is str and _DIGITS.fullmatch(count):  # CSV gives text
+            # CSV gives text; more than 19 digits is past MAX_COUNT (and int() of
+            # thousands of digits would raise)
+            if type(count) is str and _DIGITS.fullmatch(count) and len(count.lstrip("0")) < 20:
                 count = int(count)
             if not validation.is_count(count):
                 return None, validation.BAD_COUNT, record

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from patientkit.generate import generate_readings
@@ -328,3 +329,144 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0
     assert json.loads(again.out)["duplicates"] >= len(readings)
+
+
+# --- numbers beyond the store, records that cannot be parsed (issue 9) ------------------
+
+MAX = 2**63 - 1
+E = "55555555-5555-4555-8555-555555555555"
+F = "66666666-6666-4666-8666-666666666666"
+BAD_COUNT = "Field 'readings' contains invalid 'count' value. Must be positive integer."
+TOO_DEEP = "nesting too deep (more than 100 levels of arrays and objects)"
+
+
+def line(device: str, count, second: int) -> str:
+    return json.dumps(
+        {"id": device, "count": count, "timestamp": f"2021-09-29T16:09:{second:02d}+01:00"}
+    )
+
+
+def total(device: str, *where: str) -> object:
+    result = run_cli("readings", "total", device, *where)
+    assert result.code == 0, result.err
+    return json.loads(result.out)["cumulative_count"]
+
+
+def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve, tmp_path):
+    """Case 03: two readings of 2^63 - 1 sum to 18446744073709551614, and counts added
+    after a total passed 2^63 - 1 are not lost."""
+    max2 = tmp_path / "max2.ndjson"
+    max2.write_text(line(E, MAX, 15) + "\n" + line(E, MAX, 16) + "\n")
+    plus = tmp_path / "plus.ndjson"
+    plus.write_text(
+        "".join(line(F, c, s) + "\n" for c, s in [(MAX, 15), (1, 16), (1, 17), (1000, 18)])
+    )
+    db = tmp_path / "m.db"
+    server = serve("--db", str(tmp_path / "api.db"))
+    for source in (max2, plus):
+        assert run_cli("readings", "replay", str(source), "--db", str(db)).code == 0
+        assert run_cli("readings", "replay", str(source), "--to", server.url).code == 0
+    for where in (("--db", str(db)), ("--to", server.url)):
+        assert total(E, *where) == 18446744073709551614
+        assert total(F, *where) == 9223372036854776809
+    answer = httpx.get(f"{server.url}/api/device-readings/{E}/cumulative-count")
+    assert answer.text == '{"cumulative_count":18446744073709551614}'  # an integer, not 1.8e19
+    with sqlite3.connect(db) as conn:  # SQLite holds it exactly, in two integers
+        assert conn.execute(
+            "SELECT typeof(count_high), typeof(count_low) FROM devices"
+        ).fetchall() == [
+            ("integer", "integer"),
+            ("integer", "integer"),
+        ]
+
+
+def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path):
+    source = tmp_path / "big.ndjson"
+    source.write_text(line(E, MAX + 1, 15) + "\n" + line(E, MAX, 16) + "\n")
+    server = serve("--db", str(tmp_path / "api.db"))
+    for where in (("--db", str(tmp_path / "s.db")), ("--to", server.url)):
+        result = run_cli("readings", "replay", str(source), *where)
+        assert result.code == 1
+        assert result.err.strip() == f"warning: {source}:1: {BAD_COUNT}"
+        assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
+            "read": 2,
+            "delivered": 1,
+            "invalid": 1,
+        }
+        assert total(E, *where) == MAX
+    answer = httpx.post(
+        f"{server.url}/api/device-readings/create",
+        json={"id": E, "readings": [{"count": MAX + 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
+    )
+    assert (answer.status_code, answer.json()["error_message"]) == (400, BAD_COUNT)
+
+
+GOOD_LINE = line(E, 4, 16)
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        # case 04: a number with 5,000 digits
+        (
+            "big.ndjson",
+            f'{{"id":"{E}","count":{HUGE},"timestamp":"2021-09-29T16:09:15+01:00"}}\n{GOOD_LINE}\n',
+            "count: number too large (5000 digits)",
+        ),
+        (
+            "big.json",
+            f'[{{"id":"{E}","count":{HUGE},"timestamp":"2021-09-29T16:09:15+01:00"}},\n{GOOD_LINE}]',
+            "count: number too large (5000 digits)",
+        ),
+        (
+            "big.csv",
+            f"id,count,timestamp\n{E},{HUGE},2021-09-29T16:09:15+01:00\n{E},4,2021-09-29T16:09:16+01:00\n",
+            BAD_COUNT,
+        ),
+        # case 05: nested 100,000 levels deep
+        ("deep.ndjson", "[" * 100_000 + f"\n{GOOD_LINE}\n", TOO_DEEP),
+        ("deep.json", "[" + "[" * 100_000 + "]" * 100_000 + f",\n{GOOD_LINE}]", TOO_DEEP),
+        # a lone surrogate escape
+        (
+            "lone.ndjson",
+            f'{{"id":"{E}","count":1,"timestamp":"2021-09-29T16:09:15+01:00","note":"\\ud800"}}\n{GOOD_LINE}\n',
+            "note: lone surrogate escape (\\ud800-\\udfff without its pair), not valid in UTF-8",
+        ),
+        # invalid UTF-8, in every format, plain and gzip
+        (
+            "latin1.ndjson",
+            f'{{"id":"{E}","count":1,"timestamp":"2021-09-29T16:09:15+01:00","note":"Jos\xe9"}}\n{GOOD_LINE}\n',
+            "not valid UTF-8",
+        ),
+        (
+            "latin1.json.gz",
+            f'[{{"id":"{E}","count":1,"timestamp":"2021-09-29T16:09:15+01:00","note":"Jos\xe9"}},\n{GOOD_LINE}]',
+            "not valid UTF-8",
+        ),
+        (
+            "latin1.csv.gz",
+            f"id,count,timestamp\n{E},1,2021-09-29T16:09:15+01:00\xe9\n{E},4,2021-09-29T16:09:16+01:00\n",
+            "not valid UTF-8",
+        ),
+    ],
+)
+def test_a_record_that_cannot_be_parsed_is_invalid_and_the_rest_is_stored(
+    tmp_path, name, data, reason
+):
+    """Cases 04 and 05 and their neighbours: that record is invalid with file:line and a
+    true reason, the valid one after it is stored, the summary is printed, exit 1."""
+    raw = data.encode("latin-1" if "latin1" in name else "utf-8")
+    source = tmp_path / name
+    source.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    db = tmp_path / "d.db"
+    result = run_cli("readings", "replay", str(source), "--db", str(db))
+    assert result.code == 1
+    first = 2 if ".csv" in name else 1  # a CSV's first record is on the line after its header
+    assert result.err.strip() == f"warning: {source}:{first}: {reason}"
+    assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
+        "read": 2,
+        "delivered": 1,
+        "invalid": 1,
+    }
+    assert total(E, "--db", str(db)) == 4

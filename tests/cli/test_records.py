@@ -540,3 +540,74 @@ def test_list_usage_errors(tmp_path):
         2,
         "error: --db and --to cannot be used together: give the store or the API\n",
     )
+
+
+# --- records that cannot be parsed (issue 9, cases 04, 05, 06) ----------------------------
+
+LATIN1_CSV = (
+    b"test_id,patient_id,clinic_id,test_type,result\nL1,Jos\xe9,CL,cbc,ok\nL2,P,CL,cbc,ok\n"
+)
+GOOD_RECORD = json.dumps(rec("T2", clinic="CL"))
+LONE_SURROGATE = "lone surrogate escape (\\ud800-\\udfff without its pair), not valid in UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "line", "reason"),
+    [
+        (
+            "bigrec.json",
+            b'[{"test_id":"T1","patient_id":"P","clinic_id":"CL","test_type":"cbc","result":'
+            + b"9" * 5000
+            + b"},\n"
+            + GOOD_RECORD.encode()
+            + b"]",
+            1,
+            "result: number too large (5000 digits)",
+        ),
+        (
+            "deeprec.ndjson",
+            b"[" * 100_000 + b"\n" + GOOD_RECORD.encode() + b"\n",
+            1,
+            "nesting too deep (more than 100 levels of arrays and objects)",
+        ),
+        ("latin1rec.csv", LATIN1_CSV, 2, "not valid UTF-8"),
+        ("latin1rec.csv.gz", LATIN1_CSV, 2, "not valid UTF-8"),
+        (
+            "lone.ndjson",
+            json.dumps(rec("T1", clinic="CL", patient="\ud800")).encode()
+            + b"\n"
+            + GOOD_RECORD.encode(),
+            1,
+            f"patient_id: {LONE_SURROGATE}",
+        ),
+        (
+            "latin1.ndjson",
+            b'{"test_id":"T1","patient_id":"Jos\xe9","clinic_id":"CL","test_type":"cbc","result":"ok"}\n'
+            + GOOD_RECORD.encode(),
+            1,
+            "not valid UTF-8",
+        ),
+    ],
+)
+def test_a_record_that_cannot_be_parsed_is_invalid_nothing_of_it_stored(
+    tmp_path, name, data, line, reason
+):
+    """That record is invalid with file:line and a true reason (never replaced by U+FFFD,
+    never an internal error); the other is stored; the summary is printed; exit 1."""
+    source = tmp_path / name
+    source.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    db, rejects = tmp_path / "r.db", tmp_path / "rejects.ndjson"
+    result = run_cli("records", "submit", str(source), "--db", str(db), "--rejects", str(rejects))
+    assert result.code == 1
+    assert f"{source}:{line}: {reason}" in result.err.splitlines()
+    assert "internal error" not in result.err
+    assert counts(result) == verdicts(2, created=1, invalid=1)
+    assert rejects_lines(rejects) == [
+        {"source": str(source), "line": line, "reason": reason, "record": None}
+    ]
+    listed = run_cli("records", "list", "--clinic", "CL", "--db", str(db))
+    assert listed.code == 0
+    assert [json.loads(row)["test_id"] for row in listed.out.splitlines()] == [
+        "L2" if "latin1rec" in name else "T2"
+    ]
+    assert "\ufffd" not in listed.out

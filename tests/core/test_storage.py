@@ -5,6 +5,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from patientkit.core.storage import SCHEMA_VERSION, Reading, RecordAnswer, Store
 from patientkit.errors import UsageError
@@ -81,7 +83,7 @@ def test_schema_version_and_migrations(tmp_path):
     )
     db.close()
     with Store(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         assert store.add_records(
             [{"test_id": "t", "patient_id": "p", "clinic_id": "c", "test_type": "x", "result": "r"}]
         ) == [True]
@@ -164,3 +166,84 @@ def test_several_processes_write_one_file_without_loss_or_lock_errors(tmp_path):
         assert store.reading_totals() == (5 + 6, shared + own, shared + own * 2)
         assert store.cumulative_count("00000000-0000-4000-8000-000000000003") == 40 * 50
         assert store.cumulative_count("00000000-0000-4000-9000-000000000005") == 40 * 50 * 2
+
+
+# --- exact totals of any size (issue 9, case 03) -------------------------------------------
+
+MAX = 2**63 - 1
+
+
+def test_totals_past_int64_are_exact(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        store.add_readings([reading(MAX, "2021-09-29T16:09:15+01:00", 1632928155)])
+        store.add_readings([reading(MAX, "2021-09-29T16:09:16+01:00", 1632928156)])
+        assert store.cumulative_count(DEVICE) == 18446744073709551614
+        store.add_readings(
+            [
+                reading(MAX, "2021-09-29T16:09:15+01:00", 1632928155, OTHER),
+                *(reading(1, "2021-09-29T16:09:16+01:00", 1632928156 + n, OTHER) for n in range(2)),
+                reading(1000, "2021-09-29T16:09:18+01:00", 1632928158, OTHER),
+                reading(5, "2021-09-29T16:09:18+01:00", 1632928158, OTHER),  # a duplicate
+            ]
+        )
+        assert store.cumulative_count(OTHER) == 9223372036854776809
+        assert store.reading_totals() == (2, 6, 2 * MAX + MAX + 1002)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, MAX), min_size=1, max_size=40), st.integers(1, 7))
+def test_any_counts_sum_exactly_whatever_the_batches(tmp_path_factory, counts, per_batch):
+    path = tmp_path_factory.mktemp("exact") / "s.db"
+    with Store(path) as store:
+        batch = [
+            reading(c, "2021-09-29T16:09:15+01:00", 1632928155 + n) for n, c in enumerate(counts)
+        ]
+        for start in range(0, len(batch), per_batch):
+            store.add_readings(batch[start : start + per_batch])
+        store.add_readings(batch[:3])  # duplicates add nothing
+        assert store.cumulative_count(DEVICE) == sum(counts)
+        assert store.reading_totals() == (1, len(counts), sum(counts))
+
+
+def test_migration_3_sums_totals_again_exactly(tmp_path):
+    """A version-2 store whose total overflowed into a float: the migration mends it from
+    the readings, which SQLite kept exactly."""
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        "CREATE TABLE readings (device_id TEXT NOT NULL, instant INTEGER NOT NULL,"
+        " count INTEGER NOT NULL, timestamp TEXT NOT NULL, PRIMARY KEY (instant, device_id))"
+        " WITHOUT ROWID;"
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, cumulative_count INTEGER NOT NULL,"
+        " latest_instant INTEGER NOT NULL, latest_timestamp TEXT NOT NULL) WITHOUT ROWID;"
+        "CREATE TRIGGER readings_add_to_devices AFTER INSERT ON readings BEGIN SELECT 1; END;"
+        "CREATE TABLE test_records (test_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL,"
+        " clinic_id TEXT NOT NULL, test_type TEXT NOT NULL, result TEXT NOT NULL,"
+        " created_at TEXT NOT NULL);"
+        "CREATE TABLE request_log (request_id TEXT NOT NULL, test_id TEXT NOT NULL,"
+        " status INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (request_id, test_id))"
+        " WITHOUT ROWID;"
+        "PRAGMA user_version = 2;"
+    )
+    db.executemany(
+        "INSERT INTO readings VALUES (?, ?, ?, ?)",
+        [
+            (DEVICE, 1, MAX, "2021-09-29T16:09:15+01:00"),
+            (DEVICE, 2, MAX, "2021-09-29T16:09:16+01:00"),
+            (DEVICE, 3, 7, "2021-09-29T16:09:17+01:00"),
+            (OTHER, 1, 5, "2021-09-29T16:09:15+01:00"),
+        ],
+    )
+    db.executemany(
+        "INSERT INTO devices VALUES (?, ?, ?, ?)",
+        [(DEVICE, 1.8446744073709552e19, 3, "2021-09-29T16:09:17+01:00"), (OTHER, 5, 1, "t")],
+    )
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version() == 3
+        assert store.cumulative_count(DEVICE) == 2 * MAX + 7
+        assert store.cumulative_count(OTHER) == 5
+        assert store.latest_timestamp(DEVICE) == "2021-09-29T16:09:17+0100"
+        store.add_readings([reading(1, "2021-09-29T16:09:18+01:00", 4)])
+        assert store.cumulative_count(DEVICE) == 2 * MAX + 8
+        assert store.reading_totals() == (2, 5, 2 * MAX + 13)

@@ -170,3 +170,43 @@ def test_an_oversize_body_is_413(api, device):
     assert response.status_code == 413
     assert response.json() == error("Request body is larger than 20000 bytes.", 413)
     assert api.get(f"/api/device-readings/{device}/cumulative-count").status_code == 404
+
+
+NOT_AN_OBJECT = "Request body must be a JSON object."
+BAD_COUNT = "Field 'readings' contains invalid 'count' value. Must be positive integer."
+ONE = '{"count": 1, "timestamp": "2021-09-29T16:09:15+01:00"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000,  # nested deeper than the parser recurses (issue 9, case 05)
+        b"{" * 10_000,
+        ('{"id": "%s", "readings": [{"count": ' + "9" * 5000 + ', "timestamp": "t"}]}').encode(),
+        ('{"id": "%s", "readings": [' + ONE + '], "x": ' + "[" * 101 + "]" * 101 + "}").encode(),
+        ('{"id": "%s", "readings": [' + ONE + '], "x": "\\udc00"}').encode(),
+        ('{"id": "%s", "readings": [' + ONE + '], "x": "Jos\xe9"}').encode("latin-1"),
+    ],
+)
+def test_a_body_that_cannot_be_parsed_is_400_never_500(api, device, body):
+    response = api.post("/api/device-readings/create", content=body.replace(b"%s", device.encode()))
+    assert (response.status_code, response.json()) == (400, error(NOT_AN_OBJECT))
+    assert api.get(f"/api/device-readings/{device}/cumulative-count").status_code == 404
+    assert create(api, readings(device, (2, "2021-09-29T16:09:15+01:00"))).status_code == 201
+
+
+def test_a_count_past_int64_is_refused_and_totals_past_it_are_exact_integers(api, device):
+    too_big = create(api, readings(device, (2**63, "2021-09-29T16:09:15+01:00")))
+    assert (too_big.status_code, too_big.json()) == (400, error(BAD_COUNT))
+    most = 2**63 - 1
+    stored = create(
+        api,
+        readings(device, (most, "2021-09-29T16:09:15+01:00"), (most, "2021-09-29T16:09:16+01:00")),
+    )
+    assert stored.status_code == 201
+    answer = api.get(f"/api/device-readings/{device}/cumulative-count")
+    assert answer.text == '{"cumulative_count":18446744073709551614}'
+    assert create(api, readings(device, (1000, "2021-09-29T16:09:17+01:00"))).status_code == 201
+    assert api.get(f"/api/device-readings/{device}/cumulative-count").json() == {
+        "cumulative_count": 2 * most + 1000
+    }

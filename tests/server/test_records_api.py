@@ -82,6 +82,28 @@ INVALID = [
     (json.dumps(record(result=["x"])), "result"),
     (json.dumps({"result": "x"}), "test_id"),  # the first failing field in SPEC order
     (json.dumps(record(test_type=1, clinic_id=2)), "clinic_id"),
+    # bodies that cannot be parsed: the API's own 400, never a 500 (issue 9, case 05)
+    (b"[" * 100_000, "Invalid JSON"),
+    (
+        json.dumps(record(result="X"))[:-1].encode() + b', "n": ' + b"9" * 5000 + b"}",
+        "Invalid JSON",
+    ),
+    (
+        json.dumps(record(result="X"))[:-1].encode() + b', "n": ' + b"[" * 150 + b"]" * 150 + b"}",
+        "Invalid JSON",
+    ),
+    (json.dumps(record(patient_id="\ud800")).encode(), "Invalid JSON"),
+    (
+        json.dumps(record(patient_id="Jos\xe9"), ensure_ascii=False).encode("latin-1"),
+        "Invalid JSON",
+    ),
+]
+UNPARSEABLE_REASONS = [
+    "nesting too deep (more than 100 levels of arrays and objects)",
+    "n: number too large (5000 digits)",
+    "nesting too deep (more than 100 levels of arrays and objects)",
+    "patient_id: lone surrogate escape (\\ud800-\\udfff without its pair), not valid in UTF-8",
+    "not valid UTF-8",
 ]
 
 
@@ -100,6 +122,19 @@ def test_nothing_invalid_is_stored(serve, tmp_path):
         post(server, None, raw=body if isinstance(body, bytes) else body.encode())
     with Store(tmp_path / "invalid.db") as store:
         assert store.record_count() == 0
+
+
+def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "up.db"))
+    for body, _ in INVALID[-len(UNPARSEABLE_REASONS) :]:
+        assert post(server, None, raw=body).json() == {"error": "Invalid JSON"}
+    logged = [line["reason"] for line in server.log_lines() if line["event"] == "record invalid"]
+    assert logged == [f"Invalid JSON: {reason}" for reason in UNPARSEABLE_REASONS]
+    assert not any(
+        "Jos" in line or "SECRET" in line for line in server.log.read_text().splitlines()
+    )
+    assert post(server, record("T9")).status_code == 200
+    assert [r["test_id"] for r in listing(server, "C1")] == ["T9"]
 
 
 def test_an_oversize_body_is_413_and_stores_nothing(serve, tmp_path):

@@ -112,7 +112,7 @@ def json_body(response: httpx.Response, what: str) -> Any:
     """The JSON of an answer, or a RemoteError naming what was asked."""
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, a number too long, nesting too deep
         raise RemoteError(f"{what}: the server answered malformed JSON") from None
 
 

@@ -41,7 +41,7 @@ def error_message(response: httpx.Response) -> str:
     """The `error_message` of an error answer (either name of the code is fine)."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return f"status {response.status_code}"
     if isinstance(body, dict) and isinstance(body.get("error_message"), str):
         return body["error_message"]
@@ -93,4 +93,12 @@ class ReadingsClient(ApiClient):
         return str(self._get(device_id, "latest-timestamp", "timestamp"))
 
     def cumulative_count(self, device_id: str) -> int:
-        return int(self._get(device_id, "cumulative-count", "cumulative_count"))
+        """The device's total, exactly as the server sent it: a JSON integer of any size
+        (read by json as a Python int). A float or anything else is a RemoteError, never
+        rounded into a wrong total."""
+        value = self._get(device_id, "cumulative-count", "cumulative_count")
+        if type(value) is not int:
+            raise RemoteError(
+                f"{self.server}: the cumulative count is not an integer: {str(value)[:40]}"
+            )
+        return value

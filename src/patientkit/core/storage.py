@@ -16,6 +16,12 @@ timestamp text is kept so that the latest timestamp is answered in the offset it
 stored with. Per-device totals (cumulative count, latest instant) live in `devices`, kept
 by a trigger on every new reading, in the same transaction, so no query scans readings.
 
+A cumulative count is an exact integer of any size, while SQLite's INTEGER is 64 bits
+(a sum past 2^63 - 1 would silently become a float). So it is kept as two integers,
+`count_high * 2^62 + count_low` with `0 <= count_low < 2^62`: the trigger adds a reading's
+count (at most 2^63 - 1, which validation enforces) in those two parts and carries, and
+no step ever leaves 64 bits (`count_high` grows by at most 2 a reading).
+
 Test records are unique per test_id, never overwritten; clinic_id is indexed. A request
 log keyed by (request id, test_id) remembers each answer so that a retried request gets
 its original answer again.
@@ -50,7 +56,7 @@ RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 RECORD_COLUMNS = (*RECORD_FIELDS, "created_at")
 record_values = operator.itemgetter(*RECORD_FIELDS)  # a record's five fields, as a tuple
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: device readings, with per-device totals kept beside them
     """
     CREATE TABLE readings (
@@ -96,6 +102,62 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     """,
 ]
+LOW_BITS = 62  # a cumulative count is count_high << LOW_BITS | count_low
+LOW_MASK = (1 << LOW_BITS) - 1
+EXACT_TOTALS_TRIGGER = f"""
+    CREATE TRIGGER readings_add_to_devices AFTER INSERT ON readings BEGIN
+        INSERT INTO devices (device_id, count_high, count_low, latest_instant, latest_timestamp)
+        VALUES (NEW.device_id, NEW.count >> {LOW_BITS}, NEW.count & {LOW_MASK},
+                NEW.instant, NEW.timestamp)
+        ON CONFLICT (device_id) DO UPDATE SET
+            count_high = count_high + excluded.count_high
+                         + ((count_low + excluded.count_low) >> {LOW_BITS}),
+            count_low = (count_low + excluded.count_low) & {LOW_MASK},
+            latest_timestamp = CASE WHEN excluded.latest_instant > latest_instant
+                               THEN excluded.latest_timestamp ELSE latest_timestamp END,
+            latest_instant = max(latest_instant, excluded.latest_instant);
+    END;
+"""
+
+
+def _exact_totals(db: sqlite3.Connection) -> None:
+    """Migration 3: the cumulative count in two 64-bit parts (see the module's doc), each
+    device's total summed again from its readings, exactly (a total that had overflowed
+    into a float is mended). Sums of 31-bit pieces cannot overflow below 2^32 readings a
+    device; Python adds them up."""
+    db.execute(
+        "CREATE TABLE devices_exact (device_id TEXT PRIMARY KEY, count_high INTEGER NOT NULL,"
+        " count_low INTEGER NOT NULL, latest_instant INTEGER NOT NULL,"
+        " latest_timestamp TEXT NOT NULL) WITHOUT ROWID"
+    )
+    totals = {
+        device_id: (high << 62) + (middle << 31) + low
+        for device_id, high, middle, low in db.execute(
+            "SELECT device_id, sum(count >> 62), sum((count >> 31) & 2147483647),"
+            " sum(count & 2147483647) FROM readings GROUP BY device_id"
+        )
+    }
+    rows = [
+        (
+            device_id,
+            totals.get(device_id, 0) >> LOW_BITS,
+            totals.get(device_id, 0) & LOW_MASK,
+            instant,
+            timestamp,
+        )
+        for device_id, instant, timestamp in db.execute(
+            "SELECT device_id, latest_instant, latest_timestamp FROM devices"
+        )
+    ]
+    db.executemany("INSERT INTO devices_exact VALUES (?, ?, ?, ?, ?)", rows)
+    db.execute("DROP TRIGGER IF EXISTS readings_add_to_devices")
+    db.execute("DROP TABLE devices")
+    db.execute("ALTER TABLE devices_exact RENAME TO devices")
+    for statement in _statements(EXACT_TOTALS_TRIGGER):
+        db.execute(statement)
+
+
+MIGRATIONS.append(_exact_totals)  # 3: exact cumulative counts past 2^63 - 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -200,8 +262,12 @@ class Store:
                 )
             if version == SCHEMA_VERSION:
                 return False
-            for statement in _statements(MIGRATIONS[version]):
-                db.execute(statement)
+            migration = MIGRATIONS[version]
+            if callable(migration):
+                migration(db)
+            else:
+                for statement in _statements(migration):
+                    db.execute(statement)
             db.execute(f"PRAGMA user_version = {version + 1}")
             return True
 
@@ -226,18 +292,25 @@ class Store:
         return compact_offset(row[0]) if row else None
 
     def cumulative_count(self, device_id: str) -> int | None:
+        """The exact sum of the device's stored counts (of any size), or None if it has
+        no readings."""
         row = self.db.execute(
-            "SELECT cumulative_count FROM devices WHERE device_id = ?", (device_id,)
+            "SELECT count_high, count_low FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone()
-        return int(row[0]) if row else None
+        return (int(row[0]) << LOW_BITS) + int(row[1]) if row else None
 
     def reading_totals(self) -> tuple[int, int, int]:
-        """(devices, readings, sum of counts) of the whole store, for checks and tests."""
-        devices, counts = self.db.execute(
-            "SELECT count(*), coalesce(sum(cumulative_count), 0) FROM devices"
+        """(devices, readings, exact sum of counts) of the whole store, for checks and
+        tests. The low parts are summed in 31-bit pieces: no sum overflows below 2^32
+        devices."""
+        devices, high, middle, low = self.db.execute(
+            f"SELECT count(*), coalesce(sum(count_high), 0),"
+            f" coalesce(sum(count_low >> 31), 0), coalesce(sum(count_low & {(1 << 31) - 1}), 0)"
+            " FROM devices"
         ).fetchone()
         readings = self.db.execute("SELECT count(*) FROM readings").fetchone()[0]
-        return int(devices), int(readings), int(counts)
+        counts = (int(high) << LOW_BITS) + (int(middle) << 31) + int(low)
+        return int(devices), int(readings), counts
 
     # -- test records ---------------------------------------------------------------------
 

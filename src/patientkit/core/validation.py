@@ -25,7 +25,7 @@ NOT_AN_OBJECT = "Request body must be a JSON object."
 INVALID_JSON = "Invalid JSON"
 CLINIC_REQUIRED = "clinic_id is required"
 
-MAX_COUNT = 2**63 - 1  # what SQLite can hold
+MAX_COUNT = 2**63 - 1  # the largest single count a SQLite INTEGER holds (totals have no limit)
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _TIMESTAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:?[0-9]{2}"

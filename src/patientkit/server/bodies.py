@@ -1,11 +1,17 @@
-"""Reading request bodies with a size limit: over the limit is 413, never read whole."""
+"""Reading request bodies with a size limit: over the limit is 413, never read whole.
+
+A body is parsed by `core.jsontext`, the same parser as the CLI's inputs: anything it
+refuses (not JSON, not UTF-8, a number too long, nesting too deep, a lone surrogate
+escape) is `NotJson`, which each API answers with its own 400 — never a 500.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
+
+from patientkit.core import jsontext
 
 MAX_BODY = 16 << 20  # bytes
 
@@ -18,11 +24,12 @@ class TooLarge(Exception):
 
 
 class NotJson(Exception):
-    pass
+    """A body that is not one acceptable JSON value; the message is the reason (for logs:
+    it holds no data from the body)."""
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON of the body; TooLarge past `limit` bytes, NotJson if it does not parse."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body's bytes; TooLarge past `limit` bytes (declared or sent)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
@@ -32,7 +39,17 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise TooLarge(limit)
         parts.append(part)
+    return b"".join(parts)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a body; NotJson with the reason if jsontext refuses it."""
     try:
-        return json.loads(b"".join(parts))
-    except ValueError:
-        raise NotJson from None
+        return jsontext.loads(body)
+    except jsontext.BadJson as exc:
+        raise NotJson(exc.reason) from None
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The JSON of the body; TooLarge past `limit` bytes, NotJson if it does not parse."""
+    return parse_json(await read_body(request, limit))

@@ -141,8 +141,10 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
         except TooLarge as exc:
             log("record refused", request_id=request_id, reason="body too large")
             return error(str(exc), 413)
-        except NotJson:
-            body = None  # answered as SPEC's "Invalid JSON", like any non-object
+        except NotJson as exc:  # answered as SPEC's "Invalid JSON"; the log says why
+            reason = f"{validation.INVALID_JSON}: {exc}"
+            log("record invalid", request_id=request_id, reason=reason)
+            return error(validation.INVALID_JSON, 400)
         problem = validation.record_problem(body)
         if problem is not None:
             log("record invalid", request_id=request_id, reason=problem)
