@@ -89,11 +89,20 @@ class StoreProcess:
             raise StoreUnavailable(value)
         return value
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the child to finish (it ends the transaction in progress, if any) and wait
+        up to `timeout` seconds; a child still running then is terminated (SIGTERM: an
+        unfinished transaction is rolled back), so no process outlives the job."""
         if self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.conn.send(None)
-            self.process.join(timeout=30)
+            self.process.join(timeout=timeout)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=5)
+                if self.process.is_alive():
+                    self.process.kill()
+                    self.process.join()
         self.conn.close()
 
     def __enter__(self) -> StoreProcess:
