@@ -107,7 +107,9 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     assert again.code == 0, again.err
     summary = again.json()
     assert summary["created"] + summary["duplicates"] == summary["read"] == 200_000
-    assert summary["created"] == 200_000 - first["created"]
+    # what the first run confirmed is a duplicate now; records it gave up on in flight
+    # (counted failed) may have landed too
+    assert first["created"] <= summary["duplicates"] <= first["created"] + first["failed"]
 
 
 def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
