@@ -30,7 +30,6 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from typing import Annotated, Any, NoReturn  # noqa: E402
 
-import click  # noqa: E402
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
@@ -51,21 +50,21 @@ class Interrupted(PatientkitError):
 
 
 class _Root(TyperGroup):
-    """The root group: a KeyboardInterrupt, EOFError or click Abort raised while parsing
+    """The root group: a KeyboardInterrupt, EOFError or typer.Abort raised while parsing
     or running any command becomes a PatientkitError here, before click's main turns it
     into a bare `Aborted.` (exit 1) or a silent exit 130."""
 
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().make_context(*args, **kwargs)
-        except (KeyboardInterrupt, EOFError, click.exceptions.Abort) as exc:
+        except (KeyboardInterrupt, EOFError, typer.Abort) as exc:
             raise _ours(exc) from exc
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
         try:
             _stop_on_signals()
             return super().invoke(ctx)
-        except (KeyboardInterrupt, EOFError, click.exceptions.Abort) as exc:
+        except (KeyboardInterrupt, EOFError, typer.Abort) as exc:
             raise _ours(exc) from exc
 
 
