@@ -26,6 +26,7 @@ import io
 import json
 import os
 import sys
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import count, repeat
@@ -40,7 +41,7 @@ from patientkit.core.jsontext import (
     RAW_SURROGATE,
     BadJson,
 )
-from patientkit.errors import UsageError
+from patientkit.errors import InputError, UsageError
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
@@ -56,6 +57,26 @@ class Item(NamedTuple):
 
 
 _item = partial(tuple.__new__, Item)  # Item from a 4-tuple, without Python-level __new__
+
+
+class UnreadableInput(InputError):
+    """An input that could not be read to its end (exit 1): a truncated or corrupt
+    compressed file, an I/O error part way. What was read before it stands; the message
+    names the input and says what is wrong, in one line."""
+
+
+def read_error(source: str, exc: BaseException) -> UnreadableInput:
+    """The one message for an input whose reading failed part way with `exc` (an
+    OSError, EOFError or zlib.error raised while reading `source`)."""
+    if isinstance(exc, EOFError):  # gzip: "Compressed file ended before the end-of-stream …"
+        return UnreadableInput(f"{source}: truncated or corrupt: {exc}")
+    if isinstance(exc, zlib.error | gzip.BadGzipFile):
+        return UnreadableInput(f"{source}: truncated or corrupt: {exc}")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UnreadableInput(f"{source}: cannot read it to the end: {reason or type(exc).__name__}")
+
+
+READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 
 
 def check_paths(paths: Iterable[str]) -> None:
@@ -109,9 +130,16 @@ def _format(path: str, stream: IO[bytes]) -> str:
 
 
 def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
-    """Every record of an input, in order, each with its line."""
+    """Every record of an input, in order, each with its line. Raises UsageError for an
+    input that cannot be opened, and UnreadableInput when reading fails part way (a
+    truncated or corrupt gzip stream, an I/O error): the items before it were yielded."""
     source = "<stdin>" if path == "-" else path
-    stream = open_input(path)
+    try:
+        stream = open_input(path)
+    except READ_ERRORS as exc:
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+            raise UsageError(f"{source}: cannot read it: {exc.strerror}") from None
+        raise read_error(source, exc) from exc
     try:
         kind = _format(path, stream)
         if kind == "csv":
@@ -120,6 +148,8 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
             yield from array_items(stream, source)
         else:
             yield from _ndjson_items(stream, source)
+    except READ_ERRORS as exc:
+        raise read_error(source, exc) from exc
     finally:
         if path != "-":
             stream.close()

@@ -41,6 +41,7 @@ from patientkit.core.buffer import (
     SinkResult,
 )
 from patientkit.core.storage import Reading
+from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
 from patientkit.writer import StoreProcess, StoreRefused, StoreUnavailable
@@ -49,6 +50,7 @@ CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
 _DIGITS = re.compile(r"[0-9]+")
 UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
+INTERRUPTED_CLOSE = 1.5  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
 
 
 @dataclass
@@ -160,8 +162,10 @@ class ApiSink:
         self.devices: set[str] = set()
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="patientkit-post")
 
-    def close(self) -> None:
-        self.pool.shutdown()
+    def close(self, wait: bool = True) -> None:
+        """Stop the request threads; without `wait`, requests not started are cancelled
+        and the ones in flight are not waited for (a second Ctrl-C)."""
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def __call__(self, batch: list[Event]) -> SinkResult | None:
         groups: dict[str, list[int]] = {}
@@ -240,6 +244,8 @@ class Replay:
     summary: Summary = field(default_factory=Summary)
     stop_reason: str = ""  # why delivery stopped early, if it did
     interrupted: bool = False  # stop() was called: reading stopped early
+    abandoned: bool = False  # a second Ctrl-C: the job stopped waiting for delivery
+    error: PatientkitError | None = None  # an input that could not be read to its end
 
     def __post_init__(self) -> None:
         self._stopping = threading.Event()
@@ -250,9 +256,14 @@ class Replay:
         self._stopping.set()
 
     def run(self, paths: Iterable[str]) -> Summary:
-        """Read, check and deliver every reading (until stop()); close the buffer,
-        delivering what is pending (within a few seconds after stop()); write what could
-        not be delivered to the dead-letter file."""
+        """Read, check and deliver every reading; close the buffer, delivering what is
+        pending; write what could not be delivered to the dead-letter file.
+
+        Stops reading early after stop() (then delivery gets INTERRUPTED_CLOSE seconds),
+        or when an input cannot be read to its end (`error` holds why; what was read is
+        delivered). A KeyboardInterrupt (a second Ctrl-C) while reading or delivering
+        stops waiting at once (`abandoned`): what the store has not confirmed is left to
+        the next run, which stores it. Returns the summary in every one of these cases."""
         started = time.perf_counter()
         buffer: BatchBuffer[Event] = BatchBuffer(
             self.sink,
@@ -263,22 +274,27 @@ class Replay:
             key=lambda event: event[0][0],
         )
         stop_reason = ""
-        failure: BaseException | None = None
+        failure: Exception | None = None
         try:
             self._feed(paths, buffer)
         except BufferStopped as exc:
             stop_reason = exc.reason
-        except BaseException as exc:  # an unreadable input: deliver what was read first
+        except PatientkitError as exc:  # an input unreadable part way: deliver what was read
+            self.error = exc
+        except KeyboardInterrupt:
+            self.interrupted = self.abandoned = True
+        except Exception as exc:  # a bug of ours: deliver what was read first
             failure = exc
             self.interrupted = True
-        try:
-            leftovers = buffer.close(timeout=10.0 if self.interrupted else None)
-        except BufferStopped as exc:
-            stop_reason = exc.reason
-            leftovers = buffer.drain_pending()
+        leftovers = self._close(buffer)
+        if isinstance(leftovers, str):
+            stop_reason, leftovers = leftovers, buffer.drain_pending()
         reason = f"not delivered: {stop_reason or 'interrupted'}"
-        for reading, source, line in leftovers:
-            self.rejects.write(source, line, reason, record_of(reading))
+        try:
+            for reading, source, line in leftovers:
+                self.rejects.write(source, line, reason, record_of(reading))
+        except KeyboardInterrupt:
+            self.interrupted = self.abandoned = True
         stats = buffer.stats()
         summary = self.summary
         summary.delivered = stats.delivered
@@ -291,6 +307,25 @@ class Replay:
         if failure is not None:
             raise failure
         return summary
+
+    def _close(self, buffer: BatchBuffer[Event]) -> list[Event] | str:
+        """Close the buffer: the events not delivered, or why the buffer stopped. After
+        an interrupt, delivery gets INTERRUPTED_CLOSE seconds; after a second one, none."""
+        timeout = None
+        if self.abandoned:
+            timeout = 0.0
+        elif self.interrupted:
+            timeout = INTERRUPTED_CLOSE
+        try:
+            return buffer.close(timeout=timeout)
+        except BufferStopped as exc:
+            return exc.reason
+        except KeyboardInterrupt:
+            self.interrupted = self.abandoned = True
+            try:
+                return buffer.close(timeout=0.0)
+            except BufferStopped as exc:
+                return exc.reason
 
     def _feed(self, paths: Iterable[str], buffer: BatchBuffer[Event]) -> None:
         parser = Parser()

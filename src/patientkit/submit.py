@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from patientkit.core.buffer import BatchBuffer, BufferStopped, PoisonError, RetryPolicy
 from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import record_problem
-from patientkit.errors import PatientkitError, UsageError
+from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
 from patientkit.writer import DATA_ERRORS, refusal
@@ -132,21 +132,17 @@ class Source:
 
     def _read(self, paths: list[str]) -> Iterator[Item]:
         count = 0
-        for path in paths:
-            try:
-                for item in read_items(path, RECORD_FIELDS):
-                    count += 1
-                    if count % PROGRESS_EVERY == 0:
-                        self.on_progress(count)
-                    problem = item.error or record_problem(item.value)
-                    if problem is None:
-                        yield item
-                    else:
-                        self.tally.invalid += 1
-                        self.report(item, problem)
-            except (OSError, EOFError) as exc:  # a truncated gzip, a read error
-                name = "<stdin>" if path == "-" else path
-                raise UsageError(f"{name}: cannot read it to the end: {exc}") from None
+        for path in paths:  # a read error part way is inputs.UnreadableInput: see next()
+            for item in read_items(path, RECORD_FIELDS):
+                count += 1
+                if count % PROGRESS_EVERY == 0:
+                    self.on_progress(count)
+                problem = item.error or record_problem(item.value)
+                if problem is None:
+                    yield item
+                else:
+                    self.tally.invalid += 1
+                    self.report(item, problem)
         self.on_progress(count)
 
 

@@ -25,6 +25,8 @@ from typing import Any
 from patientkit.core.storage import Store
 from patientkit.errors import PatientkitError, UsageError
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 
 class StoreUnavailable(PatientkitError):
     """The store could not do it now; the call may succeed if tried again."""
@@ -62,26 +64,36 @@ def _serve(path: str, conn: Connection, parent_end: Connection) -> None:
     parent_end.close()  # a forked child holds a copy: without this, no EOF when the parent dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the fork
     try:
         store = Store(path)
     except PatientkitError as exc:
-        conn.send(("usage", str(exc)))
+        with contextlib.suppress(OSError):
+            conn.send(("usage", str(exc)))
         return
-    conn.send(("ok", None))
+    try:
+        conn.send(("ok", None))
+    except OSError:  # the parent is gone already
+        store.close()
+        return
     while True:
         try:
             request = conn.recv()
-        except EOFError:  # the parent is gone
+        except (EOFError, OSError):  # the parent is gone (closed, or reset the pipe)
             break
         if request is None:
             break
         method, args = request
         try:
-            conn.send(("ok", getattr(store, method)(*args)))
+            answer = ("ok", getattr(store, method)(*args))
         except DATA_ERRORS as exc:
-            conn.send(("refused", refusal(exc)))
+            answer = ("refused", refusal(exc))
         except (sqlite3.Error, PatientkitError) as exc:
-            conn.send(("retry", f"{type(exc).__name__}: {exc}"))
+            answer = ("retry", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(answer)
+        except OSError:  # the parent is gone
+            break
     store.close()
 
 
@@ -96,7 +108,12 @@ class StoreProcess:
         self.process = context.Process(
             target=_serve, args=(self.path, child, self.conn), name="patientkit-store", daemon=True
         )
-        self.process.start()
+        # Ctrl-C waits while we fork: a signal landing in the fork's own handlers is lost
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         status, message = self._receive()
         if status == "usage":
@@ -125,11 +142,20 @@ class StoreProcess:
             raise StoreUnavailable(value)
         return value
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the child to finish (it ends the transaction in progress, if any) and wait
+        up to `timeout` seconds; a child still running then is terminated (SIGTERM: an
+        unfinished transaction is rolled back), so no process outlives the job."""
         if self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.conn.send(None)
-            self.process.join(timeout=30)
+            self.process.join(timeout=timeout)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=5)
+                if self.process.is_alive():
+                    self.process.kill()
+                    self.process.join()
         self.conn.close()
 
     def __enter__(self) -> StoreProcess:

@@ -1,19 +1,81 @@
-"""The `patientkit` command: joins the command groups and handles errors in one place."""
+"""The `patientkit` command: joins the command groups and handles errors in one place.
+
+Every way a command can end goes through `main`: one line on stderr (`error: …`) and
+SPEC.md's exit code; with --debug the traceback is printed first, and the exit code is
+the same. Click's own handling of an interrupt or an EOFError (a bare `Aborted.`, or a
+silent exit) is never reached: the root group turns them into errors of ours first.
+"""
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
-from typing import Annotated
 
-import typer
+_EARLY: list[int] = []  # a Ctrl-C or SIGTERM while the modules below load: main() stops
 
-from patientkit import __version__
-from patientkit.cli import export, output, readings, records, serve
-from patientkit.errors import PatientkitError
+
+def _defer(signum: int, frame: object) -> None:
+    _EARLY.append(signum)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+try:
+    _BEFORE = {sig: signal.signal(sig, _defer) for sig in _STOP_SIGNALS}
+except ValueError:  # imported outside the main thread: nothing to defer
+    _BEFORE = {}
+
+import atexit  # noqa: E402 - after the deferral: loading modules takes most of start-up
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from typing import Annotated, Any, NoReturn  # noqa: E402
+
+import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from patientkit import __version__  # noqa: E402
+from patientkit.cli import export, output, readings, records, serve  # noqa: E402
+from patientkit.errors import InputError, PatientkitError  # noqa: E402
+
+for _sig, _handler in _BEFORE.items():  # a plain import (tests) keeps its handlers
+    signal.signal(_sig, _handler)
+
+INTERRUPTED = 130
+
+
+class Interrupted(PatientkitError):
+    """Ctrl-C or SIGTERM that reached the top: the job stopped (exit 130)."""
+
+    exit_code = INTERRUPTED
+
+
+class _Root(TyperGroup):
+    """The root group: a KeyboardInterrupt, EOFError or typer.Abort raised while parsing
+    or running any command becomes a PatientkitError here, before click's main turns it
+    into a bare `Aborted.` (exit 1) or a silent exit 130."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except (KeyboardInterrupt, EOFError, typer.Abort) as exc:
+            raise _ours(exc) from exc
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            _stop_on_signals()
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, EOFError, typer.Abort) as exc:
+            raise _ours(exc) from exc
+
+
+def _ours(exc: BaseException) -> PatientkitError:
+    if isinstance(exc, EOFError):  # an input that ended early, read outside inputs.py
+        return InputError(f"an input ended before its end (truncated or corrupt): {exc}")
+    return Interrupted("interrupted")
+
 
 app = typer.Typer(
+    cls=_Root,
     name="patientkit",
     help="Move patient data between systems: aggregate exports, replay device readings, "
     "submit test records, and serve the APIs they talk to.",
@@ -63,27 +125,99 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exit with SPEC.md's codes, one line on stderr for any error."""
+def _stop_on_signals() -> None:
+    """From here on (the command runs), Ctrl-C and SIGTERM raise KeyboardInterrupt. Until
+    here they were only noted (`_defer`): one landing in typer's evaluation of annotations
+    (an `eval`) would make CPython end the process by SIGINT at exit whatever we catch;
+    one noted already stops the command now."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops a job like Ctrl-C does
+    if _EARLY:
+        raise KeyboardInterrupt
+
+
+def _ignore_stop_signals() -> None:
+    """The last exit handler: the interpreter's finalization would put SIGINT back to
+    its default action, and a Ctrl-C then would end us by the signal (exit -2) instead
+    of with our code."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """A Ctrl-C while the process exits (its output is written): exit 130 now, rather
+    than a KeyboardInterrupt traceback from an exit handler. A store process of ours
+    sees its pipe close and ends too."""
+    os._exit(INTERRUPTED)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the CLI; exit with SPEC.md's codes, one line on stderr for any error.
+
+    SIGPIPE stays ignored (Python's default) for every command: a peer that closes a
+    socket is an error to handle, never the end of the process (`serve` must outlive any
+    client). Stdout closed under a command (`| head`) ends it quietly with exit 141
+    (output.StdoutClosed). A Ctrl-C at any moment ends it with exit 130 and one line."""
     args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args or os.environ.get("PATIENTKIT_DEBUG") == "1"
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops a job like Ctrl-C does
+    for sig in _STOP_SIGNALS:  # until the command runs (see _stop_on_signals)
+        signal.signal(sig, _defer)
+    atexit.register(_ignore_stop_signals)  # registered first: runs after every other
     try:
-        app(args=args, prog_name="patientkit")  # usage errors: typer prints them, exit 2
-    except PatientkitError as exc:
-        if debug:
-            raise
-        output.error(str(exc))
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        if debug:
-            raise
-        output.error(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
-        sys.exit(2)
-    except Exception as exc:  # a bug of ours: still one line, the traceback on request
-        if debug:
-            raise
-        output.error(f"internal error: {type(exc).__name__}: {exc} (--debug shows where)")
-        sys.exit(1)
+        try:
+            if _EARLY:  # Ctrl-C while starting up
+                raise Interrupted("interrupted")
+            app(args=args, prog_name="patientkit")  # exits; usage errors: typer's, exit 2
+            code: int = 0
+        except SystemExit as exc:  # typer's exit, or a typer.Exit(code) of a command
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        except output.StdoutClosed:
+            _silence_stdout()
+            code = output.StdoutClosed.exit_code
+        except PatientkitError as exc:
+            code = _fail(str(exc), exc.exit_code, debug)
+        except KeyboardInterrupt:  # outside any command (typer building the commands)
+            code = _fail("interrupted", INTERRUPTED, debug)
+        except OSError as exc:
+            reason = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+            code = _fail(reason, 2, debug)
+        except Exception as exc:  # a bug of ours: still one line, the traceback on request
+            code = _fail(
+                f"internal error: {type(exc).__name__}: {exc} (--debug shows where)", 1, debug
+            )
+    finally:  # the command has ended: a Ctrl-C from now on ends the process at once
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, _exit_now)
+    _exit(code)
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    """One `error: …` line (after the traceback with --debug); returns `code` to exit
+    with either way. A Ctrl-C while it is written waits until it is out."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _defer)
+    if debug:
+        traceback.print_exc()
+    output.error(message)
+    return code
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with `code`. After an interrupt, the exit handlers run here and the process
+    ends by os._exit: CPython notes a KeyboardInterrupt that passed through an exec or
+    eval (dataclasses, namedtuple and typer's annotations use them) as unhandled, however
+    it was caught, and would end the process by SIGINT (-2) instead of with 130."""
+    if code != INTERRUPTED:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the flush at exit finds no broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

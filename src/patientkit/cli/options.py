@@ -55,3 +55,12 @@ def db_given(ctx: typer.Context) -> bool:
     """--db was on the command line (PATIENTKIT_DB or the default do not count). The
     source is compared by name: typer vendors its own click, with its own enum."""
     return getattr(ctx.get_parameter_source("db"), "name", None) == "COMMANDLINE"
+
+
+Append = Annotated[
+    bool,
+    typer.Option(
+        "--append",
+        help="Add to the rejects / dead-letter file instead of writing it afresh.",
+    ),
+]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # rich is imported on the first line written to stderr, not at start-up
+    from collections.abc import Iterator
+
     from rich.console import Console
 
 _state = {"quiet": False}
@@ -60,12 +63,65 @@ def emit_json(document: Any, out_file: Path | None = None) -> None:
     text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     if out_file is not None:
         write_atomic(out_file, text)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    with to_stdout():
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+class StdoutClosed(Exception):
+    """Whoever read our stdout is gone (`| head` has what it wanted): the CLI ends
+    quietly with exit 141, as a process ended by SIGPIPE would."""
+
+    exit_code = 141
+
+
+@contextlib.contextmanager
+def to_stdout() -> Iterator[None]:
+    """Around writes to stdout: a closed pipe becomes StdoutClosed. SIGPIPE stays ignored
+    in every command (so a socket closed by a peer is an error, never the end of the
+    process, and `serve` never dies of it); this gives `| head` its quiet end."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise StdoutClosed from None
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write `text` to `path` through a temporary file of this run alone, in the same
+    folder, renamed over `path` when complete: a reader never sees half a file, two runs
+    writing one file never mix their bytes (the last rename wins, whole), and a run that
+    fails leaves no partial file. Raises UsageError if the folder cannot be written."""
+    import os
+    import tempfile
+
+    from patientkit.errors import UsageError
+
+    folder = path.parent
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        Path(temporary).chmod(0o666 & ~_UMASK)  # mkstemp's 0600: the usual mode instead
+        Path(temporary).replace(path)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def _read_umask() -> int:
+    """The process's umask, read once at import (setting it is not thread-safe)."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()

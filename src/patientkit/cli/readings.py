@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output
-from patientkit.cli.options import DEFAULT_DB, Db, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
@@ -52,8 +52,12 @@ def replay(
     ] = None,
     dead_letter: Annotated[
         Path | None,
-        typer.Option(help="NDJSON file for readings not delivered: file, line, reason."),
+        typer.Option(
+            help="NDJSON file for readings not delivered: file, line, reason (written "
+            "afresh by each run; --append adds to it)."
+        ),
     ] = None,
+    append: Append = False,
     concurrency: Annotated[
         int, typer.Option(min=1, help="With --to: devices' requests in flight at once.")
     ] = 4,
@@ -89,7 +93,10 @@ def replay(
         destination = StoreProcess(db)  # before the buffer's threads: it forks
         sink = StoreSink(destination)
         max_batch = batch_size or 20_000
-    with Rejects(dead_letter) as rejects, Meter("replaying", unit="readings") as meter:
+    with (
+        Rejects(dead_letter, append=append, inputs=paths) as rejects,
+        Meter("replaying", unit="readings") as meter,
+    ):
         run = Replay(
             sink,
             rejects,
@@ -100,10 +107,15 @@ def replay(
             on_progress=lambda read: meter.advance(read - meter.rows, 0),
         )
         with stop_requests(run.stop):
-            summary = run.run(paths)
-    destination.close()
-    if isinstance(sink, ApiSink):
-        sink.close()
+            try:
+                summary = run.run(paths)
+            finally:  # a second Ctrl-C stops waiting for the store or the API
+                if isinstance(destination, StoreProcess):
+                    destination.close(timeout=1.0 if run.abandoned else 30.0)
+                else:
+                    destination.close()
+                if isinstance(sink, ApiSink):
+                    sink.close(wait=not run.abandoned)
     output.emit_json(summary.as_dict())
     if run.stop_reason:
         where = f"written to {dead_letter}" if dead_letter else "not saved (no --dead-letter)"
@@ -111,6 +123,8 @@ def replay(
     if run.interrupted:
         output.error("interrupted; run the same command again to finish")
         raise typer.Exit(130)
+    if run.error is not None:
+        raise run.error  # one line naming the input; exit 1
     if summary.invalid or summary.dead_lettered:
         raise typer.Exit(1)
 

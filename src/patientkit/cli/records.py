@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output
-from patientkit.cli.options import DEFAULT_DB, Db, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
 
@@ -42,10 +42,12 @@ def submit(
     rejects: Annotated[
         Path | None,
         typer.Option(
-            help="Append invalid, rejected and failed records here (NDJSON, with file, "
-            "line and reason) to fix and send again."
+            help="Write invalid, rejected and failed records here (NDJSON, with file, "
+            "line and reason) to fix and send again; written afresh by each run, "
+            "--append adds to it."
         ),
     ] = None,
+    append: Append = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Duplicates are an error too (exit 1).")
     ] = False,
@@ -74,7 +76,10 @@ def submit(
     _db_or_to(ctx, to)
     check_paths(paths)
     tally = Tally()
-    with Rejects(rejects) as rejects_file, Meter("submitting", unit="records") as meter:
+    with (
+        Rejects(rejects, append=append, inputs=paths) as rejects_file,
+        Meter("submitting", unit="records") as meter,
+    ):
         report = Report(rejects_file, _problem)
         if to is not None:
             from patientkit.client.http import Backoff
@@ -141,21 +146,24 @@ def list_records(
     if not clinic.strip():
         raise UsageError("--clinic must not be empty")
     write = sys.stdout.write
-    if to is not None:
-        from patientkit.client.records import RecordsClient
+    with output.to_stdout():
+        if to is not None:
+            from patientkit.client.records import RecordsClient
 
-        def retrying(attempt: int, reason: str, wait: float) -> None:
-            output.warn(f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s")
+            def retrying(attempt: int, reason: str, wait: float) -> None:
+                output.warn(
+                    f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s"
+                )
 
-        with RecordsClient(to) as client:
-            for record in client.clinic_records(clinic, retrying):
-                write(json.dumps(record, ensure_ascii=False) + "\n")
-    else:
-        from patientkit.core.storage import Store
+            with RecordsClient(to) as client:
+                for record in client.clinic_records(clinic, retrying):
+                    write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            from patientkit.core.storage import Store
 
-        if not db.is_file():
-            raise UsageError(f"the store {db} does not exist")
-        with Store(db) as store:
-            for record in store.records_for_clinic(clinic):
-                write(json.dumps(record, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+            if not db.is_file():
+                raise UsageError(f"the store {db} does not exist")
+            with Store(db) as store:
+                for record in store.records_for_clinic(clinic):
+                    write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()

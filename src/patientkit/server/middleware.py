@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patientkit.server.logs import log
@@ -27,7 +28,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestLog:
     """Gives each request a correlation id (the incoming X-Request-ID, else a new UUID),
     returns it in the X-Request-ID header, and logs one JSON line when the answer is
-    done. Handlers find the id in scope["state"]["request_id"] for their own log lines."""
+    done. Handlers find the id in scope["state"]["request_id"] for their own log lines.
+
+    A client that hangs up before its answer is complete (mid-download, mid-body) is no
+    fault of the server: its line is a warning with `dropped` saying when it hung up,
+    and whatever the app raised because of it (Starlette's ClientDisconnect, a failed
+    write) ends there, without a traceback or a 500 for a request that cannot be
+    answered. The server goes on serving."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -42,9 +49,20 @@ class RequestLog:
         started = time.perf_counter()
         status = 0
         sent = 0
+        complete = False  # the last part of the answer was handed to the server
+        hung_up = False  # the client disconnected (the server told the app so)
+
+        async def receive_watching() -> Message:
+            nonlocal hung_up
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                hung_up = True
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, complete
+            if hung_up:
+                return  # nobody to answer: not even the 500 of an error it caused
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [h for h in message.get("headers", []) if h[0] != _REQUEST_ID]
@@ -52,18 +70,30 @@ class RequestLog:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
             await send(message)
 
         outcome = "ok"
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watching, send_with_id)
+        except (ClientDisconnect, OSError):
+            if not hung_up:
+                outcome = "error"
+                raise
         except Exception:
             outcome = "error"
             raise
         finally:
+            dropped = None
+            if hung_up:
+                dropped = (
+                    "the client disconnected mid-answer"
+                    if status
+                    else "the client disconnected before the answer (mid-request)"
+                )
             log(
                 "request",
-                logging.WARNING if outcome != "ok" or status >= 500 else logging.INFO,
+                logging.WARNING if outcome != "ok" or status >= 500 or dropped else logging.INFO,
                 request_id=request_id,
                 method=scope["method"],
                 path=scope["path"],
@@ -71,6 +101,7 @@ class RequestLog:
                 bytes=sent,
                 ms=round((time.perf_counter() - started) * 1000, 2),
                 chaos=scope["state"].get("chaos"),
+                **({"dropped": dropped} if dropped else {}),
             )
 
 

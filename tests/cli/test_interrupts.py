@@ -1,0 +1,137 @@
+"""Ctrl-C at different moments of `readings replay` and `records submit` (case 10's kind):
+one or two SIGINTs end the job within about two seconds, exit 130, one error line, no
+traceback, no process left behind (the replay's store process); a rerun completes it."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from patientkit.generate import generate_readings
+from tests.cli.test_read_errors import records_lines
+from tests.cli.test_readings import dump, processes_using, wait_for_rows
+from tests.conftest import cli_env, run_cli
+
+REPLAY_LINE = "error: interrupted; run the same command again to finish"
+PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
+
+
+@pytest.fixture(scope="module")
+def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """300,000 readings and the store one clean replay of them makes."""
+    folder = tmp_path_factory.mktemp("interrupts")
+    source = folder / "r.ndjson"
+    generate_readings(source, 300_000, devices=400)
+    clean = folder / "clean.db"
+    done = run_cli("readings", "replay", str(source), "--db", str(clean))
+    assert done.code == 0, done.err
+    return source, clean
+
+
+def start(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "patientkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+
+
+def interrupt(process: subprocess.Popen[bytes], times: int) -> tuple[float, str, str]:
+    """Send `times` SIGINTs 0.1 s apart; seconds until it exited, stdout, stderr."""
+    first = time.monotonic()
+    for n in range(times):
+        if n:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    return time.monotonic() - first, out.decode(), err.decode()
+
+
+def assert_ended_cleanly(seconds: float, err: str, last_line: str) -> None:
+    assert seconds < PROMPT, f"took {seconds:.1f}s to stop\n{err}"
+    assert "Traceback" not in err and "Aborted" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [last_line], err
+
+
+@pytest.mark.parametrize("times", [1, 2])
+@pytest.mark.parametrize("moment", ["starting", "storing"])
+def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
+    readings_file, tmp_path, times, moment
+):
+    source, clean = readings_file
+    db = tmp_path / "r.db"
+    process = start("readings", "replay", str(source), "--db", str(db), "--batch-size", "500")
+    if moment == "starting":
+        time.sleep(0.6)  # the command runs (start-up done), little or nothing stored yet
+    else:
+        wait_for_rows(db, 20_000, process)
+    seconds, out, err = interrupt(process, times)
+    assert process.returncode == 130, err
+    if moment == "starting" and not out:  # stopped before the job began: the generic line
+        assert_ended_cleanly(seconds, err, "error: interrupted")
+    else:
+        assert_ended_cleanly(seconds, err, REPLAY_LINE)
+        assert json.loads(out)["read"] < 300_000
+    assert processes_using(db, within=2.0) == [], "the store process outlived the replay"
+    again = run_cli("readings", "replay", str(source), "--db", str(db))
+    assert again.code == 0, again.err
+    assert dump(db) == dump(clean)
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, times):
+    source = tmp_path / "t.ndjson"
+    source.write_bytes(records_lines(200_000))
+    db = tmp_path / "s.db"
+    process = start("records", "submit", str(source), "--db", str(db))
+    time.sleep(1.5)
+    seconds, out, err = interrupt(process, times)
+    assert process.returncode == 130, err
+    in_flight = re.search(r"; (\d+) were still in flight", err)
+    lost = in_flight.group(0) if in_flight else ""
+    line = f"error: interrupted{lost}: run the same command again to finish the job"
+    assert_ended_cleanly(seconds, err, line)
+    first = json.loads(out)
+    assert first["read"] < 200_000
+    again = run_cli("records", "submit", str(source), "--db", str(db))
+    assert again.code == 0, again.err
+    summary = again.json()
+    assert summary["created"] + summary["duplicates"] == summary["read"] == 200_000
+    # what the first run confirmed is a duplicate now; records it gave up on in flight
+    # (counted failed) may have landed too
+    assert first["created"] <= summary["duplicates"] <= first["created"] + first["failed"]
+
+
+def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
+    """Nothing to read yet (an idle pipe): Ctrl-C still ends it, one line, exit 130."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patientkit",
+            "readings",
+            "replay",
+            "-",
+            "--db",
+            str(tmp_path / "i.db"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    time.sleep(1.5)
+    seconds, out, err = interrupt(process, 2)
+    assert process.returncode == 130, err
+    assert_ended_cleanly(seconds, err, REPLAY_LINE)
+    assert json.loads(out)["read"] == 0

@@ -1,0 +1,127 @@
+"""The server stays up (case 09): clients that hang up mid-download, mid-answer and
+mid-body never stop `patientkit serve`; each drop is logged with its request id and
+reason; afterwards every API still answers correctly."""
+
+import json
+import socket
+import struct
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from patientkit.generate import generate_export
+
+DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
+COPIES = 40  # the big download: the demo export's first file, its rows repeated
+
+
+@pytest.fixture
+def exports(tmp_path: Path) -> tuple[Path, str, int]:
+    """A generated export plus `big`: one download of some MB, and its row count."""
+    root = tmp_path / "exports"
+    generate_export("demo", root, seed=0, workers=1)
+    first = sorted((root / "demo").glob("*.csv"))[0]
+    header, *rows = first.read_text().splitlines(keepends=True)
+    big = root / "big"
+    big.mkdir()
+    download_id = first.stem
+    (big / f"{download_id}.csv").write_text(header + "".join(rows) * COPIES)
+    return root, download_id, len(rows) * COPIES
+
+
+def raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def hang_up(sock: socket.socket, reset: bool) -> None:
+    if reset:  # RST rather than FIN: the harshest way to go
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def drop_download(url: str, path: str, reset: bool) -> None:
+    """Read a download slowly for a moment (as `curl --limit-rate` does), then hang up
+    while the server is still writing it."""
+    sock = raw(url)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    got, until = 0, time.monotonic() + 0.1
+    while got < 4096 or time.monotonic() < until:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed first"
+        got += len(chunk)
+        time.sleep(0.005)
+    hang_up(sock, reset)
+
+
+def drop_before_answer(url: str, path: str, body: bytes, send: int, reset: bool) -> None:
+    """Send the headers and `send` bytes of `body`, then hang up without reading."""
+    sock = raw(url)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body[:send])
+    time.sleep(0.02)
+    hang_up(sock, reset)
+
+
+def test_many_dropped_downloads_and_answers_leave_every_api_working(serve, exports, tmp_path):
+    root, download_id, rows = exports
+    server = serve("--exports", str(root), "--db", str(tmp_path / "s.db"))
+    data = f"/api/export/big/{download_id}/data"
+    reading = json.dumps(
+        {"id": DEVICE, "readings": [{"count": 3, "timestamp": "2021-09-29T16:09:15+01:00"}]}
+    ).encode()
+    record = json.dumps(
+        {
+            "test_id": "T-dropped",
+            "patient_id": "P1",
+            "clinic_id": "C9",
+            "test_type": "glucose",
+            "result": "5.1",
+        }
+    ).encode()
+    for n in range(30):
+        drop_download(server.url, data, reset=n % 2 == 0)
+    for n in range(6):
+        reset = n % 2 == 0
+        drop_before_answer(server.url, "/tests", record, len(record) // 2, reset)  # half a body
+        drop_before_answer(server.url, "/api/device-readings/create", reading, 10, reset)
+    drop_before_answer(server.url, "/tests", record, len(record), reset=True)  # whole, no read
+    time.sleep(0.5)
+    assert server.process.poll() is None, server.log.read_text()[-2000:]
+
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get("/api/ping").json() == {"status": "ok"}
+        assert "big" in http.get("/api/export").json()["data"]["export_ids"]
+        with http.stream("GET", data) as answer:
+            assert answer.status_code == 200
+            text = "".join(answer.iter_text())
+        assert len(text.splitlines()) == rows + 1  # the header and every row
+        created = http.post("/api/device-readings/create", content=reading)
+        assert created.status_code in (200, 201), created.text
+        total = http.get(f"/api/device-readings/{DEVICE}/cumulative-count")
+        assert (total.status_code, total.json()) == (200, {"cumulative_count": 3})
+        again = http.post("/tests", content=record)  # the whole one sent before: landed
+        assert again.status_code == 409, again.text
+        fresh = http.post("/tests", content=record.replace(b"T-dropped", b"T-fresh"))
+        assert (fresh.status_code, fresh.json()["test_id"]) == (200, "T-fresh"), fresh.text
+        listed = http.get("/tests", params={"clinic_id": "C9"})
+        assert listed.status_code == 200
+        assert {r["test_id"] for r in listed.json()} == {"T-dropped", "T-fresh"}
+
+    lines = server.log_lines()
+    dropped = [line for line in lines if line.get("dropped")]
+    downloads = [line for line in dropped if line["path"] == data]
+    assert len(downloads) == 30, "every dropped download is logged"
+    assert all(line["request_id"] and line["level"] == "warning" for line in dropped)
+    assert {line["dropped"] for line in downloads} == {"the client disconnected mid-answer"}
+    bodies = [line for line in dropped if line["path"] != data]
+    assert len(bodies) == 12
+    assert all(line["status"] == 0 for line in bodies)
+    text = server.log.read_text()
+    assert "Traceback" not in text and '"level": "error"' not in text
