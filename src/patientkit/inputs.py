@@ -41,7 +41,7 @@ from patientkit.core.jsontext import (
     RAW_SURROGATE,
     BadJson,
 )
-from patientkit.errors import InputError, UsageError
+from patientkit.errors import UsageError, unreadable
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
@@ -57,23 +57,6 @@ class Item(NamedTuple):
 
 
 _item = partial(tuple.__new__, Item)  # Item from a 4-tuple, without Python-level __new__
-
-
-class UnreadableInput(InputError):
-    """An input that could not be read to its end (exit 1): a truncated or corrupt
-    compressed file, an I/O error part way. What was read before it stands; the message
-    names the input and says what is wrong, in one line."""
-
-
-def read_error(source: str, exc: BaseException) -> UnreadableInput:
-    """The one message for an input whose reading failed part way with `exc` (an
-    OSError, EOFError or zlib.error raised while reading `source`)."""
-    if isinstance(exc, EOFError):  # gzip: "Compressed file ended before the end-of-stream …"
-        return UnreadableInput(f"{source}: truncated or corrupt: {exc}")
-    if isinstance(exc, zlib.error | gzip.BadGzipFile):
-        return UnreadableInput(f"{source}: truncated or corrupt: {exc}")
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return UnreadableInput(f"{source}: cannot read it to the end: {reason or type(exc).__name__}")
 
 
 READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
@@ -131,7 +114,7 @@ def _format(path: str, stream: IO[bytes]) -> str:
 
 def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     """Every record of an input, in order, each with its line. Raises UsageError for an
-    input that cannot be opened, and UnreadableInput when reading fails part way (a
+    input that cannot be opened, and ReadError when reading fails part way (a
     truncated or corrupt gzip stream, an I/O error): the items before it were yielded."""
     source = "<stdin>" if path == "-" else path
     try:
@@ -139,7 +122,7 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     except READ_ERRORS as exc:
         if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
             raise UsageError(f"{source}: cannot read it: {exc.strerror}") from None
-        raise read_error(source, exc) from exc
+        raise unreadable(source, exc) from exc
     try:
         kind = _format(path, stream)
         if kind == "csv":
@@ -149,7 +132,7 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
         else:
             yield from _ndjson_items(stream, source)
     except READ_ERRORS as exc:
-        raise read_error(source, exc) from exc
+        raise unreadable(source, exc) from exc
     finally:
         if path != "-":
             stream.close()

@@ -132,7 +132,7 @@ class Source:
 
     def _read(self, paths: list[str]) -> Iterator[Item]:
         count = 0
-        for path in paths:  # a read error part way is inputs.UnreadableInput: see next()
+        for path in paths:  # a read error part way is errors.ReadError: see next()
             for item in read_items(path, RECORD_FIELDS):
                 count += 1
                 if count % PROGRESS_EVERY == 0:

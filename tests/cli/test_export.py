@@ -209,7 +209,7 @@ def test_outputs_demo_json_is_current(exports_dir):
 
 # -- what a row is: case 07, locally and over HTTP ----------------------------------------
 
-CASES = ROOT.parent.parent / "shared" / "cases"
+CASES = ROOT / "tests" / "cases"
 CR_CSV = (
     b"patient_id,event_time,event_type,value\rP001,2025-08-26T00:00:02Z,spo2,97\r"
     b"P001,2025-08-26T00:00:03Z,spo2,98\rP002,2025-08-26T00:00:03Z,bp_sys,120\r"

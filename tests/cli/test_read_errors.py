@@ -12,14 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from patientkit.errors import ReadError
 from patientkit.generate import generate_readings
-from patientkit.inputs import UnreadableInput, read_items
+from patientkit.inputs import read_items
 from tests.conftest import run_cli
 
-CASE = Path("/work/shared/cases/08-truncated-gzip")
+CASE = Path(__file__).resolve().parents[1] / "cases" / "08-truncated-gzip"
 HALF = CASE / "half.ndjson.gz"
 TRUNCATED = (
-    "truncated or corrupt: Compressed file ended before the end-of-stream marker was reached"
+    "cannot read it to the end: truncated or corrupt compressed data (Compressed file ended "
+    "before the end-of-stream marker was reached)"
 )
 
 
@@ -141,7 +143,9 @@ def test_corrupt_gzip_data_mid_file_is_named_too(tmp_path):
     result = run_cli("readings", "replay", str(path), "--db", str(tmp_path / "c.db"))
     assert result.code == 1, result.err
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: truncated or corrupt: ")
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {path}: cannot read it to the end: truncated or"
+    )
     assert "Aborted" not in result.err and "Traceback" not in result.err
     assert json.loads(result.out)["delivered"] > 0
 
@@ -203,7 +207,7 @@ _GZ = gzip.compress(_LINES)
 )
 def test_a_damaged_gzip_yields_items_then_at_most_unreadable_input(tmp_path_factory, end, flips):
     """Any cut and any flipped bytes: the reader yields items, then either ends or raises
-    UnreadableInput naming the file; never another exception."""
+    ReadError naming the file; never another exception."""
     data = bytearray(_GZ[:end])
     for at, xor in flips:
         if at < len(data):
@@ -213,7 +217,7 @@ def test_a_damaged_gzip_yields_items_then_at_most_unreadable_input(tmp_path_fact
     items = []
     try:
         items.extend(read_items(str(path), ("test_id",)))
-    except UnreadableInput as exc:
+    except ReadError as exc:
         assert str(exc).startswith(f"{path}: ")
     if not flips:  # a clean cut: a prefix of the records, in order
         assert [item.value["test_id"] for item in items if item.error is None] == [

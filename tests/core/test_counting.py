@@ -173,7 +173,7 @@ def test_memory_is_bounded_by_one_record():
             counter.feed(b"x" * (1 << 20))
 
 
-CASES = Path(__file__).resolve().parents[3] / "shared" / "cases"
+CASES = Path(__file__).resolve().parents[1] / "cases"
 
 
 def test_lone_cr_line_ends_are_rows_as_the_csv_module_reads_them():

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from patientkit.core.counting import CsvError
 from patientkit.core.parallel import (
-    ReadError,
     after_line_end,
     count_files,
     count_piece,
@@ -19,7 +18,7 @@ from patientkit.core.parallel import (
     plan_file,
 )
 from patientkit.core.workers import WorkerDied, WorkerPool
-from patientkit.errors import UsageError
+from patientkit.errors import ReadError, UsageError
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 

@@ -32,7 +32,7 @@ from patientkit.core.counting import (
     read_header,
     record_end,
 )
-from patientkit.errors import InputError, UsageError
+from patientkit.errors import UsageError, unreadable
 
 CHUNK = 1 << 20
 MIN_PIECE = 8 << 20  # no piece smaller than this
@@ -109,20 +109,6 @@ def read_chunks(stream: IO[bytes], start: int = 0, end: int | None = None) -> It
         if left is not None:
             left -= len(chunk)
         yield chunk
-
-
-class ReadError(InputError):
-    """A file that cannot be read to its end: what was counted of it would be partial."""
-
-
-def unreadable(source: str, exc: BaseException) -> ReadError:
-    """The one-line error for an input that failed mid-read (exc: EOFError, OSError or
-    zlib.error from reading or decompressing it)."""
-    if isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile):
-        why = f"truncated or corrupt compressed data ({exc})"
-    else:
-        why = f"read error ({exc.strerror or exc})" if isinstance(exc, OSError) else str(exc)
-    return ReadError(f"{source}: cannot read it to the end: {why}")
 
 
 def count_stream(chunks: Iterator[bytes], counter: CsvCounter, progress: Progress | None) -> Counts:
