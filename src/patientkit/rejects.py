@@ -26,6 +26,32 @@ def _same_file(one: Path, other: Path) -> bool:
         return False
 
 
+UNWRITABLE = "the record holds NaN or Infinity, which JSON cannot write: see its input line"
+
+
+def entry_line(entry: dict[str, Any], record: Any) -> str:
+    """One line of the file: `entry` with the record last, as strict JSON in UTF-8.
+
+    Text is written as it is where it can be; a string that UTF-8 cannot hold (a lone
+    surrogate: a file name's byte that is not UTF-8, decoded by Python with
+    surrogateescape) is written as its `\\udcXX` escape, which reads back as the same
+    string, so nothing is lost or replaced. A record holding NaN or an infinity (which
+    strict JSON has no way to write) is written as null with `record_error` saying so,
+    its source, line and reason kept: the line stays JSON that any reader takes."""
+    full = {**entry, "record": record}
+    try:
+        text = json.dumps(full, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:  # NaN or an infinity in the record
+        full = {**entry, "record": None, "record_error": UNWRITABLE}
+        text = json.dumps(full, ensure_ascii=False, default=str)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: written as its escape
+            text = json.dumps(full, default=str)
+    return text + "\n"
+
+
 class Rejects:
     """The rejects file at `path` (None: count only). Each run writes it afresh; with
     `append` the lines are added after what the file holds. Raises UsageError (exit 2)
@@ -49,8 +75,8 @@ class Rejects:
                 raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
     def write(self, source: str, line: int, reason: str, record: Any, **extra: Any) -> None:
-        entry = {"source": source, "line": line, "reason": reason, **extra, "record": record}
-        text = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        """Add one line; it is always valid UTF-8 JSON (see `entry_line`)."""
+        text = entry_line({"source": source, "line": line, "reason": reason, **extra}, record)
         with self._lock:
             self.count += 1
             if self._stream is not None:
