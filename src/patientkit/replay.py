@@ -117,17 +117,26 @@ class Parser:
         if type(count) is not int:
             # CSV gives text; more than 19 digits is past MAX_COUNT (and int() of
             # thousands of digits would raise)
-            if type(count) is str and _DIGITS.fullmatch(count) and len(count.lstrip("0")) < 20:
+            if type(count) is str and _DIGITS.fullmatch(count):
+                if len(count.lstrip("0")) >= 20:
+                    return None, validation.COUNT_TOO_LARGE, record
                 count = int(count)
             if not validation.is_count(count):
-                return None, validation.BAD_COUNT, record
+                return None, _count_reason(count), record
         elif not 0 < count <= validation.MAX_COUNT:
-            return None, validation.BAD_COUNT, record
+            return None, _count_reason(count), record
         timestamp = one.get("timestamp")
         instant = self.instants.of(timestamp)
         if instant is None:
             return None, validation.BAD_TIMESTAMP, record
         return (device_id, count, timestamp, instant), "", record  # type: ignore[return-value]
+
+
+def _count_reason(count: object) -> str:
+    """Why a count is invalid: a whole number past what the store holds says so."""
+    if type(count) is int and count > validation.MAX_COUNT:
+        return validation.COUNT_TOO_LARGE
+    return validation.BAD_COUNT
 
 
 class StoreSink:
