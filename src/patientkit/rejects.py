@@ -26,6 +26,9 @@ def _same_file(one: Path, other: Path) -> bool:
         return False
 
 
+# made once: json.dumps with options builds a new encoder on every call
+_STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str)
+_ASCII = json.JSONEncoder(allow_nan=False, default=str)
 UNWRITABLE = "the record holds NaN or Infinity, which JSON cannot write: see its input line"
 
 
@@ -40,15 +43,15 @@ def entry_line(entry: dict[str, Any], record: Any) -> str:
     its source, line and reason kept: the line stays JSON that any reader takes."""
     full = {**entry, "record": record}
     try:
-        text = json.dumps(full, ensure_ascii=False, allow_nan=False, default=str)
+        text = _STRICT.encode(full)
     except ValueError:  # NaN or an infinity in the record
         full = {**entry, "record": None, "record_error": UNWRITABLE}
-        text = json.dumps(full, ensure_ascii=False, default=str)
+        text = _STRICT.encode(full)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: written as its escape
-            text = json.dumps(full, default=str)
+            text = _ASCII.encode(full)
     return text + "\n"
 
 
@@ -75,12 +78,38 @@ class Rejects:
                 raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
     def write(self, source: str, line: int, reason: str, record: Any, **extra: Any) -> None:
-        """Add one line; it is always valid UTF-8 JSON (see `entry_line`)."""
+        """Add one line; it is always valid UTF-8 JSON (see `entry_line`). Without a file,
+        only counted: nothing is encoded (an interrupted replay may hand back 250,000)."""
+        if self.path is None:
+            with self._lock:
+                self.count += 1
+            return
         text = entry_line({"source": source, "line": line, "reason": reason, **extra}, record)
         with self._lock:
             self.count += 1
             if self._stream is not None:
                 self._stream.write(text)
+                self._stream.flush()
+
+    def write_many(self, entries: Iterable[tuple[str, int, str, Any]]) -> None:
+        """Add (source, line, reason, record) entries at once, in one write: the readings
+        handed back after Ctrl-C may be hundreds of thousands, to write within a second."""
+        if self.path is None:
+            self.write_lines([""] * sum(1 for _ in entries))
+            return
+        self.write_lines(
+            [
+                entry_line({"source": source, "line": line, "reason": reason}, record)
+                for source, line, reason, record in entries
+            ]
+        )
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Add lines made by the caller, each one entry as `entry_line` makes it."""
+        with self._lock:
+            self.count += len(lines)
+            if self._stream is not None:
+                self._stream.write("".join(lines))
                 self._stream.flush()
 
     def close(self) -> None:
