@@ -26,6 +26,35 @@ def _same_file(one: Path, other: Path) -> bool:
         return False
 
 
+# made once: json.dumps with options builds a new encoder on every call
+_STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str)
+_ASCII = json.JSONEncoder(allow_nan=False, default=str)
+UNWRITABLE = "the record holds NaN or Infinity, which JSON cannot write: see its input line"
+
+
+def entry_line(entry: dict[str, Any], record: Any) -> str:
+    """One line of the file: `entry` with the record last, as strict JSON in UTF-8.
+
+    Text is written as it is where it can be; a string that UTF-8 cannot hold (a lone
+    surrogate: a file name's byte that is not UTF-8, decoded by Python with
+    surrogateescape) is written as its `\\udcXX` escape, which reads back as the same
+    string, so nothing is lost or replaced. A record holding NaN or an infinity (which
+    strict JSON has no way to write) is written as null with `record_error` saying so,
+    its source, line and reason kept: the line stays JSON that any reader takes."""
+    full = {**entry, "record": record}
+    try:
+        text = _STRICT.encode(full)
+    except ValueError:  # NaN or an infinity in the record
+        full = {**entry, "record": None, "record_error": UNWRITABLE}
+        text = _STRICT.encode(full)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: written as its escape
+            text = _ASCII.encode(full)
+    return text + "\n"
+
+
 class Rejects:
     """The rejects file at `path` (None: count only). Each run writes it afresh; with
     `append` the lines are added after what the file holds. Raises UsageError (exit 2)
@@ -49,12 +78,38 @@ class Rejects:
                 raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
     def write(self, source: str, line: int, reason: str, record: Any, **extra: Any) -> None:
-        entry = {"source": source, "line": line, "reason": reason, **extra, "record": record}
-        text = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        """Add one line; it is always valid UTF-8 JSON (see `entry_line`). Without a file,
+        only counted: nothing is encoded (an interrupted replay may hand back 250,000)."""
+        if self.path is None:
+            with self._lock:
+                self.count += 1
+            return
+        text = entry_line({"source": source, "line": line, "reason": reason, **extra}, record)
         with self._lock:
             self.count += 1
             if self._stream is not None:
                 self._stream.write(text)
+                self._stream.flush()
+
+    def write_many(self, entries: Iterable[tuple[str, int, str, Any]]) -> None:
+        """Add (source, line, reason, record) entries at once, in one write: the readings
+        handed back after Ctrl-C may be hundreds of thousands, to write within a second."""
+        if self.path is None:
+            self.write_lines([""] * sum(1 for _ in entries))
+            return
+        self.write_lines(
+            [
+                entry_line({"source": source, "line": line, "reason": reason}, record)
+                for source, line, reason, record in entries
+            ]
+        )
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Add lines made by the caller, each one entry as `entry_line` makes it."""
+        with self._lock:
+            self.count += len(lines)
+            if self._stream is not None:
+                self._stream.write("".join(lines))
                 self._stream.flush()
 
     def close(self) -> None:

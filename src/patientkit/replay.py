@@ -43,7 +43,7 @@ from patientkit.core.buffer import (
 from patientkit.core.storage import Reading
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
-from patientkit.rejects import Rejects
+from patientkit.rejects import Rejects, entry_line
 from patientkit.writer import StoreProcess, StoreRefused, StoreUnavailable
 
 CSV_FIELDS = ("id", "count", "timestamp")
@@ -72,6 +72,27 @@ def record_of(reading: Reading) -> dict[str, Any]:
     """A reading as an input line, for the dead-letter file (it can be replayed as is)."""
     device_id, count, timestamp, _ = reading
     return {"id": device_id, "count": count, "timestamp": timestamp}
+
+
+def _leftover_lines(events: list[Event], reason: str) -> list[str]:
+    """The dead-letter lines of readings not delivered, as `rejects.entry_line` writes
+    them, made by formatting: after Ctrl-C there may be 250,000 to write within a second,
+    and each is a valid reading (its id a UUID, its count an int, its timestamp checked),
+    so only the source and the reason need JSON's escaping."""
+    why = entry_line({"reason": reason}, None)[len('{"reason": ') : -len(', "record": null}\n')]
+    names: dict[str, str] = {}
+    lines = []
+    for (device_id, count, timestamp, _), source, line in events:
+        name = names.get(source)
+        if name is None:
+            name = names[source] = entry_line({"source": source}, None)[
+                len('{"source": ') : -len(', "record": null}\n')
+            ]
+        lines.append(
+            f'{{"source": {name}, "line": {line}, "reason": {why}, "record": '
+            f'{{"id": "{device_id}", "count": {count}, "timestamp": "{timestamp}"}}}}\n'
+        )
+    return lines
 
 
 class Parser:
@@ -117,17 +138,26 @@ class Parser:
         if type(count) is not int:
             # CSV gives text; more than 19 digits is past MAX_COUNT (and int() of
             # thousands of digits would raise)
-            if type(count) is str and _DIGITS.fullmatch(count) and len(count.lstrip("0")) < 20:
+            if type(count) is str and _DIGITS.fullmatch(count):
+                if len(count.lstrip("0")) >= 20:
+                    return None, validation.COUNT_TOO_LARGE, record
                 count = int(count)
             if not validation.is_count(count):
-                return None, validation.BAD_COUNT, record
+                return None, _count_reason(count), record
         elif not 0 < count <= validation.MAX_COUNT:
-            return None, validation.BAD_COUNT, record
+            return None, _count_reason(count), record
         timestamp = one.get("timestamp")
         instant = self.instants.of(timestamp)
         if instant is None:
             return None, validation.BAD_TIMESTAMP, record
         return (device_id, count, timestamp, instant), "", record  # type: ignore[return-value]
+
+
+def _count_reason(count: object) -> str:
+    """Why a count is invalid: a whole number past what the store holds says so."""
+    if type(count) is int and count > validation.MAX_COUNT:
+        return validation.COUNT_TOO_LARGE
+    return validation.BAD_COUNT
 
 
 class StoreSink:
@@ -161,6 +191,13 @@ class ApiSink:
         self.client, self.batch_size = client, batch_size
         self.devices: set[str] = set()
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="patientkit-post")
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Send no more requests (the delivery time after Ctrl-C is over): the requests in
+        flight finish, and every reading not sent yet is handed back as not delivered, so
+        that a batch of many devices never keeps the command waiting for all of them."""
+        self._stopping.set()
 
     def close(self, wait: bool = True) -> None:
         """Stop the request threads; without `wait`, requests not started are cancelled
@@ -194,6 +231,8 @@ class ApiSink:
         """One device's readings in order; the ones left waiting behind a retryable
         failure (they must be retried, in order) and that failure."""
         for start in range(0, len(indices), self.batch_size):
+            if self._stopping.is_set():
+                return indices[start:], Answer(0, "interrupted")
             chunk = indices[start : start + self.batch_size]
             done, failed = self._deliver(device_id, batch, chunk, rejected)
             if failed is not None:
@@ -291,8 +330,9 @@ class Replay:
             stop_reason, leftovers = leftovers, buffer.drain_pending()
         reason = f"not delivered: {stop_reason or 'interrupted'}"
         try:
-            for reading, source, line in leftovers:
-                self.rejects.write(source, line, reason, record_of(reading))
+            self.rejects.write_lines(
+                _leftover_lines(leftovers, reason) if self.rejects.path else [""] * len(leftovers)
+            )
         except KeyboardInterrupt:
             self.interrupted = self.abandoned = True
         stats = buffer.stats()
@@ -317,15 +357,19 @@ class Replay:
         elif self.interrupted:
             timeout = INTERRUPTED_CLOSE
         try:
-            return buffer.close(timeout=timeout)
-        except BufferStopped as exc:
-            return exc.reason
-        except KeyboardInterrupt:
-            self.interrupted = self.abandoned = True
             try:
-                return buffer.close(timeout=0.0)
+                return buffer.close(timeout=timeout)
             except BufferStopped as exc:
                 return exc.reason
+            except KeyboardInterrupt:
+                self.interrupted = self.abandoned = True
+                try:
+                    return buffer.close(timeout=0.0)
+                except BufferStopped as exc:
+                    return exc.reason
+        finally:
+            if self.interrupted and isinstance(self.sink, ApiSink):
+                self.sink.stop()  # the time to deliver is over: no request is started now
 
     def _feed(self, paths: Iterable[str], buffer: BatchBuffer[Event]) -> None:
         parser = Parser()

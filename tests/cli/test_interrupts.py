@@ -135,3 +135,33 @@ def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
     assert process.returncode == 130, err
     assert_ended_cleanly(seconds, err, REPLAY_LINE)
     assert json.loads(out)["read"] == 0
+
+
+@pytest.mark.parametrize("dead_letter", [False, True])
+@pytest.mark.parametrize("times", [1, 2])
+def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
+    readings_file, serve, tmp_path, times, dead_letter
+):
+    """`readings replay --to`: after Ctrl-C no new request is started once the time to
+    deliver is over (a batch of many devices never keeps it waiting), the readings handed
+    back are counted (and written to --dead-letter) without a line of their own; stderr
+    is the one error line. A rerun completes the store."""
+    source, clean = readings_file
+    db = tmp_path / "api.db"
+    server = serve("--db", str(db))
+    extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
+    process = start("readings", "replay", str(source), "--to", server.url, *extra)
+    wait_for_rows(db, 20_000, process)
+    seconds, out, err = interrupt(process, times)
+    assert process.returncode == 130, err
+    assert_ended_cleanly(seconds, err, REPLAY_LINE)
+    assert [line for line in err.splitlines() if line.strip()] == [REPLAY_LINE]
+    summary = json.loads(out)
+    assert summary["read"] < 300_000
+    if dead_letter:
+        lines = (tmp_path / "dead.ndjson").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == summary["dead_lettered"] > 0
+        assert {json.loads(line)["reason"] for line in lines} == {"not delivered: interrupted"}
+    again = run_cli("readings", "replay", str(source), "--to", server.url)
+    assert again.code == 0, again.err
+    assert dump(db) == dump(clean)

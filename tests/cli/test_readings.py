@@ -338,6 +338,7 @@ E = "55555555-5555-4555-8555-555555555555"
 F = "66666666-6666-4666-8666-666666666666"
 BAD_COUNT = "Field 'readings' contains invalid 'count' value. Must be positive integer."
 TOO_DEEP = "nesting too deep (more than 100 levels of arrays and objects)"
+TOO_LARGE = "count: number too large for the store (at most 9223372036854775807)"
 
 
 def line(device: str, count, second: int) -> str:
@@ -387,7 +388,8 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path
     for where in (("--db", str(tmp_path / "s.db")), ("--to", server.url)):
         result = run_cli("readings", "replay", str(source), *where)
         assert result.code == 1
-        assert result.err.strip() == f"warning: {source}:1: {BAD_COUNT}"
+        # the CLI's reason is true of it ("Must be positive integer" would not be)
+        assert result.err.strip() == f"warning: {source}:1: {TOO_LARGE}"
         assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
             "read": 2,
             "delivered": 1,
@@ -403,6 +405,10 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path
 
 GOOD_LINE = line(E, 4, 16)
 HUGE = "9" * 5000
+N30, N19 = "1" * 30, "9" * 19  # past the store by a little
+CREATE_PAST = (
+    f'{{"id":"{E}","readings":[{{"count":{MAX + 1},"timestamp":"2021-09-29T16:09:15+01:00"}}]}}'
+)
 
 
 @pytest.mark.parametrize(
@@ -422,7 +428,23 @@ HUGE = "9" * 5000
         (
             "big.csv",
             f"id,count,timestamp\n{E},{HUGE},2021-09-29T16:09:15+01:00\n{E},4,2021-09-29T16:09:16+01:00\n",
-            BAD_COUNT,
+            TOO_LARGE,
+        ),
+        # neighbours: past the store by a little, in CSV and in the API's create shape
+        (
+            "c30.csv",
+            f"id,count,timestamp\n{E},{N30},2021-09-29T16:09:15+01:00\n{E},4,2021-09-29T16:09:16+01:00\n",
+            TOO_LARGE,
+        ),
+        (
+            "c19.csv",
+            f"id,count,timestamp\n{E},{N19},2021-09-29T16:09:15+01:00\n{E},4,2021-09-29T16:09:16+01:00\n",
+            TOO_LARGE,
+        ),
+        (
+            "create.ndjson",
+            f"{CREATE_PAST}\n{GOOD_LINE}\n",
+            TOO_LARGE,
         ),
         # case 05: nested 100,000 levels deep
         ("deep.ndjson", "[" * 100_000 + f"\n{GOOD_LINE}\n", TOO_DEEP),

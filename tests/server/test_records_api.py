@@ -240,10 +240,12 @@ def test_logs_carry_the_request_id_and_no_health_data(serve, tmp_path):
     post(api, record("T2", result=""), request_id="log-invalid")
     post(api, None, request_id="log-json", raw=b"{nope")
     httpx.get(f"{api.url}/tests?clinic_id=C1", headers={"X-Request-ID": "log-list"})
+    httpx.get(f"{api.url}/tests?clinic_id=QUERY-SECRET-9", headers={"X-Request-ID": "log-q"})
     httpx.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})
     lines = logged_until(api, "log-noclinic")
     text = api.log.read_text()
-    for secret in ("PATIENT-SECRET-7", "RESULT-SECRET-42", "hiv-antibody"):
+    # health data, and (SPEC.md, Logs) never a query string value
+    for secret in ("PATIENT-SECRET-7", "RESULT-SECRET-42", "hiv-antibody", "QUERY-SECRET-9"):
         assert secret not in text
     by_id = {}
     for line in lines:

@@ -762,8 +762,8 @@ class BatchBuffer(Generic[E]):
                 if not self._flusher_done:
                     self._abandon = True
                     self._wakeup.notify_all()
-                    if self._in_flight:
-                        logger.warning(
+                    if self._in_flight:  # close() hands them to its caller: no warning
+                        logger.info(
                             "close deadline passed with %d events in flight; they are "
                             "handed back and may still be delivered",
                             self._in_flight,

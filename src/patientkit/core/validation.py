@@ -26,6 +26,9 @@ INVALID_JSON = "Invalid JSON"
 CLINIC_REQUIRED = "clinic_id is required"
 
 MAX_COUNT = 2**63 - 1  # the largest single count a SQLite INTEGER holds (totals have no limit)
+# the CLI's reason for a whole count past MAX_COUNT: BAD_COUNT ("Must be positive integer")
+# would not be true of it; the API answers BAD_COUNT, the only message SPEC.md gives it
+COUNT_TOO_LARGE = f"count: number too large for the store (at most {MAX_COUNT})"
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _TIMESTAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:?[0-9]{2}"

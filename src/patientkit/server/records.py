@@ -21,7 +21,8 @@ requests. Other processes writing the same file still take turns through the loc
 Logs: one JSON line per request (the middleware), plus one per record decision here, all
 with the request id. They name `test_id` and `clinic_id` — identifiers that systems
 issue, needed to trace a record from a log line to the store — and never the health data
-(`patient_id`, `test_type`, `result`) nor the body. Identifiers are cut to
+(`patient_id`, `test_type`, `result`) nor the body, nor a query string value (SPEC.md:
+a listing's `clinic_id` is not logged). Identifiers are cut to
 `MAX_LOGGED_ID` characters so that a hostile body cannot flood the log.
 """
 
@@ -197,7 +198,7 @@ async def _listing(stores: Stores, clinic_id: str, request_id: str) -> AsyncIter
             break
         after = (page[-1]["created_at"], page[-1]["test_id"])
     yield b"]" if count else b"[]"
-    log("records listed", request_id=request_id, clinic_id=_id(clinic_id), count=count)
+    log("records listed", request_id=request_id, count=count)  # no query string value
 
 
 def _page(stores: Stores, clinic_id: str, after: tuple[str, str] | None) -> list[dict[str, str]]:
