@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from patientkit.cli import output
+from patientkit.cli import output, samples
 from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
@@ -187,3 +187,6 @@ def total(
         patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --to http://127.0.0.1:8000
     """
     _device_total(ctx, device_id, db, to, "cumulative_count", "cumulative_count")
+
+
+app.command("generate")(samples.readings)
