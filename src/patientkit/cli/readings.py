@@ -152,8 +152,8 @@ def _device_total(
             raise UsageError(f"{db}: no such store")
         with Store(db) as store:
             value = getattr(store, method)(device_id)
-        if value is None:
-            raise PatientkitError(validation.NOT_FOUND)
+        if value is None:  # a device id is not health data: it may be named
+            raise PatientkitError(f"no readings for device {device_id}")
     output.emit_json({"device_id": device_id, key: value})
 
 

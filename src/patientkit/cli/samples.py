@@ -63,14 +63,16 @@ def readings(
     ] = 0.0,
     seed: Seed = 0,
 ) -> None:
-    """Write realistic device readings to try `readings replay` with: each device reads
-    once a minute from 2021-09-29, in its own UTC offset; --invalid and --duplicates make
-    exactly that fraction of bad or repeated readings. Prints what it wrote as one JSON
-    line; the file appears whole or not at all.
+    """Write sample device readings to try `readings replay` with.
+
+    Realistic and deterministic for a seed: each device reads once a minute from
+    2021-09-29, in its own UTC offset. --invalid and --duplicates make exactly that
+    fraction of bad or repeated readings. Prints what it wrote as one JSON line; the
+    file appears whole or not at all.
 
     Example:
 
-        patientkit readings generate readings.ndjson.gz --readings 100000 --invalid 0.01
+        patientkit readings generate readings.ndjson.gz --invalid 0.01
 
         patientkit readings replay readings.ndjson.gz --db readings.db
     """
@@ -94,14 +96,16 @@ def records(
     ] = 0.0,
     seed: Seed = 0,
 ) -> None:
-    """Write realistic medical test records to try `records submit` with: UUID test ids,
-    patients, clinics C001…, test types with plausible results and units; --invalid and
-    --duplicates make exactly that fraction of bad or resent records. Prints what it
-    wrote as one JSON line; the file appears whole or not at all.
+    """Write sample medical test records to try `records submit` with.
+
+    Realistic and deterministic for a seed: UUID test ids, patients, clinics C001…,
+    test types with plausible results and units. --invalid and --duplicates make
+    exactly that fraction of bad or resent records. Prints what it wrote as one JSON
+    line; the file appears whole or not at all.
 
     Example:
 
-        patientkit records generate tests.ndjson --records 5000 --invalid 0.02 --duplicates 0.01
+        patientkit records generate tests.ndjson --records 5000 --invalid 0.02
 
         patientkit records submit tests.ndjson --rejects rejects.ndjson
     """
