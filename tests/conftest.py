@@ -89,6 +89,42 @@ class Server:
         self.stream.close()
 
 
+def _repository_files() -> set[str]:
+    """Every file under the repository that git does not track, ignored ones too, but
+    the caches that tools keep there (bytecode, pytest's, hypothesis's, ruff's)."""
+    done = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    caches = ("__pycache__/", ".pytest_cache/", ".hypothesis/", ".ruff_cache/", ".egg-info/")
+    return {
+        line[3:]
+        for line in done.stdout.splitlines()
+        if line[:2] in ("??", "!!") and not any(cache in line for cache in caches)
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs in a folder of its own session, never in the repository: a CLI
+    run without --db (`patientkit.db` in the working folder), a rejects file named
+    relatively, a server's files all land there, in this process and in every child it
+    starts. After the session, the repository must hold no new file: a test that wrote
+    one fails the run here."""
+    before = _repository_files()
+    here = Path.cwd()
+    folder = tmp_path_factory.mktemp("cwd")
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(here)
+    new = sorted(_repository_files() - before)
+    assert not new, f"tests wrote into the repository: {', '.join(new)}"
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator:
     """Start servers with the given arguments; all are stopped after the test."""

@@ -481,7 +481,9 @@ def describe(path: str | Path) -> dict[str, object]:
     store = Path(path)
     if not store.is_file():
         raise UsageError(
-            f"{store}: no such store" if not store.exists() else f"{store}: not a file"
+            f"{store}: no such store"
+            if not store.exists()
+            else f"{store}: is a folder, not a store"
         )
     db = _open_existing(store)
     try:
