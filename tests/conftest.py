@@ -35,9 +35,15 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
 ) -> Result:
-    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr."""
+    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr. The
+    working folder is `cwd`, else the session's (never the repository: see
+    outside_the_repository)."""
     full_env = {**cli_env(), "COLUMNS": "200", **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "patientkit", *args],
@@ -45,6 +51,7 @@ def run_cli(
         capture_output=True,
         env=full_env,
         timeout=timeout,
+        cwd=cwd,
     )
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
 
@@ -98,7 +105,14 @@ def _repository_files() -> set[str]:
         capture_output=True,
         text=True,
     )
-    caches = ("__pycache__/", ".pytest_cache/", ".hypothesis/", ".ruff_cache/", ".egg-info/")
+    caches = (
+        "__pycache__/",
+        ".pytest_cache/",
+        ".hypothesis/",
+        ".ruff_cache/",
+        ".mypy_cache/",
+        ".egg-info/",
+    )
     return {
         line[3:]
         for line in done.stdout.splitlines()

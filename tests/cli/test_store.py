@@ -37,8 +37,9 @@ def test_info_of_a_store_that_does_not_exist_creates_nothing(tmp_path):
     result = run_cli("store", "info", "--db", str(db))
     assert (result.code, result.out, result.err) == (2, "", f"error: {db}: no such store\n")
     assert list(tmp_path.iterdir()) == []
-    default = run_cli("store", "info")  # patientkit.db in the working folder
+    default = run_cli("store", "info", cwd=tmp_path)  # patientkit.db in the working folder
     assert (default.code, default.err) == (2, "error: patientkit.db: no such store\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_info_neither_migrates_nor_changes_a_store(tmp_path):
