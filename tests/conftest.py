@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from patientkit.generate import generate_export
 
@@ -129,6 +130,7 @@ def outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     one fails the run here."""
     before = _repository_files()
     here = Path.cwd()
+    set_hypothesis_home_dir(str(ROOT / ".hypothesis"))  # failing examples kept between runs
     folder = tmp_path_factory.mktemp("cwd")
     os.chdir(folder)
     try:
