@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from patientkit.generate import generate_export
 
@@ -35,9 +36,15 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
 ) -> Result:
-    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr."""
+    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr. The
+    working folder is `cwd`, else the session's (never the repository: see
+    outside_the_repository)."""
     full_env = {**cli_env(), "COLUMNS": "200", **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "patientkit", *args],
@@ -45,6 +52,7 @@ def run_cli(
         capture_output=True,
         env=full_env,
         timeout=timeout,
+        cwd=cwd,
     )
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
 
@@ -87,6 +95,50 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.stream.close()
+
+
+def _repository_files() -> set[str]:
+    """Every file under the repository that git does not track, ignored ones too, but
+    the caches that tools keep there (bytecode, pytest's, hypothesis's, ruff's)."""
+    done = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    caches = (
+        "__pycache__/",
+        ".pytest_cache/",
+        ".hypothesis/",
+        ".ruff_cache/",
+        ".mypy_cache/",
+        ".egg-info/",
+    )
+    return {
+        line[3:]
+        for line in done.stdout.splitlines()
+        if line[:2] in ("??", "!!") and not any(cache in line for cache in caches)
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs in a folder of its own session, never in the repository: a CLI
+    run without --db (`patientkit.db` in the working folder), a rejects file named
+    relatively, a server's files all land there, in this process and in every child it
+    starts. After the session, the repository must hold no new file: a test that wrote
+    one fails the run here."""
+    before = _repository_files()
+    here = Path.cwd()
+    set_hypothesis_home_dir(str(ROOT / ".hypothesis"))  # failing examples kept between runs
+    folder = tmp_path_factory.mktemp("cwd")
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(here)
+    new = sorted(_repository_files() - before)
+    assert not new, f"tests wrote into the repository: {', '.join(new)}"
 
 
 @pytest.fixture

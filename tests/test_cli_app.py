@@ -1,12 +1,15 @@
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
 
 import pytest
 
+from patientkit import __version__
 from patientkit.cli.output import write_atomic
+from patientkit.core.storage import SCHEMA_VERSION
 from tests.conftest import cli_env, run_cli
 
 
@@ -14,8 +17,11 @@ def test_version_and_unknown_flag():
     ok = subprocess.run(
         [sys.executable, "-m", "patientkit", "--version"], capture_output=True, text=True
     )
-    assert ok.returncode == 0
-    assert ok.stdout.startswith("patientkit ")
+    assert (ok.returncode, ok.stderr) == (0, "")
+    python = platform.python_version()
+    assert (
+        ok.stdout == f"patientkit {__version__} (Python {python}, store schema {SCHEMA_VERSION})\n"
+    )
     bad = subprocess.run(
         [sys.executable, "-m", "patientkit", "--bogus"], capture_output=True, text=True
     )

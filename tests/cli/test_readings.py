@@ -160,11 +160,13 @@ def test_latest_and_total_errors(tmp_path):
     )
     run_cli("readings", "replay", str(tmp_path / "one.ndjson"), "--db", str(db))
     missing = run_cli("readings", "latest", B, "--db", str(db))
-    assert (missing.code, missing.out, missing.err.strip()) == (
+    assert (missing.code, missing.out, missing.err) == (
         1,
         "",
-        "error: Device readings not found.",
+        f"error: no readings for device {B}\n",
     )
+    total = run_cli("readings", "total", B, "--db", str(db))
+    assert (total.code, total.out, total.err) == (1, "", f"error: no readings for device {B}\n")
     bad = run_cli("readings", "total", "nope", "--db", str(db))
     assert (bad.code, bad.err.strip()) == (2, "error: Device ID must be valid UUID string.")
     both = run_cli("readings", "total", A, "--db", str(db), "--to", "http://127.0.0.1:9")
@@ -185,10 +187,14 @@ def test_replay_to_the_api_matches_the_store(serve, mixed, tmp_path):
     assert dump(tmp_path / "server.db") == dump(tmp_path / "local.db")
     via_api = run_cli("readings", "total", A, "--to", server.url)
     assert json.loads(via_api.out) == {"device_id": A, "cumulative_count": 15}
-    missing = run_cli(
-        "readings", "latest", "6f1f1c55-0000-4000-8000-000000000000", "--to", server.url
-    )
-    assert (missing.code, missing.err.strip()) == (1, "error: Device readings not found.")
+    unknown = "6f1f1c55-0000-4000-8000-000000000000"
+    for command in ("latest", "total"):
+        missing = run_cli("readings", command, unknown, "--to", server.url)
+        assert (missing.code, missing.out, missing.err) == (
+            1,
+            "",
+            f"error: no readings for device {unknown}\n",
+        )
 
 
 def test_replay_under_chaos_stores_what_a_clean_run_stores(serve, tmp_path):

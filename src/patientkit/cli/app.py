@@ -34,7 +34,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from patientkit import __version__  # noqa: E402
-from patientkit.cli import export, output, readings, records, serve  # noqa: E402
+from patientkit.cli import export, output, readings, records, serve, store  # noqa: E402
 from patientkit.errors import InputError, PatientkitError  # noqa: E402
 
 for _sig, _handler in _BEFORE.items():  # a plain import (tests) keeps its handlers
@@ -87,14 +87,23 @@ app = typer.Typer(
 app.add_typer(export.app, name="export")
 app.add_typer(readings.app, name="readings")
 app.add_typer(records.app, name="records")
+app.add_typer(store.app, name="store")
 app.command("serve")(serve.serve)
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 
 
 def _version(value: bool) -> None:
+    """`patientkit 0.1.0 (Python 3.11.7, store schema 3)`: the schema version this
+    patientkit writes, from the storage module, imported only here (start-up stays
+    light); no store is opened."""
     if value:
-        print(f"patientkit {__version__}")
+        import platform
+
+        from patientkit.core.storage import SCHEMA_VERSION
+
+        python = platform.python_version()
+        print(f"patientkit {__version__} (Python {python}, store schema {SCHEMA_VERSION})")
         raise typer.Exit()
 
 
@@ -106,7 +115,12 @@ def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the versions of patientkit, Python and the store schema.",
+        ),
     ] = False,
 ) -> None:
     """Global options; --quiet and --debug may also be given after the command."""

@@ -35,9 +35,30 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def store_folder(ctx: typer.Context, db: Path) -> Path:
+    """The --db callback of every command: a store whose folder does not exist (or is
+    not a folder) is a UsageError naming both, before the command starts, whether it
+    would read the store or create it. Where the value came from (--db, PATIENTKIT_DB)
+    is said too."""
+    from patientkit.errors import UsageError
+
+    folder = db.parent
+    if folder.is_dir():
+        return db
+    where = "PATIENTKIT_DB" if db_source(ctx) == "ENVIRONMENT" else "--db"
+    why = "is not a folder" if folder.exists() else "does not exist"
+    raise UsageError(f"{where} {db}: the folder {folder} {why}")
+
+
 Db = Annotated[
     Path,
-    typer.Option("--db", envvar="PATIENTKIT_DB", help="The SQLite store.", show_default=True),
+    typer.Option(
+        "--db",
+        envvar="PATIENTKIT_DB",
+        help="The SQLite store.",
+        show_default=True,
+        callback=store_folder,
+    ),
 ]
 DEFAULT_DB = Path("patientkit.db")
 
@@ -51,10 +72,15 @@ To = Annotated[
 ]
 
 
+def db_source(ctx: typer.Context) -> str | None:
+    """Where --db's value came from: COMMANDLINE, ENVIRONMENT, DEFAULT… The source is
+    compared by name: typer vendors its own click, with its own enum."""
+    return getattr(ctx.get_parameter_source("db"), "name", None)
+
+
 def db_given(ctx: typer.Context) -> bool:
-    """--db was on the command line (PATIENTKIT_DB or the default do not count). The
-    source is compared by name: typer vendors its own click, with its own enum."""
-    return getattr(ctx.get_parameter_source("db"), "name", None) == "COMMANDLINE"
+    """--db was on the command line (PATIENTKIT_DB or the default do not count)."""
+    return db_source(ctx) == "COMMANDLINE"
 
 
 Append = Annotated[

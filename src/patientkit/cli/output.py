@@ -35,7 +35,7 @@ def err_console() -> Console:
         from rich.console import Console
 
         _consoles.clear()
-        _consoles[key] = Console(stderr=True, highlight=False, soft_wrap=True)
+        _consoles[key] = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
     return _consoles[key]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from patientkit.cli import output
+from patientkit.cli import output, samples
 from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
@@ -152,8 +152,8 @@ def _device_total(
             raise UsageError(f"{db}: no such store")
         with Store(db) as store:
             value = getattr(store, method)(device_id)
-        if value is None:
-            raise PatientkitError(validation.NOT_FOUND)
+        if value is None:  # a device id is not health data: it may be named
+            raise PatientkitError(f"no readings for device {device_id}")
     output.emit_json({"device_id": device_id, key: value})
 
 
@@ -187,3 +187,6 @@ def total(
         patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --to http://127.0.0.1:8000
     """
     _device_total(ctx, device_id, db, to, "cumulative_count", "cumulative_count")
+
+
+app.command("generate")(samples.readings)

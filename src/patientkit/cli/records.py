@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from patientkit.cli import output
+from patientkit.cli import output, samples
 from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
@@ -167,3 +167,6 @@ def list_records(
                 for record in store.records_for_clinic(clinic):
                     write(json.dumps(record, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+
+
+app.command("generate")(samples.records)

@@ -14,6 +14,7 @@ from patientkit.client.http import (
     json_body,
     retry_after,
 )
+from patientkit.core import validation
 from patientkit.core.storage import Reading
 from patientkit.errors import PatientkitError, RemoteError, UsageError
 
@@ -79,7 +80,10 @@ class ReadingsClient(ApiClient):
         except httpx.TransportError as exc:
             raise RemoteError(f"cannot reach {self.server}: {describe(exc)}") from None
         if response.status_code == 404:
-            raise PatientkitError(error_message(response))
+            message = error_message(response)
+            if message == validation.NOT_FOUND:  # the device's; not a route the server lacks
+                message = f"no readings for device {device_id}"
+            raise PatientkitError(message)
         if response.status_code == 400:
             raise UsageError(error_message(response))
         if response.status_code != 200:

@@ -466,3 +466,63 @@ def _insert_records(
         created.append(test_id in fresh)
         fresh.discard(test_id)
     return created
+
+
+def describe(path: str | Path) -> dict[str, object]:
+    """What a SQLite store holds, without creating, migrating or writing it:
+    `{"backend": "sqlite", "schema_version", "readings", "devices", "records", "clinics",
+    "bytes"}`. `bytes` is the file's size plus its write-ahead log's (`-wal`: committed
+    writes not yet copied into the file), what the store occupies now; the `-shm` index
+    is not counted. Devices come from the per-device totals; readings, records and
+    clinics are counted (readings and records scan their table's key, clinics the
+    clinic index). A store of an older schema is described as it is (tables it does not
+    have yet count 0). Raises UsageError for a missing file or one that is not a store.
+    """
+    store = Path(path)
+    if not store.is_file():
+        raise UsageError(
+            f"{store}: no such store"
+            if not store.exists()
+            else f"{store}: is a folder, not a store"
+        )
+    db = _open_existing(store)
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+        def count(sql: str, table: str) -> int:
+            return int(db.execute(sql).fetchone()[0]) if table in tables else 0
+
+        info: dict[str, object] = {
+            "backend": "sqlite",
+            "schema_version": int(db.execute("PRAGMA user_version").fetchone()[0]),
+            "readings": count("SELECT count(*) FROM readings", "readings"),
+            "devices": count("SELECT count(*) FROM devices", "devices"),
+            "records": count("SELECT count(*) FROM test_records", "test_records"),
+            "clinics": count("SELECT count(DISTINCT clinic_id) FROM test_records", "test_records"),
+        }
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"cannot read the store {store}: {exc}") from None
+    finally:
+        db.close()
+    wal = store.with_name(store.name + "-wal")
+    info["bytes"] = store.stat().st_size + (wal.stat().st_size if wal.is_file() else 0)
+    return info
+
+
+def _open_existing(store: Path) -> sqlite3.Connection:
+    """A connection to an existing file that never creates one: read-write (`mode=rw`, so
+    that closing it tidies the WAL files as any last connection does), else read-only
+    for a file or folder we may not write. UsageError for a file that is not SQLite."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(store.resolve()))}"
+    for mode in ("rw", "ro"):
+        try:
+            db = sqlite3.connect(f"{uri}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            reason = exc
+            if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                break
+    raise UsageError(f"cannot open the store {store}: {reason}") from None
