@@ -258,8 +258,8 @@ def _plain_rows(body: bytes, width: int) -> tuple[int, bytes] | None:
     if n and seps == (commas + b"\r") * n:
         return n, body.replace(b"\r", b"\n")
     n = len(seps) // (width + 1)
-    if n and seps == (commas + b"\r\n") * n:
-        return n, body.replace(b"\r\n", b"\n")
+    if n and seps == (commas + b"\r\n") * n and body.count(b"\r\n") == n:
+        return n, body.replace(b"\r\n", b"\n")  # (each \r right before its \n: "a\rb\n" is two)
     return None
 
 
