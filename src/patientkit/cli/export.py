@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from patientkit.cli import output
+from patientkit.cli.formats import ReportFormat, ReportFormatOption, emit_report
 from patientkit.cli.options import DEFAULT_SERVER, Concurrency, OutFile, Server, cpu_count
 from patientkit.cli.progress import Meter
 from patientkit.errors import InputError
@@ -83,6 +84,7 @@ def aggregate(
     server: Server = DEFAULT_SERVER,
     concurrency: Concurrency = None,
     out: OutFile = None,
+    fmt: ReportFormatOption = ReportFormat.json,
     attempts: Annotated[
         int, typer.Option(min=1, help="Attempts per download before the job fails.")
     ] = 6,
@@ -111,7 +113,7 @@ def aggregate(
                 on_done=lambda download_id, rows: meter.part_done(),
             ),
         )
-    output.emit_json(counts.report(), out)
+    emit_report(counts.report(), fmt, out)
     _summary(meter, counts.rows)
 
 
@@ -122,6 +124,7 @@ def count(
         typer.Argument(help="CSV files (.csv, .csv.gz), folders of them, or - for stdin."),
     ],
     out: OutFile = None,
+    fmt: ReportFormatOption = ReportFormat.json,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Processes to count with (default: CPU count).")
     ] = None,
@@ -154,7 +157,7 @@ def count(
     total = Counts()
     for counts in each.values():
         total.merge(counts)
-    output.emit_json(total.report(), out)
+    emit_report(total.report(), fmt, out)
     _summary(meter, total.rows)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output
-from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
@@ -162,7 +162,7 @@ def latest(
     ctx: typer.Context,
     device_id: DeviceId,
     db: Db = DEFAULT_DB,
-    to: To = None,
+    to: ReadFrom = None,
 ) -> None:
     """Print the device's latest reading time, in the offset it was stored with.
 
@@ -178,7 +178,7 @@ def total(
     ctx: typer.Context,
     device_id: DeviceId,
     db: Db = DEFAULT_DB,
-    to: To = None,
+    to: ReadFrom = None,
 ) -> None:
     """Print the sum of the device's stored counts.
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from patientkit.cli import output
-from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
+from patientkit.cli.formats import RecordFormat, RecordFormatOption, emit_records
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
 
@@ -133,37 +132,33 @@ def list_records(
     ctx: typer.Context,
     clinic: Annotated[str, typer.Option("--clinic", help="The clinic_id to list.")],
     db: Db = DEFAULT_DB,
-    to: To = None,
+    to: ReadFrom = None,
+    fmt: RecordFormatOption = RecordFormat.ndjson,
 ) -> None:
-    """Print a clinic's test records as NDJSON (one record a line, with created_at),
-    oldest first, streamed; nothing when the clinic has none.
+    """Print a clinic's test records, oldest first: NDJSON by default (one record a line,
+    with created_at, streamed), or --format csv or table; nothing when the clinic has none.
 
     Example:
 
         patientkit records list --clinic C042 --to http://127.0.0.1:8000 | head
+
+        patientkit records list --clinic C042 --format table
     """
     _db_or_to(ctx, to)
     if not clinic.strip():
         raise UsageError("--clinic must not be empty")
-    write = sys.stdout.write
-    with output.to_stdout():
-        if to is not None:
-            from patientkit.client.records import RecordsClient
+    if to is not None:
+        from patientkit.client.records import RecordsClient
 
-            def retrying(attempt: int, reason: str, wait: float) -> None:
-                output.warn(
-                    f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s"
-                )
+        def retrying(attempt: int, reason: str, wait: float) -> None:
+            output.warn(f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s")
 
-            with RecordsClient(to) as client:
-                for record in client.clinic_records(clinic, retrying):
-                    write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            from patientkit.core.storage import Store
+        with RecordsClient(to) as client:
+            emit_records(client.clinic_records(clinic, retrying), fmt)
+    else:
+        from patientkit.core.storage import Store
 
-            if not db.is_file():
-                raise UsageError(f"the store {db} does not exist")
-            with Store(db) as store:
-                for record in store.records_for_clinic(clinic):
-                    write(json.dumps(record, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        if not db.is_file():
+            raise UsageError(f"the store {db} does not exist")
+        with Store(db) as store:
+            emit_records(store.records_for_clinic(clinic), fmt)
