@@ -239,8 +239,9 @@ def test_unreachable_api_is_exit_2(tmp_path):
     (tmp_path / "r.ndjson").write_text("")
     result = run_cli("readings", "replay", str(tmp_path / "r.ndjson"), "--to", "http://127.0.0.1:9")
     assert (result.code, result.out) == (2, "")
-    assert result.err.strip() == (
-        "error: cannot reach http://127.0.0.1:9: connection refused or unreachable"
+    assert result.err == (
+        "error: cannot connect to http://127.0.0.1:9 (connection refused): is the server "
+        "running? Start one with `patientkit serve`\n"
     )
 
 
