@@ -388,7 +388,7 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path
     for where in (("--db", str(tmp_path / "s.db")), ("--to", server.url)):
         result = run_cli("readings", "replay", str(source), *where)
         assert result.code == 1
-        assert result.err.strip() == f"warning: {source}:1: {BAD_COUNT}"
+        assert result.err == (f"warning: {source}:1: {BAD_COUNT}\nerror: 1 invalid of 2 readings\n")
         assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
             "read": 2,
             "delivered": 1,
@@ -464,7 +464,7 @@ def test_a_record_that_cannot_be_parsed_is_invalid_and_the_rest_is_stored(
     result = run_cli("readings", "replay", str(source), "--db", str(db))
     assert result.code == 1
     first = 2 if ".csv" in name else 1  # a CSV's first record is on the line after its header
-    assert result.err.strip() == f"warning: {source}:{first}: {reason}"
+    assert result.err == f"warning: {source}:{first}: {reason}\nerror: 1 invalid of 2 readings\n"
     assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
         "read": 2,
         "delivered": 1,

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Aggregate healthcare exports: count events per patient and event type.",
+    epilog="Examples:\n\n"
+    "  patientkit export generate demo exports\n\n"
+    "  patientkit export count exports/demo --format table\n\n"
+    "  patientkit export aggregate demo --server http://127.0.0.1:8000 --format csv",
     no_args_is_help=True,
 )
 
@@ -89,13 +93,17 @@ def aggregate(
         int, typer.Option(min=1, help="Attempts per download before the job fails.")
     ] = 6,
 ) -> None:
-    """Stream every download of an export, count events per patient and event type, and
-    print the totals as JSON. Each download's count is checked against its metadata; a
-    failed or short download is retried from the start. Exit 1 if one still fails.
+    """Count events per patient and event type over every download of a served export.
+
+    Each download is streamed and its count checked against its metadata; a failed or
+    short download is retried from the start. Prints the totals as JSON (or --format
+    table or csv). Exit 1 if a download still fails.
 
     Example:
 
         patientkit export aggregate demo --server http://127.0.0.1:8000 -o demo.json
+
+        patientkit export aggregate demo --format table
     """
     from patientkit.aggregate import Events, aggregate_export
     from patientkit.client.http import Backoff
@@ -131,6 +139,7 @@ def count(
 ) -> None:
     """Count events per patient and event type in local CSV files, on all cores.
 
+    Prints the totals as JSON (or --format table or csv).
     A file with a `<uuid>.meta.json` beside it (as `export generate` writes) must hold the
     rows its metadata says, and a folder must hold every download its metadata names;
     otherwise nothing is printed and the exit code is 1. So is it for a file that cannot
@@ -139,6 +148,8 @@ def count(
     Example:
 
         patientkit export count exports/demo -o demo.json
+
+        patientkit export count exports/demo --format csv > demo.csv
 
         zcat export.csv.gz | patientkit export count -
     """
@@ -205,8 +216,10 @@ def generate(
     directory: Annotated[Path, typer.Argument(help="Folder to write DIR/<export>/<uuid>.csv")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:
-    """Generate a deterministic synthetic export of a reference shape (demo ≈ 15k rows,
-    small ≈ 7.5M rows, large ≈ 150M rows), with its metadata beside each download.
+    """Generate a deterministic synthetic export of a reference shape, to count or serve.
+
+    demo ≈ 15k rows, small ≈ 7.5M rows, large ≈ 150M rows; each download has its
+    metadata beside it.
 
     Example:
 

@@ -15,6 +15,9 @@ from patientkit.errors import UsageError
 
 app = typer.Typer(
     help="Submit medical test records to a store or an API, and list them by clinic.",
+    epilog="Examples:\n\n"
+    "  patientkit records submit tests.ndjson --db records.db --rejects rejects.ndjson\n\n"
+    "  patientkit records list --clinic C042 --db records.db --format table",
     no_args_is_help=True,
 )
 
@@ -54,9 +57,11 @@ def submit(
         int, typer.Option(min=1, help="Attempts per record before it fails, with --to.")
     ] = 8,
 ) -> None:
-    """Validate test records and submit them to the store (default) or an API (--to),
-    then print a JSON summary: read, created, duplicates, invalid, rejected, failed,
-    retries, seconds. Each invalid or rejected record is one `file:line: reason` line on
+    """Validate test records and submit them to the store or a records API.
+
+    Records go to the store (default) or an API (--to); then a JSON summary is printed:
+    read, created, duplicates, invalid, rejected, failed, retries, seconds, and one line
+    for people on stderr. Each invalid or rejected record is one `file:line: reason` line on
     stderr and one line in --rejects. Exit 0 if nothing was invalid, rejected or failed
     (duplicates are fine unless --strict), 1 otherwise, 130 on Ctrl-C: running the same
     command again finishes the job, counting what had landed as duplicates.
@@ -107,19 +112,20 @@ def submit(
         lost = f"; {result.abandoned} were still in flight" if result.abandoned else ""
         output.error(f"interrupted{lost}: run the same command again to finish the job")
         raise typer.Exit(130)
-    problems = [
-        f"{count} {name}"
-        for count, name in (
+    if output.job_summary(
+        "submitted",
+        "records",
+        tally.read,
+        [(tally.created, "created"), (tally.duplicates, "duplicates")],
+        [
             (tally.invalid, "invalid"),
             (tally.rejected, "rejected"),
             (tally.failed, "failed"),
             (tally.duplicates if strict else 0, "duplicates (--strict)"),
-        )
-        if count
-    ]
-    if problems:
-        where = f" (see {rejects})" if rejects is not None else ""
-        output.error(f"{', '.join(problems)} of {tally.read} records{where}")
+        ],
+        result.seconds,
+        rejects,
+    ):
         raise typer.Exit(1)
 
 
@@ -135,8 +141,10 @@ def list_records(
     to: ReadFrom = None,
     fmt: RecordFormatOption = RecordFormat.ndjson,
 ) -> None:
-    """Print a clinic's test records, oldest first: NDJSON by default (one record a line,
-    with created_at, streamed), or --format csv or table; nothing when the clinic has none.
+    """Print a clinic's test records, oldest first.
+
+    NDJSON by default (one record a line, with created_at, streamed), or --format csv or
+    table; nothing when the clinic has none.
 
     Example:
 

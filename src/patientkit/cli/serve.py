@@ -39,7 +39,12 @@ def serve(
         int, typer.Option(min=1, help="Largest request body in bytes; larger is answered 413.")
     ] = 16 << 20,
 ) -> None:
-    """Serve the three APIs; logs are JSON lines on stderr. Binds 127.0.0.1 by default."""
+    """Serve the export, readings and records APIs on one port (127.0.0.1 by default).
+
+    On a terminal, one line says where it serves and each request is a text line;
+    otherwise (or with --log-format json) the logs are JSON lines on stderr. -q keeps only
+    warnings and errors.
+    """
     if not 0.0 <= chaos <= 1.0:
         raise UsageError(f"--chaos must be between 0 and 1, not {chaos}")
     if exports is not None and not exports.is_dir():
