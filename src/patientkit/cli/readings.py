@@ -16,8 +16,7 @@ from patientkit.errors import UsageError
 DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
 
 app = typer.Typer(
-    help="Replay device readings into the store or a readings API, and read a device's "
-    "totals.",
+    help="Replay device readings into the store or a readings API, and read a device's totals.",
     epilog="Examples:\n\n"
     "  patientkit readings replay readings.ndjson --db readings.db --dead-letter bad.ndjson\n\n"
     "  patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --db readings.db",
