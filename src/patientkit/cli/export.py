@@ -159,17 +159,34 @@ def count(
     files = [p for p in paths if p != "-"]
     with interruptible("nothing was counted"), Meter("counting") as meter:
         _check_folders(files)
-        meter.start(len(paths), None)
-        each = count_each(files, workers or cpu_count(), lambda n: meter.advance(0, n))
+        _start(meter, files, stdin="-" in paths)
+        each = count_each(files, workers or cpu_count(), meter.advance)
         _check_rows(each)
         if "-" in paths:
             stdin = sniff_gzip(sys.stdin.buffer)
-            each["-"] = count_stream(read_chunks(stdin), CsvCounter("<stdin>"), None)
+            each["-"] = count_stream(read_chunks(stdin), CsvCounter("<stdin>"), meter.advance)
     total = Counts()
     for counts in each.values():
         total.merge(counts)
     emit_report(total.report(), fmt, out)
     _summary(meter, total.rows)
+
+
+def _start(meter: Meter, paths: list[str], stdin: bool) -> None:
+    """Tell the meter the job's size: the rows, when the metadata beside every file says
+    them; else the bytes, when every file is plain (a .gz file's size is not what is
+    read); else nothing (the bar only shows what has been counted)."""
+    if not output.show_progress():
+        return  # nothing drawn: no need to look at the files twice
+    from patientkit.core.parallel import expand_paths, is_gzip
+    from patientkit.generate import expected_rows
+
+    files = expand_paths(paths)
+    rows = [expected_rows(Path(f)) for f in files]
+    known_rows = None if stdin or None in rows else sum(r for r in rows if r is not None)
+    plain = not stdin and not any(is_gzip(f) for f in files)
+    nbytes = sum(Path(f).stat().st_size for f in files) if plain else None
+    meter.start(len(files) + stdin, known_rows, nbytes)
 
 
 def _listed(problems: list[str], most: int = 5) -> str:
@@ -248,7 +265,8 @@ def generate(
         interruptible("run the same command again to finish the folder"),
         Meter(f"generating {export.value}") as meter,
     ):
-        generate_export(export.value, directory, seed)
+        meter.start(len(plans), sum(p.rows for p in plans))
+        generate_export(export.value, directory, seed, on_progress=meter.advance)
     rows = sum(p.rows for p in plans)
     output.emit_json(
         {

@@ -83,10 +83,10 @@ def serve(
     app = build_app(db, exports, chaos=chaos, chaos_seed=chaos_seed, max_body=max_body)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
     url = f"http://{host}:{sock.getsockname()[1]}"
-    serving = {"url": url, "db": str(db), "exports": str(exports) if exports else None}
+    where = str(exports) if exports else None
 
     def ready() -> None:
-        logs.log("serving", **serving, chaos=chaos)
+        logs.log("serving", url=url, db=str(db), exports=where, chaos=chaos)
 
     _server_class(ready)(config).run(sockets=[sock])
     logs.log("stopped", url=url)
