@@ -84,7 +84,7 @@ def count_download(job: Job) -> Outcome:
     def attempt() -> Counts:
         return client.count_download(job.export_id, job.download_id, job.rows, on_chunk)
 
-    with ExportClient(job.server) as client:
+    with ExportClient(job.server, first_contact=False) as client:  # the parent's answered
         try:
             counts = with_retries(attempt, job.backoff, on_retry)
         except Retryable as exc:

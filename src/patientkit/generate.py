@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from patientkit.core.workers import WorkerPool
+from patientkit.core.workers import WorkerPool, listening, send
 
 HEADER = "patient_id,event_time,event_type,value\n"
+Progress = Callable[[int, int], None]  # rows and bytes written since the last call
 DAY_US = 86_400 * 1_000_000
 EPOCH_2025_08_26 = 1_756_166_400  # 2025-08-26T00:00:00Z, where the first download starts
 
@@ -167,15 +168,21 @@ def write_metadata(plan: DownloadPlan, folder: Path) -> None:
     tmp.replace(meta)
 
 
-def write_download(plan: DownloadPlan, folder: Path, seed: int) -> Path:
+def write_download(
+    plan: DownloadPlan, folder: Path, seed: int, progress: Progress | None = None
+) -> Path:
     """Write one download's CSV through its temporary name, rename it into place, then
     its metadata (again: the server takes metadata only when it is not older than the
-    CSV, see server/exports.py)."""
+    CSV, see server/exports.py). `progress(rows, bytes)` is told of each block written."""
     path, tmp = csv_path(plan, folder), tmp_path(plan, folder)
     try:
         with tmp.open("w", encoding="utf-8", newline="") as out:
+            header = 1  # the first block is the header: a line, no row
             for text in iter_rows(plan, seed):
                 out.write(text)
+                if progress is not None:
+                    progress(text.count("\n") - header, len(text))  # ASCII: chars are bytes
+                header = 0
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -184,7 +191,9 @@ def write_download(plan: DownloadPlan, folder: Path, seed: int) -> Path:
 
 
 def _write(args: tuple[DownloadPlan, Path, int]) -> Path:
-    return write_download(*args)
+    """In a worker: write one download, telling the parent of each block (if it listens)."""
+    progress = (lambda rows, nbytes: send((rows, nbytes))) if listening() else None
+    return write_download(*args, progress=progress)
 
 
 def _complete(plan: DownloadPlan, folder: Path) -> bool:
@@ -197,10 +206,17 @@ def _complete(plan: DownloadPlan, folder: Path) -> bool:
 
 
 def generate_export(
-    export_id: str, root: Path, seed: int = 0, workers: int | None = None
+    export_id: str,
+    root: Path,
+    seed: int = 0,
+    workers: int | None = None,
+    on_progress: Progress | None = None,
 ) -> list[Path]:
     """Generate the downloads of an export under root/export_id that are not there yet,
     in parallel processes; all of them in the end. Returns every download's path.
+    `on_progress(rows, bytes)` hears, in this process, of the rows and bytes written since
+    its last call as they are written (the rows of downloads already in place first,
+    with 0 bytes), so that it adds up to the export's rows.
 
     Interrupted (KeyboardInterrupt) or failed, it stops its workers, removes its
     temporary files and raises; run it again to finish the folder.
@@ -212,15 +228,18 @@ def generate_export(
         for plan in plans:
             tmp_path(plan, folder).unlink(missing_ok=True)  # left by a run that was killed
         todo = [plan for plan in plans if not _complete(plan, folder)]
+        if on_progress is not None and len(todo) < len(plans):
+            on_progress(sum(p.rows for p in plans) - sum(p.rows for p in todo), 0)
         for plan in todo:
             write_metadata(plan, folder)  # first: the folder says what it should hold
         jobs = [(plan, folder, seed) for plan in todo]
         workers = min(len(jobs), workers or os.cpu_count() or 1)
         if workers <= 1:
-            for job in jobs:
-                _write(job)
+            for plan, _, _ in jobs:
+                write_download(plan, folder, seed, on_progress)
         else:
-            with WorkerPool(workers) as pool:
+            heard = None if on_progress is None else lambda m: on_progress(*m)
+            with WorkerPool(workers, heard) as pool:
                 for _ in pool.imap_unordered(_write, jobs):
                     pass
     finally:

@@ -245,8 +245,9 @@ def test_unreachable_api_is_exit_2(tmp_path):
     (tmp_path / "r.ndjson").write_text("")
     result = run_cli("readings", "replay", str(tmp_path / "r.ndjson"), "--to", "http://127.0.0.1:9")
     assert (result.code, result.out) == (2, "")
-    assert result.err.strip() == (
-        "error: cannot reach http://127.0.0.1:9: connection refused or unreachable"
+    assert result.err == (
+        "error: cannot connect to http://127.0.0.1:9 (connection refused): is the server "
+        "running? Start one with `patientkit serve`\n"
     )
 
 
@@ -395,7 +396,7 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path
         result = run_cli("readings", "replay", str(source), *where)
         assert result.code == 1
         # the CLI's reason is true of it ("Must be positive integer" would not be)
-        assert result.err.strip() == f"warning: {source}:1: {TOO_LARGE}"
+        assert result.err == f"warning: {source}:1: {TOO_LARGE}\nerror: 1 invalid of 2 readings\n"
         assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
             "read": 2,
             "delivered": 1,
@@ -491,7 +492,7 @@ def test_a_record_that_cannot_be_parsed_is_invalid_and_the_rest_is_stored(
     result = run_cli("readings", "replay", str(source), "--db", str(db))
     assert result.code == 1
     first = 2 if ".csv" in name else 1  # a CSV's first record is on the line after its header
-    assert result.err.strip() == f"warning: {source}:{first}: {reason}"
+    assert result.err == f"warning: {source}:{first}: {reason}\nerror: 1 invalid of 2 readings\n"
     assert {k: result.json()[k] for k in ("read", "delivered", "invalid")} == {
         "read": 2,
         "delivered": 1,

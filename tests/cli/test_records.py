@@ -292,8 +292,9 @@ def test_records_fail_after_their_attempts_and_land_in_the_rejects(serve, tmp_pa
 def test_an_unreachable_server_is_exit_2_before_reading(tmp_path):
     result = run_cli("records", "submit", "-", "--to", "http://127.0.0.1:9", input="not read")
     assert result.code == 2
-    assert (
-        result.err == "error: cannot reach http://127.0.0.1:9: connection refused or unreachable\n"
+    assert result.err == (
+        "error: cannot connect to http://127.0.0.1:9 (connection refused): is the server "
+        "running? Start one with `patientkit serve`\n"
     )
     assert result.out == ""
 

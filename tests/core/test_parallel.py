@@ -86,10 +86,12 @@ def test_missing_paths_and_empty_folders_are_usage_errors(tmp_path):
 
 def test_progress_reports_every_byte(tmp_path):
     path = write(tmp_path / "a.csv", rows(50_000))
-    seen = []
-    result = count_piece(plan_file(str(path), None).pieces[0], seen.append)
+    seen: list[tuple[int, int]] = []
+    result = count_piece(plan_file(str(path), None).pieces[0], lambda r, b: seen.append((r, b)))
     assert result.error is None
-    assert sum(seen) == path.stat().st_size
+    assert sum(b for _, b in seen) == path.stat().st_size
+    assert sum(r for r, _ in seen) == result.counts.rows == 50_000  # rows too, as they come
+    assert len(seen) > 1
 
 
 @pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])

@@ -79,6 +79,11 @@ app = typer.Typer(
     name="patientkit",
     help="Move patient data between systems: aggregate exports, replay device readings, "
     "submit test records, and serve the APIs they talk to.",
+    epilog="Examples:\n\n"
+    "  patientkit export generate demo exports\n\n"
+    "  patientkit serve --exports exports    # the three APIs on one port\n\n"
+    "  patientkit export aggregate demo --format table\n\n"
+    "  patientkit <command> --help    # each command's options and examples",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

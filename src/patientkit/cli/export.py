@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from patientkit.cli import output
+from patientkit.cli.formats import ReportFormat, ReportFormatOption, emit_report
 from patientkit.cli.options import DEFAULT_SERVER, Concurrency, OutFile, Server, cpu_count
 from patientkit.cli.progress import Meter
 from patientkit.errors import InputError
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Aggregate healthcare exports: count events per patient and event type.",
+    epilog="Examples:\n\n"
+    "  patientkit export generate demo exports\n\n"
+    "  patientkit export count exports/demo --format table\n\n"
+    "  patientkit export aggregate demo --server http://127.0.0.1:8000 --format csv",
     no_args_is_help=True,
 )
 
@@ -83,17 +88,22 @@ def aggregate(
     server: Server = DEFAULT_SERVER,
     concurrency: Concurrency = None,
     out: OutFile = None,
+    fmt: ReportFormatOption = ReportFormat.json,
     attempts: Annotated[
         int, typer.Option(min=1, help="Attempts per download before the job fails.")
     ] = 6,
 ) -> None:
-    """Stream every download of an export, count events per patient and event type, and
-    print the totals as JSON. Each download's count is checked against its metadata; a
-    failed or short download is retried from the start. Exit 1 if one still fails.
+    """Count events per patient and event type over every download of a served export.
+
+    Each download is streamed and its count checked against its metadata; a failed or
+    short download is retried from the start. Prints the totals as JSON (or --format
+    table or csv). Exit 1 if a download still fails.
 
     Example:
 
         patientkit export aggregate demo --server http://127.0.0.1:8000 -o demo.json
+
+        patientkit export aggregate demo --format table
     """
     from patientkit.aggregate import Events, aggregate_export
     from patientkit.client.http import Backoff
@@ -111,7 +121,7 @@ def aggregate(
                 on_done=lambda download_id, rows: meter.part_done(),
             ),
         )
-    output.emit_json(counts.report(), out)
+    emit_report(counts.report(), fmt, out)
     _summary(meter, counts.rows)
 
 
@@ -122,12 +132,14 @@ def count(
         typer.Argument(help="CSV files (.csv, .csv.gz), folders of them, or - for stdin."),
     ],
     out: OutFile = None,
+    fmt: ReportFormatOption = ReportFormat.json,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Processes to count with (default: CPU count).")
     ] = None,
 ) -> None:
     """Count events per patient and event type in local CSV files, on all cores.
 
+    Prints the totals as JSON (or --format table or csv).
     A file with a `<uuid>.meta.json` beside it (as `export generate` writes) must hold the
     rows its metadata says, and a folder must hold every download its metadata names;
     otherwise nothing is printed and the exit code is 1. So is it for a file that cannot
@@ -137,6 +149,8 @@ def count(
 
         patientkit export count exports/demo -o demo.json
 
+        patientkit export count exports/demo --format csv > demo.csv
+
         zcat export.csv.gz | patientkit export count -
     """
     from patientkit.core.counting import Counts, CsvCounter
@@ -145,17 +159,34 @@ def count(
     files = [p for p in paths if p != "-"]
     with interruptible("nothing was counted"), Meter("counting") as meter:
         _check_folders(files)
-        meter.start(len(paths), None)
-        each = count_each(files, workers or cpu_count(), lambda n: meter.advance(0, n))
+        _start(meter, files, stdin="-" in paths)
+        each = count_each(files, workers or cpu_count(), meter.advance)
         _check_rows(each)
         if "-" in paths:
             stdin = sniff_gzip(sys.stdin.buffer)
-            each["-"] = count_stream(read_chunks(stdin), CsvCounter("<stdin>"), None)
+            each["-"] = count_stream(read_chunks(stdin), CsvCounter("<stdin>"), meter.advance)
     total = Counts()
     for counts in each.values():
         total.merge(counts)
-    output.emit_json(total.report(), out)
+    emit_report(total.report(), fmt, out)
     _summary(meter, total.rows)
+
+
+def _start(meter: Meter, paths: list[str], stdin: bool) -> None:
+    """Tell the meter the job's size: the rows, when the metadata beside every file says
+    them; else the bytes, when every file is plain (a .gz file's size is not what is
+    read); else nothing (the bar only shows what has been counted)."""
+    if not output.show_progress():
+        return  # nothing drawn: no need to look at the files twice
+    from patientkit.core.parallel import expand_paths, is_gzip
+    from patientkit.generate import expected_rows
+
+    files = expand_paths(paths)
+    rows = [expected_rows(Path(f)) for f in files]
+    known_rows = None if stdin or None in rows else sum(r for r in rows if r is not None)
+    plain = not stdin and not any(is_gzip(f) for f in files)
+    nbytes = sum(Path(f).stat().st_size for f in files) if plain else None
+    meter.start(len(files) + stdin, known_rows, nbytes)
 
 
 def _listed(problems: list[str], most: int = 5) -> str:
@@ -202,8 +233,10 @@ def generate(
     directory: Annotated[Path, typer.Argument(help="Folder to write DIR/<export>/<uuid>.csv")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:
-    """Generate a deterministic synthetic export of a reference shape (demo ≈ 15k rows,
-    small ≈ 7.5M rows, large ≈ 150M rows), with its metadata beside each download.
+    """Generate a deterministic synthetic export of a reference shape, to count or serve.
+
+    demo ≈ 15k rows, small ≈ 7.5M rows, large ≈ 150M rows; each download has its
+    metadata beside it.
 
     Example:
 
@@ -232,7 +265,8 @@ def generate(
         interruptible("run the same command again to finish the folder"),
         Meter(f"generating {export.value}") as meter,
     ):
-        generate_export(export.value, directory, seed)
+        meter.start(len(plans), sum(p.rows for p in plans))
+        generate_export(export.value, directory, seed, on_progress=meter.advance)
     rows = sum(p.rows for p in plans)
     output.emit_json(
         {

@@ -22,7 +22,7 @@ Server = Annotated[
 
 OutFile = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Also write the JSON document to this file."),
+    typer.Option("--output", "-o", help="Also write the output (in --format) to this file."),
 ]
 
 Concurrency = Annotated[
@@ -66,7 +66,18 @@ To = Annotated[
     str | None,
     typer.Option(
         "--to",
-        help="Base URL of an API to send to, instead of the store (--db).",
+        metavar="URL",
+        help="API to deliver to (its base URL), instead of the store (--db).",
+        show_default=False,
+    ),
+]
+
+ReadFrom = Annotated[
+    str | None,
+    typer.Option(
+        "--to",
+        metavar="URL",
+        help="API to read from (its base URL), instead of the store (--db).",
         show_default=False,
     ),
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # rich is imported on the first line written to stderr, not at start-up
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from rich.console import Console
 
@@ -51,6 +51,32 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     err_console().print(f"error: {message}", style="bold red", markup=False)
+
+
+def job_summary(
+    verb: str,
+    noun: str,
+    read: int,
+    outcomes: Sequence[tuple[int, str]],
+    problems: Sequence[tuple[int, str]],
+    seconds: float,
+    see: Path | None = None,
+) -> bool:
+    """The one line for people that ends a job moving `noun` (records, readings) on
+    stderr, after its JSON summary on stdout; shared by `records submit` and `readings
+    replay`. With problems (count, name; those of count 0 are left out), an error line
+    `N invalid, M failed of R records (see FILE)`, and True: the caller exits 1.
+    Otherwise `submitted R records: N created, M duplicates in 0.12s` (an info line, gone
+    with -q),
+    and False."""
+    wrong = [f"{count} {name}" for count, name in problems if count]
+    if wrong:
+        where = f" (see {see})" if see is not None else ""
+        error(f"{', '.join(wrong)} of {read} {noun}{where}")
+        return True
+    done = ", ".join(f"{count} {name}" for count, name in outcomes)
+    info(f"{verb} {read} {noun}: {done} in {seconds:.2f}s")
+    return False
 
 
 def show_progress() -> bool:

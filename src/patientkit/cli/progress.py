@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # rich.progress is imported only when a bar is drawn (on a te
 
 
 def _rate() -> ProgressColumn:
-    """A column: MB/s of the bytes kept in the task's fields."""
+    """A column: rows and MB so far, and their rates, from the task's fields."""
     from rich.progress import ProgressColumn, Task
     from rich.text import Text
 
@@ -21,18 +21,27 @@ def _rate() -> ProgressColumn:
         def render(self, task: Task) -> Text:
             elapsed = task.elapsed or 0.0
             nbytes = task.fields.get("bytes", 0)
-            rate = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
-            return Text(f"{nbytes / 1e6:,.0f} MB {rate:,.0f} MB/s", style="cyan")
+            rows = task.fields.get("rows", 0)
+            mb_s = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
+            rows_s = rows / elapsed / 1e6 if elapsed > 0 else 0.0
+            return Text(
+                f"{nbytes / 1e6:,.1f} MB {mb_s:,.0f} MB/s {rows_s:,.2f}M rows/s", style="cyan"
+            )
 
     return Rate()
 
 
 class Meter:
-    """Counts rows, bytes and finished parts, and draws them when stderr is a terminal."""
+    """Counts rows, bytes and finished parts, and draws them when stderr is a terminal:
+    a bar with its percentage when the total (of rows, else of bytes) is known, rows so
+    far, MB, rates, time spent and time left. Drawn from the calling thread only (no
+    refresh thread: worker pools fork safely), at most ten times a second."""
 
     def __init__(self, description: str, unit: str = "rows") -> None:
         self.description, self.unit = description, unit
         self.rows = self.bytes = self.parts_done = self.parts = 0
+        self.total_rows: int | None = None
+        self.total_bytes: int | None = None
         self.started = time.perf_counter()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -40,32 +49,45 @@ class Meter:
 
     def __enter__(self) -> Meter:
         if output.show_progress():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.fields[expected]} " + self.unit),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rows]:,} {task.fields[expected]}" + self.unit),
                 _rate(),
                 TextColumn("{task.fields[done]}"),
                 TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
                 console=output.err_console(),
                 transient=True,
                 auto_refresh=False,  # no refresh thread: worker pools fork safely
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                self.description, total=None, bytes=0, expected="?", done=""
+                self.description, total=None, bytes=0, rows=0, expected="", done=""
             )
         return self
 
-    def start(self, parts: int, rows: int | None) -> None:
-        self.parts = parts
+    def start(self, parts: int, rows: int | None, nbytes: int | None = None) -> None:
+        """The job's size: `parts` (files, downloads), and its rows or bytes if known
+        (the bar follows rows when their total is known, else bytes)."""
+        self.parts, self.total_rows, self.total_bytes = parts, rows, nbytes
         if self._progress is not None and self._task is not None:
+            total = rows if rows is not None else nbytes
             self._progress.update(
-                self._task, total=rows, expected=f"{rows:,}" if rows is not None else "?"
+                self._task, total=total, expected=f"/ {rows:,} " if rows is not None else ""
             )
-        self._refresh()
+        self._refresh(force=True)
 
     def advance(self, rows: int, nbytes: int) -> None:
         self.rows += rows
@@ -83,8 +105,15 @@ class Meter:
         if not force and now - self._drawn < 0.1:
             return
         self._drawn = now
-        done = f"{self.parts_done}/{self.parts} done" if self.parts else ""
-        self._progress.update(self._task, completed=self.rows, bytes=self.bytes, done=done)
+        done = f"{self.parts_done}/{self.parts} done" if self.parts_done else ""
+        by_bytes = self.total_rows is None and self.total_bytes is not None
+        self._progress.update(
+            self._task,
+            completed=self.bytes if by_bytes else self.rows,
+            rows=self.rows,
+            bytes=self.bytes,
+            done=done,
+        )
         self._progress.refresh()
 
     @property

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output, samples
-from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
@@ -16,7 +16,10 @@ from patientkit.errors import UsageError
 DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
 
 app = typer.Typer(
-    help="Replay device readings into the store or a readings API; read a device's totals.",
+    help="Replay device readings into the store or a readings API, and read a device's totals.",
+    epilog="Examples:\n\n"
+    "  patientkit readings replay readings.ndjson --db readings.db --dead-letter bad.ndjson\n\n"
+    "  patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --db readings.db",
     no_args_is_help=True,
 )
 
@@ -62,11 +65,14 @@ def replay(
         int, typer.Option(min=1, help="With --to: devices' requests in flight at once.")
     ] = 4,
 ) -> None:
-    """Replay device readings: each is checked with the API's rules (an invalid one is
-    reported with file:line and written to --dead-letter), then delivered in batches to
-    the store (default) or to a readings API (--to), retried, never dropped. Prints a JSON
-    summary; exit 1 if any reading was invalid or not delivered. Running the same replay
-    again after a crash or Ctrl-C ends with the store of one clean run.
+    """Replay recorded device readings into the store or a readings API, losing none.
+
+    Each reading is checked with the API's rules (an invalid one is reported with
+    file:line and written to --dead-letter), then delivered in batches to the store
+    (default) or to a readings API (--to), retried, never dropped. Prints a JSON summary
+    on stdout and one line for people on stderr; exit 1 if any reading was invalid or not
+    delivered. Running the same replay again after a crash or Ctrl-C ends with the store
+    of one clean run.
 
     Example:
 
@@ -125,7 +131,22 @@ def replay(
         raise typer.Exit(130)
     if run.error is not None:
         raise run.error  # one line naming the input; exit 1
-    if summary.invalid or summary.dead_lettered:
+    delivered = [(summary.delivered, "delivered")]
+    if summary.duplicates is not None:
+        delivered.append((summary.duplicates, "duplicates"))
+    delivered.append((summary.devices, "devices"))
+    if output.job_summary(
+        "replayed",
+        "readings",
+        summary.read,
+        delivered,
+        [  # the dead-letter file holds the invalid readings and those not delivered
+            (summary.invalid, "invalid"),
+            (max(0, summary.dead_lettered - summary.invalid), "not delivered"),
+        ],
+        summary.seconds,
+        dead_letter,
+    ):
         raise typer.Exit(1)
 
 
@@ -162,9 +183,9 @@ def latest(
     ctx: typer.Context,
     device_id: DeviceId,
     db: Db = DEFAULT_DB,
-    to: To = None,
+    to: ReadFrom = None,
 ) -> None:
-    """Print the device's latest reading time, in the offset it was stored with.
+    """Print a device's latest reading time, in the offset it was stored with.
 
     Example:
 
@@ -178,9 +199,9 @@ def total(
     ctx: typer.Context,
     device_id: DeviceId,
     db: Db = DEFAULT_DB,
-    to: To = None,
+    to: ReadFrom = None,
 ) -> None:
-    """Print the sum of the device's stored counts.
+    """Print the sum of a device's stored counts.
 
     Example:
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from patientkit.cli import output, samples
-from patientkit.cli.options import DEFAULT_DB, Append, Db, To, db_given
+from patientkit.cli.formats import RecordFormat, RecordFormatOption, emit_records
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
 
 app = typer.Typer(
     help="Submit medical test records to a store or an API, and list them by clinic.",
+    epilog="Examples:\n\n"
+    "  patientkit records submit tests.ndjson --db records.db --rejects rejects.ndjson\n\n"
+    "  patientkit records list --clinic C042 --db records.db --format table",
     no_args_is_help=True,
 )
 
@@ -55,9 +57,11 @@ def submit(
         int, typer.Option(min=1, help="Attempts per record before it fails, with --to.")
     ] = 8,
 ) -> None:
-    """Validate test records and submit them to the store (default) or an API (--to),
-    then print a JSON summary: read, created, duplicates, invalid, rejected, failed,
-    retries, seconds. Each invalid or rejected record is one `file:line: reason` line on
+    """Validate test records and submit them to the store or a records API.
+
+    Records go to the store (default) or an API (--to); then a JSON summary is printed:
+    read, created, duplicates, invalid, rejected, failed, retries, seconds, and one line
+    for people on stderr. Each invalid or rejected record is one `file:line: reason` line on
     stderr and one line in --rejects. Exit 0 if nothing was invalid, rejected or failed
     (duplicates are fine unless --strict), 1 otherwise, 130 on Ctrl-C: running the same
     command again finishes the job, counting what had landed as duplicates.
@@ -108,19 +112,20 @@ def submit(
         lost = f"; {result.abandoned} were still in flight" if result.abandoned else ""
         output.error(f"interrupted{lost}: run the same command again to finish the job")
         raise typer.Exit(130)
-    problems = [
-        f"{count} {name}"
-        for count, name in (
+    if output.job_summary(
+        "submitted",
+        "records",
+        tally.read,
+        [(tally.created, "created"), (tally.duplicates, "duplicates")],
+        [
             (tally.invalid, "invalid"),
             (tally.rejected, "rejected"),
             (tally.failed, "failed"),
             (tally.duplicates if strict else 0, "duplicates (--strict)"),
-        )
-        if count
-    ]
-    if problems:
-        where = f" (see {rejects})" if rejects is not None else ""
-        output.error(f"{', '.join(problems)} of {tally.read} records{where}")
+        ],
+        result.seconds,
+        rejects,
+    ):
         raise typer.Exit(1)
 
 
@@ -133,40 +138,38 @@ def list_records(
     ctx: typer.Context,
     clinic: Annotated[str, typer.Option("--clinic", help="The clinic_id to list.")],
     db: Db = DEFAULT_DB,
-    to: To = None,
+    to: ReadFrom = None,
+    fmt: RecordFormatOption = RecordFormat.ndjson,
 ) -> None:
-    """Print a clinic's test records as NDJSON (one record a line, with created_at),
-    oldest first, streamed; nothing when the clinic has none.
+    """Print a clinic's test records, oldest first.
+
+    NDJSON by default (one record a line, with created_at, streamed), or --format csv or
+    table; nothing when the clinic has none.
 
     Example:
 
         patientkit records list --clinic C042 --to http://127.0.0.1:8000 | head
+
+        patientkit records list --clinic C042 --format table
     """
     _db_or_to(ctx, to)
     if not clinic.strip():
         raise UsageError("--clinic must not be empty")
-    write = sys.stdout.write
-    with output.to_stdout():
-        if to is not None:
-            from patientkit.client.records import RecordsClient
+    if to is not None:
+        from patientkit.client.records import RecordsClient
 
-            def retrying(attempt: int, reason: str, wait: float) -> None:
-                output.warn(
-                    f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s"
-                )
+        def retrying(attempt: int, reason: str, wait: float) -> None:
+            output.warn(f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s")
 
-            with RecordsClient(to) as client:
-                for record in client.clinic_records(clinic, retrying):
-                    write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            from patientkit.core.storage import Store
+        with RecordsClient(to) as client:
+            emit_records(client.clinic_records(clinic, retrying), fmt)
+    else:
+        from patientkit.core.storage import Store
 
-            if not db.is_file():
-                raise UsageError(f"the store {db} does not exist")
-            with Store(db) as store:
-                for record in store.records_for_clinic(clinic):
-                    write(json.dumps(record, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        if not db.is_file():
+            raise UsageError(f"the store {db} does not exist")
+        with Store(db) as store:
+            emit_records(store.records_for_clinic(clinic), fmt)
 
 
 app.command("generate")(samples.records)

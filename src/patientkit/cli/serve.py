@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from patientkit.cli import output
 from patientkit.cli.options import DEFAULT_DB, Db
 from patientkit.errors import UsageError
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 EXAMPLES = """
 Examples:
@@ -20,6 +24,11 @@ Examples:
 
   patientkit serve --port 0 --chaos 0.3    # a free port; 30% of requests fail
 """
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
 
 
 def serve(
@@ -38,8 +47,21 @@ def serve(
     max_body: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes; larger is answered 413.")
     ] = 16 << 20,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            help="text (a line for people) or json (a JSON object a line, for machines). "
+            "Default: text on a terminal, json otherwise.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve the three APIs; logs are JSON lines on stderr. Binds 127.0.0.1 by default."""
+    """Serve the export, readings and records APIs on one port (127.0.0.1 by default).
+
+    On a terminal, one line says where it serves and what, and each request is a short
+    text line; otherwise (or with --log-format json) the logs are JSON lines on stderr,
+    one a request. -q keeps warnings, errors and the line that says where it serves.
+    """
     if not 0.0 <= chaos <= 1.0:
         raise UsageError(f"--chaos must be between 0 and 1, not {chaos}")
     if exports is not None and not exports.is_dir():
@@ -52,15 +74,43 @@ def serve(
     from patientkit.server.app import build_app
     from patientkit.server.middleware import QuietCuts
 
-    logs.configure()
+    if log_format is None:
+        log_format = LogFormat.text if sys.stderr.isatty() else LogFormat.json
+    logs.configure(log_format.value, quiet=output.is_quiet())
     if chaos:
         logging.getLogger("uvicorn.error").addFilter(QuietCuts())
     sock = _bind(host, port)
     app = build_app(db, exports, chaos=chaos, chaos_seed=chaos_seed, max_body=max_body)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
     url = f"http://{host}:{sock.getsockname()[1]}"
-    logs.log("serving", url=url, db=str(db), exports=str(exports) if exports else None, chaos=chaos)
-    uvicorn.Server(config).run(sockets=[sock])
+    where = str(exports) if exports else None
+
+    def ready() -> None:
+        logs.log("serving", url=url, db=str(db), exports=where, chaos=chaos)
+
+    _server_class(ready)(config).run(sockets=[sock])
+    logs.log("stopped", url=url)
+
+
+def _server_class(on_ready: Callable[[], None]) -> type:
+    """uvicorn's Server, except that: `on_ready` runs once it accepts requests (and
+    catches Ctrl-C and SIGTERM, so that one right after the `serving` line stops it
+    cleanly); and a Ctrl-C or SIGTERM that stopped it gracefully is not raised again
+    afterwards (uvicorn re-raises it, which ended us with `error: interrupted` and 130):
+    a server asked to stop that stops cleanly exits 0."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                on_ready()
+
+        async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+            await super()._serve(sockets)
+            self._captured_signals.clear()
+
+    return Server
 
 
 serve.__doc__ = f"{serve.__doc__}\n{EXAMPLES}"

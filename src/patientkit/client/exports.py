@@ -25,8 +25,10 @@ OnRetry = Callable[[int, str, float], None]
 
 
 class ExportClient(ApiClient):
-    def __init__(self, server: str, backoff: Backoff = DEFAULT_BACKOFF) -> None:
-        super().__init__(server)
+    def __init__(
+        self, server: str, backoff: Backoff = DEFAULT_BACKOFF, first_contact: bool = True
+    ) -> None:
+        super().__init__(server, first_contact)
         self.backoff = backoff
 
     def _check(self, response: httpx.Response, path: str, not_found: str) -> None:

@@ -3,6 +3,12 @@ and one translation of transport failures into patientkit errors.
 
 Retryable: transport errors (refused, reset, cut off mid-answer, timeouts) and the
 statuses 408, 425, 429 and 5xx; `Retry-After` is honoured. Everything else is final.
+
+Except on first contact: a client whose very first connection is refused (or cannot be
+made at all) raises `NoServer` at once, for every command alike: nothing is listening
+there, and retrying for seconds would only hide the one thing to say (which URL, and
+that `patientkit serve` starts one). Once a server has answered, a refused connection is
+retried as before (a server restarting mid-run).
 """
 
 from __future__ import annotations
@@ -96,16 +102,93 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
-def make_client(server: str, **kwargs: Any) -> httpx.Client:
+class NoServer(RemoteError):
+    """The first connection to a server failed: nothing listens at that URL (exit 2)."""
+
+
+def no_server(server: str, exc: BaseException) -> NoServer:
+    """The one message for a server not there on first contact, for every command."""
+    url = server.rstrip("/")
+    if _refused(exc):
+        return NoServer(
+            f"cannot connect to {url} (connection refused): is the server running? "
+            "Start one with `patientkit serve`"
+        )
+    return NoServer(
+        f"cannot connect to {url} ({describe_connect(exc)}): check the URL, or start a "
+        "server with `patientkit serve`"
+    )
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def describe_connect(exc: BaseException) -> str:
+    """The OS's reason a connection could not be made (`Name or service not known`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return "cannot connect"
+
+
+class FirstContact(httpx.BaseTransport):
+    """Around a client's transport: until one request has had an answer, a connection
+    that cannot be made raises NoServer (not retried); after that, errors pass as they
+    are (retried by the callers). Timeouts are never turned into NoServer."""
+
+    def __init__(self, inner: httpx.BaseTransport, server: str) -> None:
+        self.inner, self.server = inner, server
+        self.contacted = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.contacted:
+            return self.inner.handle_request(request)
+        try:
+            response = self.inner.handle_request(request)
+        except httpx.ConnectError as exc:
+            raise no_server(self.server, exc) from None
+        self.contacted = True
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+
+def make_client(
+    server: str,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+    first_contact: bool = True,
+) -> httpx.Client:
     """An httpx client for our APIs: base URL, user agent, bearer token from the
-    environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections."""
+    environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections.
+
+    With `first_contact` (the default), a first connection that cannot be made raises
+    NoServer at once (see FirstContact); pass False where the server has answered this
+    run already (a worker process of a job the parent started). Raises RemoteError for
+    a URL that is not http(s)."""
     headers = {"user-agent": f"patientkit/{__version__}"}
     token = os.environ.get("PATIENTKIT_TOKEN")
     if token:
         headers["authorization"] = f"Bearer {token}"
     if not server.startswith(("http://", "https://")):
         raise RemoteError(f"server URL must start with http:// or https://, not {server!r}")
-    return httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=TIMEOUT, **kwargs)
+    transport: httpx.BaseTransport = httpx.HTTPTransport(limits=limits)
+    if first_contact:
+        transport = FirstContact(transport, server)
+    return httpx.Client(
+        base_url=server.rstrip("/"), headers=headers, timeout=TIMEOUT, transport=transport
+    )
 
 
 def json_body(response: httpx.Response, what: str) -> Any:
@@ -120,9 +203,9 @@ class ApiClient:
     """A client of one of our APIs: `self.http` (`make_client`) for `server`, closed by
     close() or at the end of a `with` block."""
 
-    def __init__(self, server: str, **kwargs: Any) -> None:
+    def __init__(self, server: str, first_contact: bool = True) -> None:
         self.server = server
-        self.http = make_client(server, **kwargs)
+        self.http = make_client(server, first_contact=first_contact)
 
     def close(self) -> None:
         self.http.close()

@@ -39,7 +39,8 @@ MIN_PIECE = 8 << 20  # no piece smaller than this
 PIECES_PER_WORKER = 8  # enough pieces that no worker idles at the end
 GZIP_MAGIC = b"\x1f\x8b"
 
-Progress = Callable[[int], None]  # bytes read since the last call
+Progress = Callable[[int, int], None]  # rows counted and bytes read since the last call
+SEND_EVERY = 2 * CHUNK  # a worker tells the parent of its progress this often (bytes)
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,13 @@ def read_chunks(stream: IO[bytes], start: int = 0, end: int | None = None) -> It
 def count_stream(chunks: Iterator[bytes], counter: CsvCounter, progress: Progress | None) -> Counts:
     """Feed chunks to counter and finish it. Raises CsvError, or ReadError when the
     chunks fail to come (a truncated gzip, an I/O error)."""
+    counts = counter.counts
     try:
         for chunk in chunks:
+            rows = counts.rows
             counter.feed(chunk)
             if progress is not None:
-                progress(len(chunk))
+                progress(counts.rows - rows, len(chunk))
     except (EOFError, OSError, zlib.error) as exc:
         raise unreadable(counter.source, exc) from None
     return counter.finish()
@@ -267,21 +270,22 @@ def count_each(
 
 
 def _count_in_worker(piece: Piece) -> PieceResult:
-    """Count a piece in a worker process, sending byte counts home every few chunks."""
-    pending = 0
+    """Count a piece in a worker process, sending (rows, bytes) home every SEND_EVERY
+    bytes, as it goes: the parent's progress moves while the piece is counted."""
+    pending = [0, 0]
 
-    def forward(nbytes: int) -> None:
-        nonlocal pending
-        pending += nbytes
-        if pending >= 8 * CHUNK:
-            workers.send(pending)
-            pending = 0
+    def forward(rows: int, nbytes: int) -> None:
+        pending[0] += rows
+        pending[1] += nbytes
+        if pending[1] >= SEND_EVERY:
+            workers.send((pending[0], pending[1]))
+            pending[0] = pending[1] = 0
 
     try:
         return count_piece(piece, forward if workers.listening() else None)
     finally:
-        if pending:
-            workers.send(pending)
+        if pending[1] or pending[0]:
+            workers.send((pending[0], pending[1]))
 
 
 class _Runner:
@@ -289,7 +293,8 @@ class _Runner:
 
     def __init__(self, processes: int, on_progress: Progress | None) -> None:
         self.on_progress = on_progress
-        self.pool = workers.WorkerPool(processes, on_progress) if processes > 1 else None
+        heard = None if on_progress is None else lambda message: on_progress(*message)
+        self.pool = workers.WorkerPool(processes, heard) if processes > 1 else None
 
     def map(self, pieces: list[Piece]) -> list[PieceResult]:
         if self.pool is None:

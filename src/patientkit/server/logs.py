@@ -1,4 +1,10 @@
-"""Structured server logs: one JSON object a line on stderr, never a record's contents."""
+"""Server logs on stderr, never a record's contents, a token or a query value.
+
+Two formats of the same events: `json` (one JSON object a line: what scripts and tests
+read; the default when stderr is not a terminal) and `text` (a line for people: the
+`serving` event as one sentence, each request as `time method path status bytes ms id`;
+the default on a terminal). `quiet` keeps warnings and errors only, and the one line
+that says where the server listens."""
 
 from __future__ import annotations
 
@@ -25,14 +31,78 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, sort_keys=False)
 
 
-def configure(level: int = logging.INFO) -> None:
-    """Send our logs and uvicorn's to stderr as JSON lines."""
+class TextFormatter(logging.Formatter):
+    """A line for people: `serving` as a sentence, requests compact, others key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = dict(getattr(record, "fields", {}))
+        event = record.getMessage()
+        if event == "serving":
+            return serving_line(fields)
+        if event == "stopped":
+            return f"stopped serving on {fields.get('url')}"
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        if event == "request":
+            line = (
+                f"{clock} {level}{fields.pop('method', '')} {fields.pop('path', '')} "
+                f"{fields.pop('status', '')} {fields.pop('bytes', 0):,} B "
+                f"{fields.pop('ms', 0)} ms"
+            )
+            request_id = fields.pop("request_id", None)
+            if fields.get("chaos") is None:
+                fields.pop("chaos", None)
+            rest = " ".join(f"{key}={value}" for key, value in fields.items())
+            return line + (f" {rest}" if rest else "") + (f" [{request_id}]" if request_id else "")
+        rest = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+        line = f"{clock} {level}{event}" + (f" {rest}" if rest else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def serving_line(fields: dict[str, Any]) -> str:
+    """`serving exports from DIR, readings and records in STORE on URL — Ctrl-C to stop`."""
+    what = f"readings and records in {fields.get('db')}"
+    if fields.get("exports"):
+        what = f"exports from {fields['exports']}, {what}"
+    chaos = f" (chaos {fields['chaos']:g})" if fields.get("chaos") else ""
+    return f"serving {what} on {fields.get('url')}{chaos} — Ctrl-C to stop"
+
+
+class _Quiet(logging.Filter):
+    """Warnings and errors, and the one `serving` line (it says where to connect)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage() == "serving"
+
+
+PEOPLE_EVENTS = frozenset({"serving", "request", "stopped"})
+
+
+class _OneLineARequest(logging.Filter):
+    """For people: the `request` line of each request, not the handlers' own info events
+    about it (they are in the JSON logs, for correlation by request id)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage() in PEOPLE_EVENTS
+
+
+def configure(fmt: str = "json", quiet: bool = False) -> None:
+    """Send our logs and uvicorn's to stderr, as JSON lines (`fmt` "json") or lines for
+    people ("text": uvicorn's start-up and shut-down chatter is left out). With `quiet`,
+    only warnings, errors and the `serving` line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    if quiet:
+        handler.addFilter(_Quiet())
+    elif fmt == "text":
+        handler.addFilter(_OneLineARequest())
     for name in ("patientkit.server", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(level)
+        quieter = name == "uvicorn.error" and fmt == "text"
+        logger.setLevel(logging.WARNING if quieter else logging.INFO)
         logger.propagate = False
 
 

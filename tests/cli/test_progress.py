@@ -1,0 +1,130 @@
+"""Progress that moves: on a terminal, `export generate` and `export count` redraw rows,
+bytes, rate and time left while they run (workers report as they go); nothing is drawn
+when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from patientkit.core.parallel import count_each
+from tests.conftest import cli_env, run_cli
+
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+MOVE = re.compile(r"\x1b\[[0-9;?]*[A-Za-ln-z]")  # cursor moves, erasing: between frames
+ROWS = re.compile(r"([\d,]+) / ([\d,]+) rows")
+COUNTED = re.compile(r"([\d,]+) rows +[\d.,]+ MB")
+
+
+def frames(screen: bytes) -> list[str]:
+    """The progress lines drawn so far, without colours, in order."""
+    text = COLOUR.sub("", MOVE.sub("\n", screen.decode(errors="replace").replace("\r", "\n")))
+    return [line for line in text.split("\n") if "rows" in line]
+
+
+def read_for(main: int, seconds: float) -> bytes:
+    got = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if select.select([main], [], [], 0.1)[0]:
+            try:
+                got += os.read(main, 65536)
+            except OSError:
+                break
+    return got
+
+
+def on_a_terminal(*args: str, stdin: int | None = None) -> tuple[subprocess.Popen, int]:
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=child,
+        env={**cli_env(), "COLUMNS": "200"},
+    )
+    os.close(child)
+    return process, main
+
+
+def test_generate_progress_advances_on_a_terminal(tmp_path):
+    process, main = on_a_terminal("export", "generate", "small", str(tmp_path))
+    try:
+        first = read_for(main, 3.0)
+        second = first + read_for(main, 2.0)
+    finally:
+        process.send_signal(signal.SIGINT)  # enough seen: stop it (it cleans up)
+        process.communicate(timeout=30)
+        os.close(main)
+    seen = [ROWS.search(line) for line in frames(second)]
+    counts = [int(m[1].replace(",", "")) for m in seen if m]
+    assert counts, frames(second)
+    assert {m[2] for m in seen if m} == {"7,805,757"}  # the plan's rows are the bar's total
+    early = [int(m[1].replace(",", "")) for m in map(ROWS.search, frames(first)) if m]
+    assert max(counts) > max(early, default=0) > 0  # it moved between the two reads
+    assert counts == sorted(counts)
+    last = frames(second)[-1]
+    assert re.search(r"\d+%", last) and "MB/s" in last and "rows/s" in last and "left" in last
+    assert not list(tmp_path.glob("small/.*.tmp"))  # Ctrl-C removed its temporary files
+
+
+def test_count_progress_moves_while_stdin_is_read(tmp_path):
+    """Rows go up on the screen while the input is still coming."""
+    row = "P0001,2025-01-01T00:00:00Z,bp_sys,120\n"
+    block = row * ((3 << 20) // len(row))  # 3 MiB: more than one read's worth
+    reader, writer = os.pipe()
+    process, main = on_a_terminal("export", "count", "-", stdin=reader)
+    os.close(reader)
+    try:
+        os.write(writer, b"patient_id,event_time,event_type,value\n")
+        os.write(writer, block.encode())
+        time.sleep(1.0)
+        os.write(writer, block.encode())  # its first read draws what the first block made
+        first = read_for(main, 2.0)
+        os.write(writer, block.encode())
+        second = read_for(main, 2.0)
+        os.close(writer)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        os.close(main)
+    before = [int(m[1].replace(",", "")) for m in map(COUNTED.search, frames(first)) if m]
+    after = [int(m[1].replace(",", "")) for m in map(COUNTED.search, frames(second)) if m]
+    assert before and after, (frames(first), frames(second))
+    assert max(after) > max(before) > 0
+    assert process.returncode == 0
+    assert b'"bp_sys": ' + str(3 * block.count("\n")).encode() in out
+
+
+def test_nothing_is_drawn_when_stderr_is_not_a_terminal(tmp_path):
+    generated = run_cli("export", "generate", "demo", str(tmp_path))
+    assert (generated.code, generated.err) == (0, "")
+    counted = run_cli("export", "count", str(tmp_path / "demo"))
+    assert counted.code == 0
+    assert re.fullmatch(
+        r"counted 13,698 rows, [\d.]+ MB in [\d.]+s \([\d.]+M rows/s\)\n", counted.err
+    ), counted.err
+
+
+def test_workers_report_rows_and_bytes_as_they_go(tmp_path):
+    """The pool's channel carries (rows, bytes) while a piece is counted, not only at its
+    end; what they report adds up to what was counted."""
+    path = Path(tmp_path / "big.csv")
+    row = "P1,2025-01-01T00:00:00Z,hr,60\n"
+    rows = (12 << 20) // len(row)
+    path.write_text("patient_id,event_time,event_type,value\n" + row * rows)
+    heard: list[tuple[int, int]] = []
+    each = count_each(
+        [str(path)], workers=2, on_progress=lambda r, b: heard.append((r, b)), piece_size=6 << 20
+    )
+    assert each[str(path)].rows == rows
+    assert sum(r for r, _ in heard) == rows
+    assert len(heard) >= 4  # two pieces of 6 MiB, each told every 2 MiB
+    header = len("patient_id,event_time,event_type,value\n")
+    assert sum(b for _, b in heard) == path.stat().st_size - header

@@ -1,0 +1,152 @@
+"""`patientkit serve` talks to people on a terminal and to machines in a pipe:
+--log-format text|json (text on a terminal, json otherwise), -q keeps warnings, errors
+and the line that says where it serves; never a query value or a record's contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import cli_env
+
+SERVING = re.compile(
+    r"^serving readings and records in (?P<db>\S+) on (?P<url>http://127\.0\.0\.1:\d+) "
+    r"— Ctrl-C to stop$"
+)
+REQUEST = re.compile(
+    r"^\d\d:\d\d:\d\d (?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d{3}) [\d,]+ B "
+    r"[\d.]+ ms \[(?P<id>[^\]]+)\]$"
+)
+
+
+def start(log: Path, *args: str, stderr: object = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr if stderr is not None else log.open("wb"),
+        env=cli_env(),
+    )
+
+
+def wait_for(log: Path, pattern: re.Pattern[str], timeout: float = 20) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            found = pattern.match(line)
+            if found:
+                return found
+        time.sleep(0.05)
+    raise AssertionError(f"no line matching {pattern.pattern}:\n{log.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM: the server stops cleanly and exits 0."""
+    process.terminate()
+    assert process.wait(timeout=10) == 0
+
+
+def test_text_logs_a_sentence_then_one_line_a_request(tmp_path):
+    log = tmp_path / "serve.log"
+    db = tmp_path / "s.db"
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    process = start(log, "--db", str(db), "--exports", str(exports), "--log-format", "text")
+    try:
+        url = wait_for(
+            log, re.compile(r"^serving exports from \S+, readings and records in \S+ on (\S+) ")
+        )[1]
+        first = log.read_text().splitlines()[0]
+        assert first == (
+            f"serving exports from {exports}, readings and records in {db} on {url} "
+            "— Ctrl-C to stop"
+        )
+        httpx.get(f"{url}/tests", params={"clinic_id": "SECRET-CLINIC-Q"})
+        httpx.post(
+            f"{url}/tests",
+            json={
+                "test_id": "T1",
+                "patient_id": "PATIENT-SECRET",
+                "clinic_id": "C1",
+                "test_type": "blood",
+                "result": "RESULT-SECRET",
+            },
+            headers={"x-request-id": "req-1"},
+        )
+        found = wait_for(log, re.compile(r".* POST /tests .*"))
+    finally:
+        stop(process)
+    lines = log.read_text().splitlines()
+    requests = [REQUEST.match(line) for line in lines[1:]]
+    assert lines[-1].startswith("stopped serving on http://127.0.0.1:")
+    requests = requests[:-1]
+    assert all(requests), lines  # nothing but the sentence and the request lines
+    assert [(r["method"], r["path"], r["status"]) for r in requests if r] == [
+        ("GET", "/tests", "200"),
+        ("POST", "/tests", "200"),
+    ]
+    assert found.group(0).endswith("[req-1]")
+    text = log.read_text()
+    for secret in ("SECRET-CLINIC-Q", "PATIENT-SECRET", "RESULT-SECRET", "Started server"):
+        assert secret not in text
+
+
+def test_json_is_the_default_in_a_pipe_and_quiet_keeps_no_request_lines(tmp_path):
+    log = tmp_path / "serve.log"
+    process = start(log, "--db", str(tmp_path / "s.db"), "-q")
+    try:
+        line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
+        url = json.loads(line.string)["url"]
+        for _ in range(3):
+            assert httpx.get(f"{url}/tests", params={"clinic_id": "C"}).status_code == 200
+        assert httpx.get(f"{url}/api/ping").status_code == 200
+        time.sleep(0.3)
+    finally:
+        stop(process)
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events == ["serving"]  # no per-request line, no info at all
+
+
+def test_json_without_quiet_has_a_line_a_request(tmp_path):
+    log = tmp_path / "serve.log"
+    process = start(log, "--db", str(tmp_path / "s.db"), "--log-format", "json")
+    try:
+        line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
+        url = json.loads(line.string)["url"]
+        httpx.get(f"{url}/tests", params={"clinic_id": "C"})
+        wait_for(log, re.compile(r'^\{.*"event": "request"'))
+    finally:
+        stop(process)
+    requests = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if json.loads(line)["event"] == "request"
+    ]
+    assert [(r["method"], r["path"], r["status"]) for r in requests] == [("GET", "/tests", 200)]
+
+
+def test_on_a_terminal_the_default_is_the_sentence(tmp_path):
+    main, child = pty.openpty()
+    db = tmp_path / "s.db"
+    process = start(tmp_path / "unused.log", "--db", str(db), stderr=child)
+    os.close(child)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"Ctrl-C to stop" not in screen and time.monotonic() < deadline:
+            if select.select([main], [], [], 0.2)[0]:
+                screen += os.read(main, 4096)
+    finally:
+        stop(process)
+        os.close(main)
+    first = screen.decode().splitlines()[0]
+    assert SERVING.match(first), screen
+    assert SERVING.match(first)["db"] == str(db)
