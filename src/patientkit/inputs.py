@@ -346,7 +346,7 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             except json.JSONDecodeError as exc:
                 if eof:
                     bad_bytes = not clean and RAW_SURROGATE.search(buffer, pos, exc.pos + 1)
-                    reason = NOT_UTF8 if bad_bytes else f"invalid JSON: {exc.msg}"
+                    reason = NOT_UTF8 if bad_bytes else jsontext.not_json(exc)
                     return None, reason, -1
             except (ValueError, RecursionError) as exc:  # a number too long, too deep
                 reason, found = jsontext.failure(buffer, pos, exc)

@@ -499,3 +499,24 @@ def test_a_record_that_cannot_be_parsed_is_invalid_and_the_rest_is_stored(
         "invalid": 1,
     }
     assert total(E, "--db", str(db)) == 4
+
+
+def test_a_broken_string_is_named_whole_in_every_json_reader(tmp_path):
+    """The json module's messages that end "... at <offset>" are reasons that end
+    there, not mid-sentence, line by line (NDJSON) and element by element (an array)."""
+    good = json.dumps({"id": A, "count": 1, "timestamp": "2021-09-29T16:09:15+01:00"})
+    control = '{"id": "' + A + '\t", "count": 1, "timestamp": "2021-09-29T16:10:15+01:00"}'
+    ndjson = tmp_path / "r.ndjson"
+    ndjson.write_text(f"{good}\n{control}\n" + '{"id": "abc')  # no line end: unterminated
+    result = run_cli("readings", "replay", str(ndjson), "--db", str(tmp_path / "a.db"))
+    assert result.code == 1
+    assert result.err.splitlines()[:2] == [
+        f"warning: {ndjson}:2: invalid JSON: Invalid control character",
+        f"warning: {ndjson}:3: invalid JSON: Unterminated string",
+    ]
+    array = tmp_path / "r.json"
+    array.write_text(f"[{good},\n{control}]\n")
+    result = run_cli("readings", "replay", str(array), "--db", str(tmp_path / "b.db"))
+    assert result.code == 1
+    unread = "invalid JSON: Invalid control character; the rest of the array is unread"
+    assert result.err.splitlines()[0] == f"warning: {array}:2: {unread}"

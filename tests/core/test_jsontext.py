@@ -49,6 +49,11 @@ def reason(data):
         ("{", "invalid JSON: Expecting property name enclosed in double quotes"),
         ("1 2", "invalid JSON: Extra data"),
         ("", "invalid JSON: Expecting value"),
+        # the json module's message ends "at" (its offset follows): the reason is whole
+        ('{"id": "a\tb"}', "invalid JSON: Invalid control character"),
+        ('{"id": "a\u0001b"}'.encode(), "invalid JSON: Invalid control character"),
+        ('{"id": "abc', "invalid JSON: Unterminated string"),
+        ('{"id": "a\\qb"}', "invalid JSON: Invalid \\escape"),
     ],
 )
 def test_every_way_a_value_is_refused_has_its_true_reason(data, expected):
@@ -154,3 +159,13 @@ def test_dumped_values(value):
     text = json.dumps(value)  # escapes: "\ud800" becomes the six characters \ud800
     documented(text)
     documented(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet='{}[]":,\\ \t\x01abu0123456789.-e', max_size=30))
+def test_no_reason_ends_mid_sentence(text):
+    try:
+        jsontext.loads(text)
+    except BadJson as exc:
+        assert REASON.fullmatch(exc.reason), exc.reason
+        assert not exc.reason.endswith((" at", " starting")), exc.reason

@@ -7,7 +7,7 @@ A value is refused (`BadJson`, its `reason` one short line without the data) whe
 * its bytes are not valid UTF-8 (`NOT_UTF8`): never replaced by U+FFFD. Readers decode
   with `surrogateescape`, so an invalid byte shows up as a raw surrogate character in
   the text, and a value whose text holds one is refused the same way;
-* it is not JSON: `invalid JSON: <the json module's message>`;
+* it is not JSON: `invalid JSON: <the json module's message>` (see `not_json`);
 * a number literal has more digits than Python converts (`sys.get_int_max_str_digits()`,
   4300 by default): `<where>: number too large (N digits)`, e.g. `count: number too
   large (5000 digits)`;
@@ -96,6 +96,16 @@ def loads(data: bytes | str) -> Any:
     return value
 
 
+def not_json(exc: json.JSONDecodeError) -> str:
+    """The reason for a value the json module refused with `exc`: `invalid JSON: ` and its
+    message, without the position it ends with (`Unterminated string starting at`,
+    `Invalid control character at`, whose offset in a buffer means nothing to a reader
+    and which would otherwise end mid-sentence), so `invalid JSON: Unterminated string`,
+    `invalid JSON: Invalid control character`."""
+    message = exc.msg.removesuffix(" at").removesuffix(" starting")
+    return f"invalid JSON: {message}"
+
+
 def failure(text: str, start: int, exc: BaseException) -> tuple[str, int | None]:
     """Why the JSON module refused the value that starts at `start` of `text` with `exc`
     (a JSONDecodeError, the int digit limit's ValueError, a RecursionError), and where
@@ -103,7 +113,7 @@ def failure(text: str, start: int, exc: BaseException) -> tuple[str, int | None]
     too deep), so that a reader can go on after it; None when it is not JSON or its end is
     not in `text`."""
     if isinstance(exc, json.JSONDecodeError):
-        return f"invalid JSON: {exc.msg}", None
+        return not_json(exc), None
     if isinstance(exc, RecursionError):
         return TOO_DEEP, value_end(text, start)
     try:
