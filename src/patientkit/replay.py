@@ -50,7 +50,7 @@ CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
 _DIGITS = re.compile(r"[0-9]+")
 UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
-INTERRUPTED_CLOSE = 1.5  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
+INTERRUPTED_CLOSE = 1.0  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
 
 
 @dataclass
