@@ -18,8 +18,9 @@ DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
 app = typer.Typer(
     help="Replay device readings into the store or a readings API, and read a device's totals.",
     epilog="Examples:\n\n"
+    "  patientkit readings generate readings.ndjson\n\n"
     "  patientkit readings replay readings.ndjson --db readings.db --dead-letter bad.ndjson\n\n"
-    "  patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --db readings.db",
+    "  patientkit readings total d042a946-84bd-4bf2-bd00-3fc3a49785ea --db readings.db",
     no_args_is_help=True,
 )
 
@@ -189,7 +190,7 @@ def latest(
 
     Example:
 
-        patientkit readings latest 063c5957-8905-45f9-bfe3-960713788919 --db readings.db
+        patientkit readings latest d042a946-84bd-4bf2-bd00-3fc3a49785ea --db readings.db
     """
     _device_total(ctx, device_id, db, to, "timestamp", "latest_timestamp")
 
@@ -205,7 +206,7 @@ def total(
 
     Example:
 
-        patientkit readings total 063c5957-8905-45f9-bfe3-960713788919 --to http://127.0.0.1:8000
+        patientkit readings total d042a946-84bd-4bf2-bd00-3fc3a49785ea --to http://127.0.0.1:8000
     """
     _device_total(ctx, device_id, db, to, "cumulative_count", "cumulative_count")
 
