@@ -47,6 +47,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 JSON_SUFFIXES = (".json", ".ndjson", ".jsonl")
 BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() removes: a line of only these is blank
+# the array as a whole is broken (array_items' last item says so): nothing after is read
+NOT_AN_ARRAY = "invalid JSON: expected '[' to start an array"
+NOT_CLOSED = "invalid JSON: the array is not closed"
+DATA_AFTER = "invalid JSON: data after the array"
+NO_COMMA = "invalid JSON: expected ',' between elements"
+REST_UNREAD = "; the rest of the array is unread"
 
 
 class Item(NamedTuple):
@@ -136,6 +142,20 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     finally:
         if path != "-":
             stream.close()
+
+
+def breaks_array(reason: str | None) -> bool:
+    """Whether an item's reason from `array_items` says the array itself is broken (not
+    an array, not closed, no comma, data after it, an element after which nothing can be
+    read), rather than that one element cannot be taken."""
+    return reason is not None and (
+        reason in (NOT_AN_ARRAY, NOT_CLOSED, DATA_AFTER, NO_COMMA) or reason.endswith(REST_UNREAD)
+    )
+
+
+def ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
+    """The items of an NDJSON stream, one a non-blank line, each with its line number."""
+    return _ndjson_items(stream, source)
 
 
 def _ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
@@ -357,30 +377,30 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             more()
 
     if skip_space() != "[":
-        yield Item(source, line, None, "invalid JSON: expected '[' to start an array")
+        yield Item(source, line, None, NOT_AN_ARRAY)
         return
     pos += 1
     state = "first"  # first: a value or ']'; value: a value; next: ',' or ']'
     while True:
         char = skip_space()
         if char is None:
-            yield Item(source, line, None, "invalid JSON: the array is not closed")
+            yield Item(source, line, None, NOT_CLOSED)
             return
         if char == "]" and state != "value":
             pos += 1
             if skip_space() is not None:
-                yield Item(source, line, None, "invalid JSON: data after the array")
+                yield Item(source, line, None, DATA_AFTER)
             return
         if state == "next":
             if char != ",":
-                yield Item(source, line, None, "invalid JSON: expected ',' between elements")
+                yield Item(source, line, None, NO_COMMA)
                 return
             pos += 1
             state = "value"
             continue
         value, reason, end = element()
         if end < 0:
-            yield Item(source, line, None, f"{reason}; the rest of the array is unread")
+            yield Item(source, line, None, f"{reason}{REST_UNREAD}")
             return
         yield Item(source, line, value, reason)
         line += buffer.count("\n", pos, end)
