@@ -52,7 +52,7 @@ from patientkit.core.buffer import (
 )
 from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import record_problem
-from patientkit.errors import PatientkitError
+from patientkit.errors import PatientkitError, RemoteError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects
 from patientkit.writer import DATA_ERRORS, refusal
@@ -550,6 +550,7 @@ def http_target(
     report: Report,
     backoff: Backoff,
     batch: bool = True,
+    batch_size: int = HTTP_BATCH,
 ) -> HttpTarget | BulkTarget:
     """The target for an API: batches (BulkTarget) when `batch` and the server has POST
     /tests/batch, else one POST per record (HttpTarget)."""
@@ -559,13 +560,16 @@ def http_target(
 
     client = RecordsClient(server, connections=concurrency, backoff=backoff)
     try:
-        client.ping()
-        bulk = client.has_bulk(lambda attempt, reason, wait: None)
+        client.ping()  # nothing there: NoServer, exit 2
+        try:
+            bulk = client.has_bulk(lambda attempt, reason, wait: None)
+        except RemoteError:  # no final answer: batches (a 404 or 405 to one falls back)
+            bulk = True
     except BaseException:
         client.close()
         raise
     if bulk:
-        return BulkTarget(client, concurrency, tally, report)
+        return BulkTarget(client, concurrency, tally, report, batch_size)
     client.close()
     return HttpTarget(server, concurrency, tally, report, backoff)
 

@@ -66,6 +66,12 @@ def submit(
             "one POST per record anyway.",
         ),
     ] = True,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, max=10_000, hidden=True, help="Records per batch with --to (at most 10,000)."
+        ),
+    ] = 2000,
 ) -> None:
     """Validate test records and submit them to the store or a records API.
 
@@ -102,7 +108,7 @@ def submit(
             from patientkit.submit import http_target
 
             target: HttpTarget | BulkTarget | StoreTarget = http_target(
-                to, concurrency, tally, report, Backoff(attempts=attempts), batch
+                to, concurrency, tally, report, Backoff(attempts=attempts), batch, batch_size
             )
         else:
             target = StoreTarget(db, tally, report)
