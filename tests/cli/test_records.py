@@ -635,3 +635,39 @@ def test_a_record_that_cannot_be_parsed_is_invalid_nothing_of_it_stored(
         "L2" if "latin1rec" in name else "T2"
     ]
     assert "\ufffd" not in listed.out
+
+
+def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
+    """A generated file with invalid and repeated records: in batches (several in flight,
+    small ones so that there are many), against a server without bulk (the fallback),
+    and into the store, the same summary, the same rejects (but for request ids) and the
+    same records stored."""
+    source = tmp_path / "tests.ndjson"
+    made = run_cli(
+        "records", "generate", str(source), "--records", "3000", "--invalid", "0.05",
+        "--duplicates", "0.05", "--seed", "7",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    runs = {}
+    for name, serve_args, submit_args in [
+        ("batches", [], ["--concurrency", "3", "--batch-size", "250"]),
+        ("fallback", ["--no-bulk"], []),
+        ("store", None, None),
+    ]:
+        db, rejects = tmp_path / f"{name}.db", tmp_path / f"{name}-rejects.ndjson"
+        if serve_args is None:
+            where = ["--db", str(db)]
+        else:
+            where = ["--to", serve("--db", str(db), *serve_args).url, *submit_args]
+        result = run_cli("records", "submit", str(source), *where, "--rejects", str(rejects))
+        lines = [
+            {k: v for k, v in line.items() if k != "request_id"} for line in rejects_lines(rejects)
+        ]
+        problems = sorted(line for line in result.err.splitlines() if not line.startswith("error"))
+        runs[name] = (result.code, counts(result), sorted(map(json.dumps, lines)), problems)
+        runs[name] += (stored(db),)
+    assert runs["batches"] == runs["fallback"] == runs["store"]
+    code, summary, *_ = runs["batches"]
+    assert code == 1
+    assert summary["invalid"] > 0 and summary["duplicates"] > 0
+    assert summary["read"] == 3000
