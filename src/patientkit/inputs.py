@@ -122,6 +122,14 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     """Every record of an input, in order, each with its line. Raises UsageError for an
     input that cannot be opened, and ReadError when reading fails part way (a
     truncated or corrupt gzip stream, an I/O error): the items before it were yielded."""
+    for chunk in read_chunks(path, csv_fields):
+        yield from chunk
+
+
+def read_chunks(path: str, csv_fields: Sequence[str]) -> Iterator[list[Item]]:
+    """`read_items` in lists, as they are read: NDJSON a list per chunk of whole lines
+    that the stream had (so a reader of stdin still gets each line as it comes), CSV and
+    JSON arrays a list per record. For callers that handle many records at once."""
     source = "<stdin>" if path == "-" else path
     try:
         stream = open_input(path)
@@ -132,16 +140,20 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     try:
         kind = _format(path, stream)
         if kind == "csv":
-            yield from _utf8_rows(_csv_items(stream, source, csv_fields))
+            yield from map(_one, _utf8_rows(_csv_items(stream, source, csv_fields)))
         elif kind == "array":
-            yield from array_items(stream, source)
+            yield from map(_one, array_items(stream, source))
         else:
-            yield from _ndjson_items(stream, source)
+            yield from _ndjson_chunks(stream, source)
     except READ_ERRORS as exc:
         raise unreadable(source, exc) from exc
     finally:
         if path != "-":
             stream.close()
+
+
+def _one(item: Item) -> list[Item]:
+    return [item]
 
 
 def breaks_array(reason: str | None) -> bool:
@@ -159,6 +171,12 @@ def ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
 
 
 def _ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
+    for chunk in _ndjson_chunks(stream, source):
+        yield from chunk
+
+
+def _ndjson_chunks(stream: IO[bytes], source: str) -> Iterator[list[Item]]:
+    """The items of an NDJSON stream, a list per chunk of whole lines read."""
     read = getattr(stream, "read1", stream.read)  # read1: what the stream has, up to CHUNK
     number = 0  # lines before the chunk
     parts: list[bytes] = []  # a line not ended yet
@@ -178,7 +196,7 @@ def _ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             piece += b"\n"
         if number == 0:
             piece = piece.removeprefix(b"\xef\xbb\xbf")
-        yield from _ndjson_piece(piece, number, source, added_newline=not chunk)
+        yield list(_ndjson_piece(piece, number, source, added_newline=not chunk))
         number += piece.count(b"\n")
         if not chunk:
             return

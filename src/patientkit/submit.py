@@ -34,6 +34,7 @@ count as failed (they may have landed; the next run reports those as duplicates)
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 import uuid
@@ -51,9 +52,9 @@ from patientkit.core.buffer import (
     RetryPolicy,
 )
 from patientkit.core.storage import RECORD_FIELDS, Store
-from patientkit.core.validation import record_problem
+from patientkit.core.validation import all_records_valid, record_problem
 from patientkit.errors import PatientkitError, RemoteError
-from patientkit.inputs import Item, read_items
+from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
 from patientkit.writer import DATA_ERRORS, refusal
 
@@ -113,7 +114,10 @@ class Report:
 
 class Source:
     """The valid records of the inputs, in order; invalid ones are counted and reported
-    on the way. Not thread-safe: one thread at a time (HttpTarget holds its lock)."""
+    on the way. Not thread-safe: one thread at a time (HttpTarget holds its lock).
+
+    Read a record at a time (`next`) or a chunk at a time (`chunks`: the records one
+    read of the input gave, checked at once when all are valid), not both."""
 
     def __init__(
         self,
@@ -126,9 +130,27 @@ class Source:
         self.stopped = False
         self.error: PatientkitError | None = None  # an input that failed part way
         self._valid = self._read(paths)
+        self._ready: deque[Item] = deque()
 
     def next(self) -> Item | None:
         """The next valid record; None at the end, after stop(), or after an error."""
+        while not self._ready:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return None
+            self._ready.extend(chunk)
+        return None if self.stopped else self._ready.popleft()
+
+    def chunks(self) -> Iterator[list[Item]]:
+        """The valid records a chunk at a time, until the end, stop() or an error."""
+        while (chunk := self._next_chunk()) is not None:
+            yield chunk
+
+    def __iter__(self) -> Iterator[Item]:
+        while (item := self.next()) is not None:
+            yield item
+
+    def _next_chunk(self) -> list[Item] | None:
         if self.stopped:
             return None
         try:
@@ -138,27 +160,34 @@ class Source:
             self.stopped = True
             return None
 
-    def __iter__(self) -> Iterator[Item]:
-        while (item := self.next()) is not None:
-            yield item
-
     def stop(self) -> None:
         self.stopped = True
 
-    def _read(self, paths: list[str]) -> Iterator[Item]:
+    def _read(self, paths: list[str]) -> Iterator[list[Item]]:
         count = 0
         for path in paths:  # a read error part way is errors.ReadError: see next()
-            for item in read_items(path, RECORD_FIELDS):
-                count += 1
-                if count % PROGRESS_EVERY == 0:
+            for chunk in read_chunks(path, RECORD_FIELDS):
+                before, count = count, count + len(chunk)
+                if count // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     self.on_progress(count)
-                problem = item.error or record_problem(item.value)
-                if problem is None:
-                    yield item
-                else:
-                    self.tally.invalid += 1
-                    self.report(item, problem)
+                if not any(map(_error, chunk)) and all_records_valid(list(map(_value, chunk))):
+                    yield chunk
+                    continue
+                valid = []
+                for item in chunk:
+                    problem = item.error or record_problem(item.value)
+                    if problem is None:
+                        valid.append(item)
+                    else:
+                        self.tally.invalid += 1
+                        self.report(item, problem)
+                if valid:
+                    yield valid
         self.on_progress(count)
+
+
+_error = operator.itemgetter(3)  # an Item's error
+_value = operator.itemgetter(2)  # an Item's value
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -206,10 +235,10 @@ class StoreTarget:
 
     def run(self, source: Source) -> None:
         """Read in this thread; the buffer's flusher stores."""
-        track = self.buffer.track
+        track_many = self.buffer.track_many
         try:
-            for item in source:
-                track(item)
+            for chunk in source.chunks():
+                track_many(chunk)
         except BufferStopped as exc:  # the store failed for good: stop reading
             source.stop()
             self.error = exc
@@ -490,9 +519,15 @@ class BulkTarget:
         """Read in this thread; the buffers' flushers send."""
         buffers, count = self.buffers, len(self.buffers)
         try:
-            for item in source:
-                buffers[hash(item.value["test_id"]) % count].track(item)
-                self._tracked += 1
+            for chunk in source.chunks():
+                if count == 1:
+                    self._tracked += buffers[0].track_many(chunk)
+                    continue
+                parts: list[list[Item]] = [[] for _ in buffers]
+                for item in chunk:
+                    parts[hash(item.value["test_id"]) % count].append(item)
+                for buffer, part in zip(buffers, parts, strict=True):
+                    self._tracked += buffer.track_many(part)
         except BufferStopped as exc:  # a buffer failed for good: stop reading
             source.stop()
             self.error = exc

@@ -38,8 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import add
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -488,8 +487,18 @@ def _insert_records(
     so nobody else added any), and of records that share a test_id only the first can
     be the one created."""
     (before,) = db.execute("SELECT coalesce(max(rowid), 0) FROM test_records").fetchone()
-    rows = list(map(add, map(record_values, records), repeat((created_at,))))
-    new = _insert_rows(db, "test_records", RECORD_COLUMNS, rows, RECORDS_PER_STATEMENT)
+    # created_at is bound once a statement, as ?1, which every row repeats first: each row's
+    # five values go from the dicts into the parameters without a tuple made per row
+    width = len(RECORD_FIELDS)
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1
+    per_statement = min(RECORDS_PER_STATEMENT, limit // width)
+    head = f"INSERT OR IGNORE INTO test_records (created_at, {', '.join(RECORD_FIELDS)}) VALUES "
+    row = "(?1," + ",".join("?" * width) + ")"  # a bare ? after ?1 is ?2, then on
+    new = 0
+    for start in range(0, len(records), per_statement):
+        part = records[start : start + per_statement]
+        values = [created_at, *chain.from_iterable(map(record_values, part))]
+        new += db.execute(head + ",".join([row] * len(part)), values).rowcount
     if new == len(records):
         return [True] * new
     fresh = {
