@@ -47,6 +47,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 JSON_SUFFIXES = (".json", ".ndjson", ".jsonl")
 BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() removes: a line of only these is blank
+# the array as a whole is broken (array_items' last item says so): nothing after is read
+NOT_AN_ARRAY = "invalid JSON: expected '[' to start an array"
+NOT_CLOSED = "invalid JSON: the array is not closed"
+DATA_AFTER = "invalid JSON: data after the array"
+NO_COMMA = "invalid JSON: expected ',' between elements"
+REST_UNREAD = "; the rest of the array is unread"
 
 
 class Item(NamedTuple):
@@ -116,6 +122,14 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     """Every record of an input, in order, each with its line. Raises UsageError for an
     input that cannot be opened, and ReadError when reading fails part way (a
     truncated or corrupt gzip stream, an I/O error): the items before it were yielded."""
+    for chunk in read_chunks(path, csv_fields):
+        yield from chunk
+
+
+def read_chunks(path: str, csv_fields: Sequence[str]) -> Iterator[list[Item]]:
+    """`read_items` in lists, as they are read: NDJSON a list per chunk of whole lines
+    that the stream had (so a reader of stdin still gets each line as it comes), CSV and
+    JSON arrays a list per record. For callers that handle many records at once."""
     source = "<stdin>" if path == "-" else path
     try:
         stream = open_input(path)
@@ -126,11 +140,11 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
     try:
         kind = _format(path, stream)
         if kind == "csv":
-            yield from _utf8_rows(_csv_items(stream, source, csv_fields))
+            yield from map(_one, _utf8_rows(_csv_items(stream, source, csv_fields)))
         elif kind == "array":
-            yield from array_items(stream, source)
+            yield from map(_one, array_items(stream, source))
         else:
-            yield from _ndjson_items(stream, source)
+            yield from _ndjson_chunks(stream, source)
     except READ_ERRORS as exc:
         raise unreadable(source, exc) from exc
     finally:
@@ -138,7 +152,31 @@ def read_items(path: str, csv_fields: Sequence[str]) -> Iterator[Item]:
             stream.close()
 
 
+def _one(item: Item) -> list[Item]:
+    return [item]
+
+
+def breaks_array(reason: str | None) -> bool:
+    """Whether an item's reason from `array_items` says the array itself is broken (not
+    an array, not closed, no comma, data after it, an element after which nothing can be
+    read), rather than that one element cannot be taken."""
+    return reason is not None and (
+        reason in (NOT_AN_ARRAY, NOT_CLOSED, DATA_AFTER, NO_COMMA) or reason.endswith(REST_UNREAD)
+    )
+
+
+def ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
+    """The items of an NDJSON stream, one a non-blank line, each with its line number."""
+    return _ndjson_items(stream, source)
+
+
 def _ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
+    for chunk in _ndjson_chunks(stream, source):
+        yield from chunk
+
+
+def _ndjson_chunks(stream: IO[bytes], source: str) -> Iterator[list[Item]]:
+    """The items of an NDJSON stream, a list per chunk of whole lines read."""
     read = getattr(stream, "read1", stream.read)  # read1: what the stream has, up to CHUNK
     number = 0  # lines before the chunk
     parts: list[bytes] = []  # a line not ended yet
@@ -158,7 +196,7 @@ def _ndjson_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             piece += b"\n"
         if number == 0:
             piece = piece.removeprefix(b"\xef\xbb\xbf")
-        yield from _ndjson_piece(piece, number, source, added_newline=not chunk)
+        yield list(_ndjson_piece(piece, number, source, added_newline=not chunk))
         number += piece.count(b"\n")
         if not chunk:
             return
@@ -357,30 +395,30 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
             more()
 
     if skip_space() != "[":
-        yield Item(source, line, None, "invalid JSON: expected '[' to start an array")
+        yield Item(source, line, None, NOT_AN_ARRAY)
         return
     pos += 1
     state = "first"  # first: a value or ']'; value: a value; next: ',' or ']'
     while True:
         char = skip_space()
         if char is None:
-            yield Item(source, line, None, "invalid JSON: the array is not closed")
+            yield Item(source, line, None, NOT_CLOSED)
             return
         if char == "]" and state != "value":
             pos += 1
             if skip_space() is not None:
-                yield Item(source, line, None, "invalid JSON: data after the array")
+                yield Item(source, line, None, DATA_AFTER)
             return
         if state == "next":
             if char != ",":
-                yield Item(source, line, None, "invalid JSON: expected ',' between elements")
+                yield Item(source, line, None, NO_COMMA)
                 return
             pos += 1
             state = "value"
             continue
         value, reason, end = element()
         if end < 0:
-            yield Item(source, line, None, f"{reason}; the rest of the array is unread")
+            yield Item(source, line, None, f"{reason}{REST_UNREAD}")
             return
         yield Item(source, line, value, reason)
         line += buffer.count("\n", pos, end)

@@ -9,7 +9,15 @@ Every record read ends in exactly one of created, duplicate, invalid, rejected o
   already stored, or earlier in the input: the first one wins); a record the store can
   never take (a value it cannot bind or hold) is isolated by the buffer (`PoisonError`:
   the batch is bisected) and rejected with the store's reason, the rest are stored;
-* to an API (`HttpTarget`): N worker threads, each with one request in flight on its own
+* to an API in batches (`BulkTarget`, the default when the server has POST /tests/batch):
+  `--concurrency` delivery buffers, each with one batch in flight on its own connection;
+  a record goes to the buffer its test_id falls in, so two records with one test_id are
+  never in flight at once and the first in the input is the one created. Each batch has
+  its own `X-Request-ID`, kept across its retries: the server keeps the batch's answer,
+  so a retry after a lost answer gets the original verdicts. Every record's verdict is
+  the one a single POST would have given it;
+* to an API one POST per record (`HttpTarget`: `--no-batch`, or a server that answers
+  404 or 405 on /tests/batch): N worker threads, each with one request in flight on its own
   keep-alive connection, each record its own `X-Request-ID`, kept across its retries, so
   a lost answer is retried without turning a creation into a duplicate. 2xx is created,
   409 a duplicate, 408/425/429/5xx and transport errors are retried with backoff, then
@@ -26,6 +34,7 @@ count as failed (they may have landed; the next run reports those as duplicates)
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 import uuid
@@ -35,11 +44,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from patientkit.core.buffer import BatchBuffer, BufferStopped, PoisonError, RetryPolicy
+from patientkit.core.buffer import (
+    BatchBuffer,
+    BufferStopped,
+    PayloadTooLarge,
+    PoisonError,
+    RetryPolicy,
+)
 from patientkit.core.storage import RECORD_FIELDS, Store
-from patientkit.core.validation import record_problem
-from patientkit.errors import PatientkitError
-from patientkit.inputs import Item, read_items
+from patientkit.core.validation import all_records_valid, record_problem
+from patientkit.errors import PatientkitError, RemoteError
+from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
 from patientkit.writer import DATA_ERRORS, refusal
 
@@ -48,6 +63,7 @@ if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.records import Outcome
 
 STORE_BATCH = 5000  # records per store transaction
+HTTP_BATCH = 2000  # records per POST /tests/batch (the server takes up to 10,000)
 PARKED_PER_WORKER = 4  # same-test_id records waiting behind one in flight (bounded memory)
 PROGRESS_EVERY = 1000
 
@@ -98,7 +114,10 @@ class Report:
 
 class Source:
     """The valid records of the inputs, in order; invalid ones are counted and reported
-    on the way. Not thread-safe: one thread at a time (HttpTarget holds its lock)."""
+    on the way. Not thread-safe: one thread at a time (HttpTarget holds its lock).
+
+    Read a record at a time (`next`) or a chunk at a time (`chunks`: the records one
+    read of the input gave, checked at once when all are valid), not both."""
 
     def __init__(
         self,
@@ -111,9 +130,27 @@ class Source:
         self.stopped = False
         self.error: PatientkitError | None = None  # an input that failed part way
         self._valid = self._read(paths)
+        self._ready: deque[Item] = deque()
 
     def next(self) -> Item | None:
         """The next valid record; None at the end, after stop(), or after an error."""
+        while not self._ready:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return None
+            self._ready.extend(chunk)
+        return None if self.stopped else self._ready.popleft()
+
+    def chunks(self) -> Iterator[list[Item]]:
+        """The valid records a chunk at a time, until the end, stop() or an error."""
+        while (chunk := self._next_chunk()) is not None:
+            yield chunk
+
+    def __iter__(self) -> Iterator[Item]:
+        while (item := self.next()) is not None:
+            yield item
+
+    def _next_chunk(self) -> list[Item] | None:
         if self.stopped:
             return None
         try:
@@ -123,27 +160,34 @@ class Source:
             self.stopped = True
             return None
 
-    def __iter__(self) -> Iterator[Item]:
-        while (item := self.next()) is not None:
-            yield item
-
     def stop(self) -> None:
         self.stopped = True
 
-    def _read(self, paths: list[str]) -> Iterator[Item]:
+    def _read(self, paths: list[str]) -> Iterator[list[Item]]:
         count = 0
         for path in paths:  # a read error part way is errors.ReadError: see next()
-            for item in read_items(path, RECORD_FIELDS):
-                count += 1
-                if count % PROGRESS_EVERY == 0:
+            for chunk in read_chunks(path, RECORD_FIELDS):
+                before, count = count, count + len(chunk)
+                if count // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     self.on_progress(count)
-                problem = item.error or record_problem(item.value)
-                if problem is None:
-                    yield item
-                else:
-                    self.tally.invalid += 1
-                    self.report(item, problem)
+                if not any(map(_error, chunk)) and all_records_valid(list(map(_value, chunk))):
+                    yield chunk
+                    continue
+                valid = []
+                for item in chunk:
+                    problem = item.error or record_problem(item.value)
+                    if problem is None:
+                        valid.append(item)
+                    else:
+                        self.tally.invalid += 1
+                        self.report(item, problem)
+                if valid:
+                    yield valid
         self.on_progress(count)
+
+
+_error = operator.itemgetter(3)  # an Item's error
+_value = operator.itemgetter(2)  # an Item's value
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -191,10 +235,10 @@ class StoreTarget:
 
     def run(self, source: Source) -> None:
         """Read in this thread; the buffer's flusher stores."""
-        track = self.buffer.track
+        track_many = self.buffer.track_many
         try:
-            for item in source:
-                track(item)
+            for chunk in source.chunks():
+                track_many(chunk)
         except BufferStopped as exc:  # the store failed for good: stop reading
             source.stop()
             self.error = exc
@@ -342,15 +386,7 @@ class HttpTarget:
             item = following if following is not None else self._pull(me)
 
     def _count(self, outcome: Outcome) -> None:
-        # Lock held.
-        if outcome.kind == self.api.CREATED:
-            self.tally.created += 1
-        elif outcome.kind == self.api.DUPLICATE:
-            self.tally.duplicates += 1
-        elif outcome.kind == self.api.REJECTED:
-            self.tally.rejected += 1
-        else:
-            self.tally.failed += 1
+        _count(self.tally, self.api, outcome)  # lock held
 
     def _retried(self, attempt: int, reason: str, wait: float) -> None:
         with self._lock:
@@ -384,10 +420,193 @@ class HttpTarget:
         return len(lost)
 
 
+# --- an API, in batches ---------------------------------------------------------------------
+
+
+class BulkTarget:
+    """`concurrency` delivery buffers, each flushing batches of records to POST
+    /tests/batch from its own thread on its own keep-alive connection: `concurrency`
+    batches in flight. The reading thread hands each record to the buffer of its test_id
+    (the same buffer for the same test_id: a buffer settles one batch before the next,
+    and the server takes a batch in order, so the first record of a test_id is the one
+    created, as with one POST per record).
+
+    The sink settles every record itself (the buffer only batches, bounds memory and
+    keeps order): created, duplicate, rejected with the server's message, or failed
+    after `--attempts` tries of its batch, all as the single POST's outcomes. A 413 is
+    handed to the buffer, which sends the halves; a 404 or 405 (bulk gone, say behind a
+    load balancer) sends that batch's records one POST each."""
+
+    def __init__(
+        self,
+        client: Any,
+        concurrency: int,
+        tally: Tally,
+        report: Report,
+        batch: int = HTTP_BATCH,
+    ) -> None:
+        from patientkit.client import records as api
+
+        self.api, self.client = api, client
+        self.tally, self.report = tally, report
+        self.error: PatientkitError | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._bulk = True
+        self._settled = 0
+        self._tracked = 0
+        self.buffers: list[BatchBuffer[Item]] = [
+            BatchBuffer(
+                self._sink,
+                max_batch=batch,
+                flush_interval=0.2,
+                max_pending=batch * 2,
+                retry_policy=RetryPolicy(initial=0.05, maximum=5.0),
+                failure_limit=10,
+                dead_letter=self._refused,
+            )
+            for _ in range(concurrency)
+        ]
+
+    def _sink(self, batch: list[Item]) -> None:
+        records = [{name: item.value[name] for name in RECORD_FIELDS} for item in batch]
+        request_id = str(uuid.uuid4())
+        ids = [request_id] * len(batch)
+        try:
+            if not self._bulk:
+                raise self.api.NoBulk
+            outcomes = self.client.submit_batch(records, request_id, self._retried(len(batch)))
+        except self.api.BatchTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from exc
+        except self.api.NoBulk:
+            self._bulk = False
+            ids = [str(uuid.uuid4()) for _ in batch]
+            outcomes = [
+                self.client.submit(record, one, self._retried(1))
+                for record, one in zip(records, ids, strict=True)
+            ]
+        except Exception as exc:  # a bug or a surprise must not hang the job
+            reason = f"failed: {type(exc).__name__}: {exc}"
+            outcomes = [self.api.Outcome(self.api.FAILED, reason)] * len(batch)
+        with self._lock:
+            if self._abandoned:
+                return  # counted as failed by abandon()
+            for outcome in outcomes:
+                _count(self.tally, self.api, outcome)
+            self._settled += len(batch)
+        for item, outcome, one in zip(batch, outcomes, ids, strict=True):
+            if outcome.reason:
+                self.report(item, outcome.reason, request_id=one)
+
+    def _retried(self, records: int) -> Callable[[int, str, float], None]:
+        def retried(attempt: int, reason: str, wait: float) -> None:
+            with self._lock:
+                self.tally.retries += records
+
+        return retried
+
+    def _refused(self, item: Item, reason: str) -> None:
+        """The buffer's dead letter: one record the server refused as too large alone
+        (the sink settles everything else itself)."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self.tally.rejected += 1
+            self._settled += 1
+        self.report(item, f"rejected by the server (413): {reason}")
+
+    def run(self, source: Source) -> None:
+        """Read in this thread; the buffers' flushers send."""
+        buffers, count = self.buffers, len(self.buffers)
+        try:
+            for chunk in source.chunks():
+                if count == 1:
+                    self._tracked += buffers[0].track_many(chunk)
+                    continue
+                parts: list[list[Item]] = [[] for _ in buffers]
+                for item in chunk:
+                    parts[hash(item.value["test_id"]) % count].append(item)
+                for buffer, part in zip(buffers, parts, strict=True):
+                    self._tracked += buffer.track_many(part)
+        except BufferStopped as exc:  # a buffer failed for good: stop reading
+            source.stop()
+            self.error = exc
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._tracked - self._settled
+
+    def finish(self) -> None:
+        """Deliver everything tracked; what cannot be delivered fails, into the rejects."""
+        left: list[tuple[Item, str]] = []
+        for buffer in self.buffers:
+            try:
+                left += [(item, "not delivered") for item in buffer.close()]
+            except BufferStopped as exc:
+                left += [(item, exc.reason) for item in buffer.drain_pending()]
+        for item, reason in left:
+            self.tally.failed += 1
+            self.report(item, f"failed: {reason}")
+        self.client.close()
+
+    def abandon(self) -> int:
+        """A second Ctrl-C while closing: the records not settled fail (they may have
+        landed; a rerun reports those as duplicates)."""
+        self.client.stop.set()
+        with self._lock:
+            self._abandoned = True
+            unconfirmed = self._tracked - self._settled
+            self.tally.failed += unconfirmed
+        return unconfirmed
+
+
+def _count(tally: Tally, api: Any, outcome: Outcome) -> None:
+    """Count one record's outcome (the caller holds the lock guarding `tally`)."""
+    if outcome.kind == api.CREATED:
+        tally.created += 1
+    elif outcome.kind == api.DUPLICATE:
+        tally.duplicates += 1
+    elif outcome.kind == api.REJECTED:
+        tally.rejected += 1
+    else:
+        tally.failed += 1
+
+
 # --- the job -------------------------------------------------------------------------------
 
 
-Target = StoreTarget | HttpTarget
+Target = StoreTarget | HttpTarget | BulkTarget
+
+
+def http_target(
+    server: str,
+    concurrency: int,
+    tally: Tally,
+    report: Report,
+    backoff: Backoff,
+    batch: bool = True,
+    batch_size: int = HTTP_BATCH,
+) -> HttpTarget | BulkTarget:
+    """The target for an API: batches (BulkTarget) when `batch` and the server has POST
+    /tests/batch, else one POST per record (HttpTarget)."""
+    if not batch:
+        return HttpTarget(server, concurrency, tally, report, backoff)
+    from patientkit.client.records import RecordsClient
+
+    client = RecordsClient(server, connections=concurrency, backoff=backoff)
+    try:
+        client.ping()  # nothing there: NoServer, exit 2
+        try:
+            bulk = client.has_bulk(lambda attempt, reason, wait: None)
+        except RemoteError:  # no final answer: batches (a 404 or 405 to one falls back)
+            bulk = True
+    except BaseException:
+        client.close()
+        raise
+    if bulk:
+        return BulkTarget(client, concurrency, tally, report, batch_size)
+    client.close()
+    return HttpTarget(server, concurrency, tally, report, backoff)
 
 
 def submit(

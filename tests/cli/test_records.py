@@ -152,29 +152,40 @@ def test_mixed_file_into_the_store(tmp_path):
     assert stored(db) == MIXED_STORED
 
 
-def test_mixed_file_to_the_api(serve, tmp_path):
+@pytest.mark.parametrize("mode", ["batches", "--no-batch", "server without bulk"])
+def test_mixed_file_to_the_api(serve, tmp_path, mode):
+    """The same verdicts, rejects, stderr and store in batches (the default), one POST per
+    record (--no-batch), and against a server without POST /tests/batch (fallback)."""
     db = tmp_path / "api.db"
-    server = serve("--db", str(db))
+    server = serve("--db", str(db), *(["--no-bulk"] if mode == "server without bulk" else []))
+    args = ["--no-batch"] if mode == "--no-batch" else []
     (tmp_path / "prior.ndjson").write_text(ndjson(PRIOR))
-    assert (
-        run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--to", server.url).code == 0
-    )
+    prior = run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--to", server.url, *args)
+    assert prior.code == 0
     source = tmp_path / "mixed.ndjson"
     source.write_text("\n".join(MIXED_LINES) + "\n")
     rejects = tmp_path / "rejects.ndjson"
     result = run_cli(
-        "records", "submit", str(source), "--to", server.url, "--rejects", str(rejects)
+        "records", "submit", str(source), "--to", server.url, "--rejects", str(rejects), *args
     )
     check_mixed(result, rejects, str(source))
     assert stored(db) == MIXED_STORED
-    posts = [
-        line for line in server.log_lines() if line.get("path") == "/tests" and "status" in line
-    ]
+    requests = [line for line in server.log_lines() if line["event"] == "request"]
+    posts = [line for line in requests if line["path"] == "/tests" and line["method"] == "POST"]
+    batches = [line for line in requests if line["path"] == "/tests/batch"]
+    if mode == "batches":
+        assert posts == []
+        # the probe of each run (an empty batch, no id of ours), then the two files' batches
+        assert [line["status"] for line in batches] == [200] * len(batches)
+        assert len(batches) >= 4
+        return
     assert (
         sorted(line["status"] for line in posts if line["event"] == "request")
         == [200] * 6 + [409] * 3
     )
     assert all(str(uuid.UUID(line["request_id"])) == line["request_id"] for line in posts)
+    expected = [404, 404] if mode == "server without bulk" else []  # each run's probe
+    assert [line["status"] for line in batches] == expected
 
 
 def test_csv_json_array_gzip_and_stdin_give_the_same_records(tmp_path):
@@ -337,7 +348,11 @@ def chaos_inputs(tmp_path):
     return tmp_path / "prior.ndjson", tmp_path / "main.ndjson"
 
 
-def test_chaos_ends_like_a_clean_run(serve, tmp_path):
+@pytest.mark.parametrize("mode", ["batches", "--no-batch"])
+def test_chaos_ends_like_a_clean_run(serve, tmp_path, mode):
+    """Through `serve --chaos 0.3` the verdicts and the store are exactly those of a clean
+    run: an answer lost after the work was done is asked again with the same request id
+    and the original answer comes back (a batch's whole answer, or a record's)."""
     prior, main = chaos_inputs(tmp_path)
     clean_db = tmp_path / "clean.db"
     assert run_cli("records", "submit", str(prior), "--db", str(clean_db)).code == 0
@@ -345,7 +360,8 @@ def test_chaos_ends_like_a_clean_run(serve, tmp_path):
 
     chaos_db = tmp_path / "chaos.db"
     server = serve("--db", str(chaos_db), "--chaos", "0.3", "--chaos-seed", "11")
-    args = ("--to", server.url, "--attempts", "30")
+    args = ["--to", server.url, "--attempts", "30"]
+    args += ["--batch-size", "5"] if mode == "batches" else ["--no-batch"]
     assert run_cli("records", "submit", str(prior), *args).code == 0
     chaotic = run_cli("records", "submit", str(main), *args)
 
@@ -353,8 +369,15 @@ def test_chaos_ends_like_a_clean_run(serve, tmp_path):
     assert chaotic.code == clean.code == 1  # the one invalid record
     assert chaotic.json()["retries"] > 0
     assert stored(chaos_db) == stored(clean_db)
-    cut = [line for line in server.log_lines() if line.get("chaos") == "cut"]
-    assert any(line["path"] == "/tests" for line in cut)  # answers were lost, and retried
+    lines = server.log_lines()
+    path = "/tests/batch" if mode == "batches" else "/tests"
+    cut = {
+        line["request_id"] for line in lines if line.get("chaos") == "cut" and line["path"] == path
+    }
+    assert cut  # answers were lost, and retried
+    if mode == "batches":  # a lost batch's retry got the original answer
+        repeated = {line["request_id"] for line in lines if line["event"] == "batch repeated"}
+        assert cut & repeated
 
 
 # --- many writers --------------------------------------------------------------------------
@@ -612,3 +635,39 @@ def test_a_record_that_cannot_be_parsed_is_invalid_nothing_of_it_stored(
         "L2" if "latin1rec" in name else "T2"
     ]
     assert "\ufffd" not in listed.out
+
+
+def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
+    """A generated file with invalid and repeated records: in batches (several in flight,
+    small ones so that there are many), against a server without bulk (the fallback),
+    and into the store, the same summary, the same rejects (but for request ids) and the
+    same records stored."""
+    source = tmp_path / "tests.ndjson"
+    made = run_cli(
+        "records", "generate", str(source), "--records", "3000", "--invalid", "0.05",
+        "--duplicates", "0.05", "--seed", "7",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    runs = {}
+    for name, serve_args, submit_args in [
+        ("batches", [], ["--concurrency", "3", "--batch-size", "250"]),
+        ("fallback", ["--no-bulk"], []),
+        ("store", None, None),
+    ]:
+        db, rejects = tmp_path / f"{name}.db", tmp_path / f"{name}-rejects.ndjson"
+        if serve_args is None:
+            where = ["--db", str(db)]
+        else:
+            where = ["--to", serve("--db", str(db), *serve_args).url, *submit_args]
+        result = run_cli("records", "submit", str(source), *where, "--rejects", str(rejects))
+        lines = [
+            {k: v for k, v in line.items() if k != "request_id"} for line in rejects_lines(rejects)
+        ]
+        problems = sorted(line for line in result.err.splitlines() if not line.startswith("error"))
+        runs[name] = (result.code, counts(result), sorted(map(json.dumps, lines)), problems)
+        runs[name] += (stored(db),)
+    assert runs["batches"] == runs["fallback"] == runs["store"]
+    code, summary, *_ = runs["batches"]
+    assert code == 1
+    assert summary["invalid"] > 0 and summary["duplicates"] > 0
+    assert summary["read"] == 3000

@@ -54,12 +54,30 @@ def submit(
         bool, typer.Option("--strict", help="Duplicates are an error too (exit 1).")
     ] = False,
     attempts: Annotated[
-        int, typer.Option(min=1, help="Attempts per record before it fails, with --to.")
+        int,
+        typer.Option(min=1, help="Attempts per record (or batch) before it fails, with --to."),
     ] = 8,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch/--no-batch",
+            help="With --to: send records in batches (POST /tests/batch, --concurrency "
+            "batches in flight), or one POST per record. A server without batches is sent "
+            "one POST per record anyway.",
+        ),
+    ] = True,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, max=10_000, hidden=True, help="Records per batch with --to (at most 10,000)."
+        ),
+    ] = 2000,
 ) -> None:
     """Validate test records and submit them to the store or a records API.
 
-    Records go to the store (default) or an API (--to); then a JSON summary is printed:
+    Records go to the store (default) or an API (--to: in batches of up to 2,000 records,
+    or one POST per record with --no-batch or when the server has no batches, with the
+    same verdicts either way); then a JSON summary is printed:
     read, created, duplicates, invalid, rejected, failed, retries, seconds, and one line
     for people on stderr. Each invalid or rejected record is one `file:line: reason` line on
     stderr and one line in --rejects. Exit 0 if nothing was invalid, rejected or failed
@@ -74,7 +92,7 @@ def submit(
     """
     from patientkit.inputs import check_paths
     from patientkit.rejects import Rejects
-    from patientkit.submit import HttpTarget, Report, Source, StoreTarget, Tally
+    from patientkit.submit import BulkTarget, HttpTarget, Report, Source, StoreTarget, Tally
     from patientkit.submit import submit as run
 
     _db_or_to(ctx, to)
@@ -87,9 +105,10 @@ def submit(
         report = Report(rejects_file, _problem)
         if to is not None:
             from patientkit.client.http import Backoff
+            from patientkit.submit import http_target
 
-            target: HttpTarget | StoreTarget = HttpTarget(
-                to, concurrency, tally, report, Backoff(attempts=attempts)
+            target: HttpTarget | BulkTarget | StoreTarget = http_target(
+                to, concurrency, tally, report, Backoff(attempts=attempts), batch, batch_size
             )
         else:
             target = StoreTarget(db, tally, report)

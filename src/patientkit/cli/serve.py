@@ -47,6 +47,14 @@ def serve(
     max_body: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes; larger is answered 413.")
     ] = 16 << 20,
+    bulk: Annotated[
+        bool,
+        typer.Option(
+            "--bulk/--no-bulk",
+            hidden=True,
+            help="Serve POST /tests/batch (--no-bulk: 404 there, like the original server).",
+        ),
+    ] = True,
     log_format: Annotated[
         LogFormat | None,
         typer.Option(
@@ -80,7 +88,7 @@ def serve(
     if chaos:
         logging.getLogger("uvicorn.error").addFilter(QuietCuts())
     sock = _bind(host, port)
-    app = build_app(db, exports, chaos=chaos, chaos_seed=chaos_seed, max_body=max_body)
+    app = build_app(db, exports, chaos=chaos, chaos_seed=chaos_seed, max_body=max_body, bulk=bulk)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
     url = f"http://{host}:{sock.getsockname()[1]}"
     where = str(exports) if exports else None

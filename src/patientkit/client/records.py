@@ -1,9 +1,16 @@
-"""Client of the test records API: submit one record with safe retries, list a clinic.
+"""Client of the test records API: submit records with safe retries, list a clinic.
 
 `submit(record, request_id)` sends one POST /tests and retries it, with the same
 `X-Request-ID`, on transport errors and 408/425/429/5xx. The server remembers the answer it
 gave to each (request id, test_id), so a retry after a lost answer gets that answer again:
 created stays created, and only a record that was already stored counts as a duplicate.
+
+`submit_batch(records, request_id)` does the same for many records in one POST
+/tests/batch (NDJSON): the server keeps a batch's whole answer with its request id, so a
+retried batch gets its original verdicts. Each record's `Outcome` is the one a single
+POST would have given it. A server without bulk answers 404 or 405 there: `has_bulk()`
+asks once (an empty batch), and `submit_batch` raises `NoBulk`; 413 raises
+`BatchTooLarge` (the caller sends halves).
 
 The POSTs go straight to an httpx transport with only the headers the API needs, skipping
 what `Client.post` runs per request (the cookie jar, auth and redirect machinery) and the
@@ -46,6 +53,16 @@ MAX_MESSAGE = 300  # characters of a server's answer quoted in a reason
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 OnRetry = Callable[[int, str, float], None]
+NDJSON = "application/x-ndjson"
+NO_BULK = frozenset({404, 405})  # what a server without POST /tests/batch answers there
+
+
+class NoBulk(Exception):
+    """The server has no POST /tests/batch (it answered 404 or 405)."""
+
+
+class BatchTooLarge(Exception):
+    """The server refused a batch as too large (413); the message is its answer's."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,10 @@ class Outcome:
 
     kind: str
     reason: str = ""
+
+
+CREATED_OUTCOME = Outcome(CREATED)
+DUPLICATE_OUTCOME = Outcome(DUPLICATE)
 
 
 class RecordsClient:
@@ -70,6 +91,7 @@ class RecordsClient:
         self._transports_lock = threading.Lock()
         self.stop = threading.Event()  # set: no more retries (the caller gives up)
         self._url = self.http.base_url.join("tests")
+        self._batch_url = self.http.base_url.join("tests/batch")
         self._headers = {
             name: value
             for name, value in self.http.headers.items()
@@ -115,12 +137,17 @@ class RecordsClient:
         except httpx.TransportError as exc:
             raise RemoteError(f"cannot reach {self.server}: {describe(exc)}") from None
 
-    def _post_to_transport(self, body: bytes, request_id: str) -> httpx.Response:
+    def _post_to_transport(
+        self, body: bytes, request_id: str, batch: bool = False
+    ) -> httpx.Response:
+        headers = {**self._headers, "x-request-id": request_id}
+        if batch:
+            headers["content-type"] = NDJSON
         request = httpx.Request(
             "POST",
-            self._url,
+            self._batch_url if batch else self._url,
             content=body,
-            headers={**self._headers, "x-request-id": request_id},
+            headers=headers,
             extensions=self._timeout,
         )
         response = self._transport().handle_request(request)
@@ -130,9 +157,72 @@ class RecordsClient:
             response.close()
         return response
 
-    def _post_through_client(self, body: bytes, request_id: str) -> httpx.Response:
-        headers = {"content-type": "application/json", "x-request-id": request_id}
-        return self.http.post("/tests", content=body, headers=headers)
+    def _post_through_client(
+        self, body: bytes, request_id: str, batch: bool = False
+    ) -> httpx.Response:
+        kind = NDJSON if batch else "application/json"
+        headers = {"content-type": kind, "x-request-id": request_id}
+        return self.http.post("/tests/batch" if batch else "/tests", content=body, headers=headers)
+
+    def has_bulk(self, on_retry: OnRetry) -> bool:
+        """Whether the server takes POST /tests/batch: an empty batch (it stores nothing)
+        answered 404 or 405 says no; any other final answer says yes (a refusal such as
+        401 then comes back for each batch, as it would for each record). Retried like a
+        record; RemoteError if the server never answers."""
+
+        def attempt() -> bool:
+            response = self.http.post(
+                "/tests/batch", content=b"[]", headers={"content-type": "application/json"}
+            )
+            if is_retryable_status(response.status_code):
+                raise Retryable(f"status {response.status_code}", retry_after(response))
+            return response.status_code not in NO_BULK
+
+        try:
+            return with_retries(attempt, self.backoff, on_retry, self._sleep)
+        except _GaveUp:
+            raise RemoteError(f"{self.server}: interrupted while waiting to retry") from None
+        except Retryable as exc:
+            raise RemoteError(f"{self.server}/tests/batch: {exc.reason}") from None
+
+    def submit_batch(
+        self, records: list[dict[str, Any]], request_id: str, on_retry: OnRetry
+    ) -> list[Outcome]:
+        """Each record's outcome, in order, from one POST /tests/batch retried with the
+        same request id on transport errors and 408/425/429/5xx (after the last attempt
+        every record has failed). Raises NoBulk on 404/405, BatchTooLarge on 413 (with
+        more than one record; one record alone is rejected with the server's message, as
+        a single POST would be)."""
+        body = "".join(
+            [
+                json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+                for record in records
+            ]
+        ).encode()
+        count = len(records)
+
+        def attempt() -> list[Outcome]:
+            response = self._post(body, request_id, True)
+            status = response.status_code
+            if 200 <= status < 300:
+                return _verdicts(response, count)
+            if status in NO_BULK:
+                raise NoBulk(f"status {status}")
+            if status == 413 and count > 1:
+                raise BatchTooLarge(_message(response))
+            if is_retryable_status(status):
+                raise Retryable(f"status {status}", retry_after(response))
+            reason = f"rejected by the server ({status}): {_message(response)}"
+            return [Outcome(REJECTED, reason)] * count
+
+        try:
+            return with_retries(attempt, self.backoff, on_retry, self._sleep)
+        except _GaveUp:
+            return [Outcome(FAILED, "failed: interrupted while waiting to retry")] * count
+        except Retryable as exc:
+            reason = exc.reason.removesuffix(f" (after {self.backoff.attempts} attempts)")
+            failed = f"failed after {self.backoff.attempts} attempts: {reason}"
+            return [Outcome(FAILED, failed)] * count
 
     def submit(self, record: dict[str, Any], request_id: str, on_retry: OnRetry) -> Outcome:
         body = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
@@ -203,6 +293,32 @@ class RecordsClient:
                 wait = self.backoff.delay(failures, getattr(exc, "retry_after", None))
                 on_retry(failures, reason, wait)
                 self._sleep(wait)
+
+
+def _verdicts(response: httpx.Response, count: int) -> list[Outcome]:
+    """The outcomes of a batch's 200 answer: each result's status as a single POST's
+    (2xx created, 409 duplicate, else rejected with its error). An answer that does not
+    hold one result per record fails them all: which of them landed cannot be known."""
+    try:
+        results = response.json()["results"]
+        if not isinstance(results, list) or len(results) != count:
+            raise ValueError
+        outcomes = []
+        for result in results:
+            status = result["status"]
+            if not isinstance(status, int):
+                raise ValueError
+            if 200 <= status < 300:
+                outcomes.append(CREATED_OUTCOME)
+            elif status == 409:
+                outcomes.append(DUPLICATE_OUTCOME)
+            else:
+                message = str(result.get("error", ""))[:MAX_MESSAGE]
+                outcomes.append(Outcome(REJECTED, f"rejected by the server ({status}): {message}"))
+        return outcomes
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        reason = "failed: the server's answer to the batch does not give one verdict a record"
+        return [Outcome(FAILED, reason)] * count
 
 
 class _GaveUp(Exception):

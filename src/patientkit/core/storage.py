@@ -24,7 +24,8 @@ no step ever leaves 64 bits (`count_high` grows by at most 2 a reading).
 
 Test records are unique per test_id, never overwritten; clinic_id is indexed. A request
 log keyed by (request id, test_id) remembers each answer so that a retried request gets
-its original answer again.
+its original answer again; a batch's whole answer is kept under (request id, `BATCH_KEY`),
+the empty test_id, which no single record can have (a test_id is a non-empty string).
 
 A `Store` is one connection: use it from one thread (the server keeps one per thread).
 """
@@ -37,8 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import add
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -55,6 +55,7 @@ RECORDS_PER_STATEMENT = 5000  # records in one multi-row INSERT (6 values each)
 RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 RECORD_COLUMNS = (*RECORD_FIELDS, "created_at")
 record_values = operator.itemgetter(*RECORD_FIELDS)  # a record's five fields, as a tuple
+BATCH_KEY = ""  # the request log's test_id for a batch's answer: never a record's test_id
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: device readings, with per-device totals kept beside them
@@ -370,6 +371,40 @@ class Store:
             return []
         return self.write(work)
 
+    def add_batch_once(
+        self,
+        records: Sequence[dict[str, str]],
+        request_id: str | None,
+        answer: Callable[[list[bool]], str],
+    ) -> tuple[str, bool]:
+        """Store a batch of valid records in one transaction, idempotently by request id:
+        (the answer's body, True) when `request_id` already has a batch answer (nothing is
+        stored again), else (answer(created), False) where created says for each record
+        whether it was created (`add_records`: the first of a test_id wins). The answer is
+        kept with the request id in the same transaction; a request id of None is not
+        remembered. sqlite3 errors propagate (the transaction rolled back: nothing
+        stored)."""
+
+        def work(db: sqlite3.Connection) -> tuple[str, bool]:
+            if request_id is not None:
+                row = db.execute(
+                    "SELECT body FROM request_log WHERE request_id = ? AND test_id = ?",
+                    (request_id, BATCH_KEY),
+                ).fetchone()
+                if row:
+                    return row[0], True
+            created = _insert_records(db, records, utc_now()) if records else []
+            body = answer(created)
+            if request_id is not None:
+                db.execute(
+                    "INSERT INTO request_log (request_id, test_id, status, body) "
+                    "VALUES (?, ?, 200, ?)",
+                    (request_id, BATCH_KEY, body),
+                )
+            return body, False
+
+        return self.write(work)
+
     def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
         """Every record of a clinic, oldest first, read through the index a page at a time
         (no transaction stays open while the caller consumes them)."""
@@ -452,8 +487,18 @@ def _insert_records(
     so nobody else added any), and of records that share a test_id only the first can
     be the one created."""
     (before,) = db.execute("SELECT coalesce(max(rowid), 0) FROM test_records").fetchone()
-    rows = list(map(add, map(record_values, records), repeat((created_at,))))
-    new = _insert_rows(db, "test_records", RECORD_COLUMNS, rows, RECORDS_PER_STATEMENT)
+    # created_at is bound once a statement, as ?1, which every row repeats first: each row's
+    # five values go from the dicts into the parameters without a tuple made per row
+    width = len(RECORD_FIELDS)
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1
+    per_statement = min(RECORDS_PER_STATEMENT, limit // width)
+    head = f"INSERT OR IGNORE INTO test_records (created_at, {', '.join(RECORD_FIELDS)}) VALUES "
+    row = "(?1," + ",".join("?" * width) + ")"  # a bare ? after ?1 is ?2, then on
+    new = 0
+    for start in range(0, len(records), per_statement):
+        part = records[start : start + per_statement]
+        values = [created_at, *chain.from_iterable(map(record_values, part))]
+        new += db.execute(head + ",".join([row] * len(part)), values).rowcount
     if new == len(records):
         return [True] * new
     fresh = {

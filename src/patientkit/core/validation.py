@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from patientkit.core.storage import RECORD_FIELDS, Reading, record_values
@@ -148,6 +149,17 @@ def bad_record_field(record: dict[str, Any]) -> str | None:
         if not isinstance(value, str) or not value.strip():
             return field
     return None
+
+
+def all_records_valid(values: list[Any]) -> bool:
+    """Whether record_problem would find nothing wrong with any of `values`: the same
+    test for a list at once, in C loops (False: ask record_problem of each)."""
+    try:
+        return set(map(type, values)) <= {dict} and all(
+            map(str.strip, chain.from_iterable(map(record_values, values)))
+        )
+    except (KeyError, TypeError):  # a field missing, or not a string
+        return False
 
 
 def record_problem(body: object) -> str | None:

@@ -26,13 +26,16 @@ def build_app(
     chaos: float = 0.0,
     chaos_seed: int | None = None,
     max_body: int = MAX_BODY,
+    bulk: bool = True,
 ) -> ASGIApp:
+    """The application; without `bulk` it has no `POST /tests/batch` (404 there, like the
+    original records server), for testing clients that fall back to single POSTs."""
     stores = Stores(db)
     routes = [
         Route("/api/ping", ping),
         *exports.routes(exports.Catalog(exports_dir)),
         *readings.routes(stores, max_body),
-        *records.routes(stores, max_body),
+        *records.routes(stores, max_body, bulk),
     ]
     app: ASGIApp = Starlette(routes=routes)
     if chaos > 0:

@@ -1,6 +1,8 @@
 """The test records API, on the store: exactly SPEC.md's rules, messages and codes.
 
     POST /tests              200 {"status": "success", "test_id": …} | 400 | 409 | 413
+    POST /tests/batch        200 {"results": [verdicts], "created", "duplicates", "invalid"}
+                             | 400 {"error": "Invalid JSON"} | 413
     GET  /tests?clinic_id=C  200 [records, each with created_at], streamed | 400
 
 Validation is `core.validation.record_problem`, written by hand and shared with the CLI.
@@ -11,6 +13,12 @@ lost the answer (a dropped connection, `serve --chaos`) and retries with the sam
 the original answer again — 200, not 409 — and can count exactly what it created. A
 request without the header gets a fresh id that nobody can repeat, so its answer is not
 kept.
+
+A batch (`POST /tests/batch`, see `batch`) is NDJSON or a JSON array of up to
+`MAX_BATCH` records, each judged by the same `record_problem` as a single POST and
+answered with the same message; its valid records are stored in one transaction, and
+with its own `X-Request-ID` its whole answer is kept with them (`Store.add_batch_once`),
+so a repeated batch gets its original answer.
 
 Writes go through one writer thread (`RecordWriter`), a group commit: it takes every POST
 waiting and answers them all in one transaction, each as if it came alone, in order. One
@@ -29,11 +37,15 @@ a listing's `clinic_id` is not logged). Identifiers are cut to
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from itertools import islice
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -42,7 +54,8 @@ from starlette.routing import Route
 
 from patientkit.core import validation
 from patientkit.core.storage import RECORD_FIELDS, RecordAnswer, Store
-from patientkit.server.bodies import NotJson, TooLarge, read_json
+from patientkit.inputs import Item, array_items, breaks_array, ndjson_items
+from patientkit.server.bodies import NotJson, TooLarge, read_body, read_json
 from patientkit.server.logs import log
 from patientkit.server.middleware import REQUEST_ID
 from patientkit.server.stores import Stores
@@ -52,6 +65,9 @@ PAGE = 500  # records read from the store per step of a streamed list
 GROUP = 500  # most POSTs answered by one transaction
 STORE_UNAVAILABLE = "The store is unavailable; retry later."
 MAX_LOGGED_ID = 100
+MAX_BATCH = 10_000  # records in one POST /tests/batch
+TOO_MANY = f"Too many records: a batch holds at most {MAX_BATCH}."
+NDJSON = "application/x-ndjson"
 
 
 def error(message: str, status: int) -> JSONResponse:
@@ -67,34 +83,50 @@ def _id(value: str) -> str:
 
 
 Pending = tuple[dict[str, str], str | None, asyncio.Future[RecordAnswer]]
+Work = Callable[[Store], Any]
+
+
+class Job(NamedTuple):
+    """A batch's work: run alone, in a transaction of its own."""
+
+    work: Work
+    future: asyncio.Future[Any]
 
 
 class RecordWriter:
-    """The one thread that writes records for the server: a group commit."""
+    """The one thread that writes records for the server: a group commit of single
+    POSTs, and batches, each in a transaction of its own."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._waiting = threading.Condition(self._lock)
-        self._queue: list[Pending] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: list[Pending | Job] = []
         self._thread: threading.Thread | None = None
 
     async def add(self, record: dict[str, str], request_id: str | None) -> RecordAnswer:
         """The answer to one POST, once the transaction that stored it has committed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[RecordAnswer] = loop.create_future()
+        future: asyncio.Future[RecordAnswer] = asyncio.get_running_loop().create_future()
+        self._put((record, request_id, future))
+        return await future
+
+    async def run(self, work: Work) -> Any:
+        """work(store)'s result, run on the writer's connection between group commits
+        (work makes its own transaction); its exception is raised here."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(Job(work, future))
+        return await future
+
+    def _put(self, entry: Pending | Job) -> None:
         with self._lock:
             if self._thread is None:
-                self._loop = loop
                 self._thread = threading.Thread(
                     target=self._run, name="patientkit-records-writer", daemon=True
                 )
                 self._thread.start()
-            self._queue.append((record, request_id, future))
+            self._queue.append(entry)
             if len(self._queue) == 1:
                 self._waiting.notify()
-        return await future
 
     def _run(self) -> None:
         store = Store(self.path)
@@ -102,7 +134,22 @@ class RecordWriter:
             with self._lock:
                 while not self._queue:
                     self._waiting.wait()
-                batch, self._queue = self._queue[:GROUP], self._queue[GROUP:]
+                first = self._queue[0]
+                if isinstance(first, Job):  # a batch: alone
+                    job: Job | None = first
+                    self._queue = self._queue[1:]
+                else:
+                    job = None
+                    size = 1
+                    while size < min(GROUP, len(self._queue)) and not isinstance(
+                        self._queue[size], Job
+                    ):
+                        size += 1
+                    batch: list[Pending] = self._queue[:size]  # type: ignore[assignment]
+                    self._queue = self._queue[size:]
+            if job is not None:
+                _call_in_loop(job.future, _settle_job, job.future, _attempt(job.work, store))
+                continue
             try:
                 answers = store.add_records_once(
                     [(record, request_id) for record, request_id, _ in batch], _answer
@@ -111,12 +158,49 @@ class RecordWriter:
             except Exception as exc:  # nothing of the batch was stored: it rolled back
                 log("store failed", logging.ERROR, error=type(exc).__name__, records=len(batch))
                 outcome = exc
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(_settle, batch, outcome)
+            loops: dict[asyncio.AbstractEventLoop, list[int]] = {}
+            for index, (_, _, future) in enumerate(batch):
+                loops.setdefault(future.get_loop(), []).append(index)
+            for indices in loops.values():  # one loop, but for tests' clients
+                _call_in_loop(batch[indices[0]][2], _settle, batch, outcome, indices)
 
 
-def _settle(batch: Sequence[Pending], outcome: list[RecordAnswer] | BaseException) -> None:
-    for index, (_, _, future) in enumerate(batch):
+def _call_in_loop(future: asyncio.Future[Any], call: Callable[..., None], *args: Any) -> None:
+    """call(*args) in the event loop of `future`, unless that loop has closed (nobody
+    waits for the answer any more)."""
+    with contextlib.suppress(RuntimeError):
+        future.get_loop().call_soon_threadsafe(call, *args)
+
+
+class _Failed:
+    """A job's exception, carried to the event loop."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def _attempt(work: Work, store: Store) -> Any:
+    try:
+        return work(store)
+    except Exception as exc:  # nothing of the batch was stored: it rolled back
+        log("store failed", logging.ERROR, error=type(exc).__name__)
+        return _Failed(exc)
+
+
+def _settle_job(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return  # the client went away
+    if isinstance(outcome, _Failed):
+        future.set_exception(outcome.exc)
+    else:
+        future.set_result(outcome)
+
+
+def _settle(
+    batch: Sequence[Pending], outcome: list[RecordAnswer] | BaseException, indices: list[int]
+) -> None:
+    for index in indices:
+        future = batch[index][2]
         if future.done():
             continue  # the client went away
         if isinstance(outcome, BaseException):
@@ -132,7 +216,9 @@ def _answer(record: dict[str, str], created: bool) -> RecordAnswer:
     return RecordAnswer(409, _dumps({"error": CONFLICT}))
 
 
-def routes(stores: Stores, max_body: int) -> list[Route]:
+def routes(stores: Stores, max_body: int, bulk: bool = True) -> list[Route]:
+    """The records API's routes; without `bulk`, no /tests/batch (a POST there is 404,
+    as on the original records server: for testing clients' fallback)."""
     writer = RecordWriter(stores.path)
 
     async def submit(request: Request) -> Response:
@@ -176,10 +262,48 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
             _listing(stores, clinic_id, request_id), media_type="application/json"
         )
 
+    async def submit_batch(request: Request) -> Response:
+        request_id = request.scope["state"]["request_id"]
+        try:
+            body = await read_body(request, max_body)
+        except TooLarge as exc:
+            log("batch refused", request_id=request_id, reason="body too large")
+            return error(str(exc), 413)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        verdicts = await run_in_threadpool(batch_verdicts, body, kind)
+        if verdicts == TOO_MANY:
+            log("batch refused", request_id=request_id, reason=TOO_MANY)
+            return error(TOO_MANY, 413)
+        if isinstance(verdicts, str):  # answered as SPEC's "Invalid JSON"; the log says why
+            reason = f"{validation.INVALID_JSON}: {verdicts}"
+            log("batch invalid", request_id=request_id, reason=reason)
+            return error(validation.INVALID_JSON, 400)
+        own_id = request.headers.get(REQUEST_ID) == request_id
+        records = [verdict for verdict in verdicts if isinstance(verdict, dict)]
+
+        def work(store: Store) -> tuple[str, bool]:
+            return store.add_batch_once(
+                records,
+                request_id if own_id else None,
+                lambda created: _batch_answer(verdicts, created),
+            )
+
+        try:
+            answer, repeated = await writer.run(work)
+        except Exception:
+            return error(STORE_UNAVAILABLE, 503)
+        log(
+            "batch repeated" if repeated else "batch stored",
+            request_id=request_id,
+            records=len(verdicts),
+        )
+        return Response(answer, media_type="application/json")
+
     return [
+        Route("/tests/batch", submit_batch, methods=["POST"]),
         Route("/tests", submit, methods=["POST"]),
         Route("/tests", list_records, methods=["GET"]),
-    ]
+    ][0 if bulk else 1 :]
 
 
 async def _listing(stores: Stores, clinic_id: str, request_id: str) -> AsyncIterator[bytes]:
@@ -204,3 +328,72 @@ async def _listing(stores: Stores, clinic_id: str, request_id: str) -> AsyncIter
 def _page(stores: Stores, clinic_id: str, after: tuple[str, str] | None) -> list[dict[str, str]]:
     """One page of the listing, on this worker thread's own connection."""
     return stores.get().records_page(clinic_id, after, PAGE)
+
+
+# --- batches ---------------------------------------------------------------------------
+
+Verdict = dict[str, str] | tuple[str | None, str]  # a valid record, or (test_id, error)
+
+
+def batch_items(body: bytes, kind: str) -> list[Item] | str:
+    """The records of a batch body, in order (each an Item: a value, or why it is not
+    JSON), or the reason to refuse the whole body: TOO_MANY past MAX_BATCH records, else
+    a reason for "Invalid JSON" (it is neither NDJSON nor a JSON array).
+
+    `kind` is the media type: application/x-ndjson is NDJSON, one record a non-blank line
+    (a line that is not JSON is one invalid record); application/json must be a JSON
+    array; anything else is an array when it starts with `[`, else NDJSON. An array
+    whose structure is broken (not closed, no comma, data after it) is refused whole,
+    since its records cannot be told apart; an element that cannot be taken (a number
+    too long, nesting too deep, a lone surrogate escape) is one invalid record."""
+    start = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    is_array = kind == "application/json" or (kind != NDJSON and start[:1] == b"[")
+    if is_array:
+        items = list(islice(array_items(io.BytesIO(body), "body"), MAX_BATCH + 1))
+        if items and breaks_array(items[-1].error):
+            return items[-1].error or validation.INVALID_JSON
+    else:
+        if not start:
+            return "the body holds no record"
+        items = list(islice(ndjson_items(io.BytesIO(body), "body"), MAX_BATCH + 1))
+    if len(items) > MAX_BATCH:
+        return TOO_MANY
+    return items
+
+
+def batch_verdicts(body: bytes, kind: str) -> list[Verdict] | str:
+    """Each record of the body (`batch_items`) judged as a single POST would be: the
+    record's five fields when valid, else (its test_id if it has a string one, else None;
+    the single POST's message). Or the reason to refuse the body (see batch_items)."""
+    items = batch_items(body, kind)
+    if isinstance(items, str):
+        return items
+    verdicts: list[Verdict] = []
+    for item in items:
+        value = item.value
+        problem = validation.INVALID_JSON if item.error else validation.record_problem(value)
+        if problem is None:
+            verdicts.append({field: value[field] for field in RECORD_FIELDS})
+        else:
+            test_id = value.get("test_id") if isinstance(value, dict) else None
+            verdicts.append((test_id if isinstance(test_id, str) else None, problem))
+    return verdicts
+
+
+def _batch_answer(verdicts: Sequence[Verdict], created: Sequence[bool]) -> str:
+    """The batch's answer: each verdict in order, the valid records' from `created`."""
+    results: list[dict[str, object]] = []
+    made = iter(created)
+    counts = {"created": 0, "duplicates": 0, "invalid": 0}
+    for verdict in verdicts:
+        if isinstance(verdict, dict):
+            if next(made):
+                results.append({"test_id": verdict["test_id"], "status": 200})
+                counts["created"] += 1
+            else:
+                results.append({"test_id": verdict["test_id"], "status": 409, "error": CONFLICT})
+                counts["duplicates"] += 1
+        else:
+            results.append({"test_id": verdict[0], "status": 400, "error": verdict[1]})
+            counts["invalid"] += 1
+    return _dumps({"results": results, **counts})
