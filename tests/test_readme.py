@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -106,13 +107,18 @@ def _failure(done: subprocess.CompletedProcess) -> str:
     )
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie waiting to be reaped does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def _alive(pid: int, within: float = 2.0) -> bool:
+    """Whether process `pid` still runs `within` seconds from now (a zombie waiting to be
+    reaped does not): a SIGKILL just sent takes a moment to land on a busy machine."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        if stat.rsplit(")", 1)[1].split()[0] == "Z" or time.monotonic() > deadline:
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        time.sleep(0.05)
 
 
 def test_every_readme_block_runs_as_written(tmp_path: Path) -> None:
