@@ -35,6 +35,7 @@ from patientkit.client.readings import Answer, ReadingsClient
 from patientkit.core import validation
 from patientkit.core.buffer import (
     BatchBuffer,
+    BufferFull,
     BufferStopped,
     PoisonError,
     RetryableError,
@@ -50,6 +51,7 @@ CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
 _DIGITS = re.compile(r"[0-9]+")
 UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
+ROOM_WAIT = 0.1  # seconds a reading waits for room in a full buffer before a Ctrl-C is seen
 INTERRUPTED_CLOSE = 1.0  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
 
 
@@ -377,7 +379,7 @@ class Replay:
         known_device, instant_of = parser.devices.get, parser.instants.of
         largest = validation.MAX_COUNT
         summary = self.summary
-        track = buffer.track
+        track = buffer.track  # with ROOM_WAIT: a full buffer is waited on in slices
         pace = _Pace(self.speed, self._stopping) if self.speed else None
         for path in paths:
             for item in read_items(path, CSV_FIELDS):
@@ -394,7 +396,12 @@ class Replay:
                         instant = instant_of(timestamp)
                         if instant is not None:
                             summary.read += 1
-                            track(((device_id, count, timestamp, instant), item.source, item.line))
+                            event = ((device_id, count, timestamp, instant), item.source, item.line)
+                            try:
+                                track(event, ROOM_WAIT)
+                            except BufferFull:
+                                if not self._track_slowly(buffer, event):
+                                    return
                             continue
                 for reading, reason, record in parser.readings(item):
                     summary.read += 1
@@ -406,9 +413,28 @@ class Replay:
                         continue
                     if pace is not None:
                         pace.wait_for(reading[3])
-                    track((reading, item.source, item.line))
+                    try:
+                        track((reading, item.source, item.line), ROOM_WAIT)
+                    except BufferFull:
+                        if not self._track_slowly(buffer, (reading, item.source, item.line)):
+                            return
                 if self.on_progress is not None and not item.line % 4096:
                     self.on_progress(summary.read)
+
+    def _track_slowly(self, buffer: BatchBuffer[Event], event: Event) -> bool:
+        """Track an event the full buffer had no room for within ROOM_WAIT seconds: wait
+        on in slices of ROOM_WAIT, so that a Ctrl-C (stop(), a flag set by the signal
+        handler, which must not take the buffer's lock) ends the wait at once instead of
+        when the far side next frees room. False when stopped: the event is then not read
+        (the next run reads it), so every reading read stays accounted for."""
+        while not self.interrupted:
+            try:
+                buffer.track(event, timeout=ROOM_WAIT)
+                return True
+            except BufferFull:
+                continue
+        self.summary.read -= 1
+        return False
 
     def _dead_letter(self, event: Event, reason: str) -> None:
         reading, source, line = event
