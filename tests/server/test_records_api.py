@@ -8,38 +8,10 @@ import httpx
 import pytest
 
 from patientkit.core.storage import Store
-from tests.conftest import Server
+from tests.server.conftest import record
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 CREATED_AT = 27  # len("2025-01-02T03:04:05.123456Z")
-
-
-def record(test_id="T1", clinic="C1", **changes):
-    value = {
-        "test_id": test_id,
-        "patient_id": "PATIENT-SECRET-7",
-        "clinic_id": clinic,
-        "test_type": "hiv-antibody",
-        "result": "RESULT-SECRET-42",
-    }
-    value.update(changes)
-    return value
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    """One server for the tests that do not need their own: each test uses its own ids."""
-    folder = tmp_path_factory.mktemp("records-api")
-    server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
-    server.db = folder / "api.db"
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ids():
-    """A prefix that makes this test's test_ids and clinic_ids its own."""
-    return uuid.uuid4().hex[:8]
 
 
 def post(server, body, request_id=None, raw=None):

@@ -11,40 +11,14 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
-from tests.conftest import Server
+from tests.server.conftest import record
 
 NDJSON = {"content-type": "application/x-ndjson"}
 CONFLICT = "Conflict: test_id exists"
 
 
-def record(test_id="T1", clinic="C1", **changes):
-    value = {
-        "test_id": test_id,
-        "patient_id": "PATIENT-SECRET-7",
-        "clinic_id": clinic,
-        "test_type": "hiv-antibody",
-        "result": "RESULT-SECRET-42",
-    }
-    value.update(changes)
-    return value
-
-
 def ndjson(lines):
     return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("records-batch")
-    server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
-    server.db = folder / "api.db"
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ids():
-    return uuid.uuid4().hex[:8]
 
 
 def batch(server, body, headers=None, request_id=None):
