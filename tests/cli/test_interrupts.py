@@ -102,7 +102,8 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     line = f"error: interrupted{lost}: run the same command again to finish the job"
     assert_ended_cleanly(seconds, err, line)
     first = json.loads(out)
-    assert first["read"] < 200_000
+    # reading runs ahead of the store: the interrupt shows in what was stored, not read
+    assert first["created"] < 200_000
     again = run_cli("records", "submit", str(source), "--db", str(db))
     assert again.code == 0, again.err
     summary = again.json()
