@@ -341,32 +341,6 @@ def test_retry_after_is_honoured(make, answer, expected_delay):
     assert buf.flush().complete and sink.calls == [["a", "b"], ["a", "b"]]
 
 
-def test_retry_after_shorter_than_the_jitter_keeps_the_jitter():
-    policy = RetryPolicy(initial=2.0)
-    assert policy.delay(0, MaxRandom(), retry_after=0.5) == 2.0
-    assert policy.delay(0, MinRandom(), retry_after=0.5) == 0.5
-
-
-def test_backoff_ceiling_grows_exponentially_and_is_capped():
-    policy = RetryPolicy(initial=0.1, multiplier=2.0, maximum=30.0)
-    ceilings = [policy.ceiling(n) for n in range(11)]
-    expected = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
-    assert ceilings == pytest.approx(expected)
-    assert policy.ceiling(100_000) == 30.0  # no OverflowError
-    assert policy.delay(3, MaxRandom()) == pytest.approx(0.8)
-    assert policy.delay(3, MinRandom()) == 0.0
-
-
-def test_backoff_delays_are_full_jitter_within_bounds():
-    policy = RetryPolicy(initial=0.1, multiplier=2.0, maximum=30.0)
-    rng = random.Random(1234)
-    for attempt in range(12):
-        ceiling = policy.ceiling(attempt)
-        delays = [policy.delay(attempt, rng) for _ in range(500)]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        assert min(delays) < 0.05 * ceiling and max(delays) > 0.95 * ceiling
-
-
 def test_buffer_waits_follow_the_policy(make):
     sink = Sink(*[RetryableError("down")] * 4)
     buf, clock = make(sink, max_batch=1, failure_limit=None, rng=MaxRandom())
@@ -378,20 +352,6 @@ def test_buffer_waits_follow_the_policy(make):
     sink.wait_calls(5)
     assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8])
     assert buf.flush().complete and buf.stats().retried == 4
-
-
-@pytest.mark.parametrize(
-    "policy",
-    [
-        {"initial": 0.0},
-        {"initial": 2.0, "maximum": 1.0},
-        {"multiplier": 0.5},
-        {"retry_after_limit": -1.0},
-    ],
-)
-def test_invalid_retry_policy_is_refused(policy):
-    with pytest.raises(UsageError):
-        RetryPolicy(**policy)
 
 
 # --- too large, dead letters -------------------------------------------------------------

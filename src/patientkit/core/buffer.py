@@ -84,6 +84,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from patientkit.core.clock import Clock, FakeClock, SystemClock
+from patientkit.core.retry import RetryableError, RetryPolicy
 from patientkit.core.spool import Journal, SpoolError, SpoolLocked
 from patientkit.errors import DeliveryError, PatientkitError, UsageError
 
@@ -132,16 +133,6 @@ _LIVE: weakref.WeakSet[BatchBuffer[Any]] = weakref.WeakSet()
 
 class SinkError(PatientkitError):
     """Base of the exceptions a sink raises to say how a whole batch went."""
-
-
-class RetryableError(SinkError):
-    """The whole batch failed and may succeed later (transport error, 408/425/429/5xx)."""
-
-    def __init__(
-        self, message: str = "retryable failure", retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class PermanentError(SinkError):
@@ -207,44 +198,6 @@ class SinkResult:
     rejected: Mapping[int, str] = field(default_factory=dict)
     retry: Sequence[int] = ()
     retry_after: float | None = None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter.
-
-    The n-th consecutive failure (n from 0) waits `uniform(0, min(maximum,
-    initial * multiplier**n))`. When the sink gives a `retry_after`, the wait is
-    `max(retry_after, jittered)`: never sooner than the server asked, still spread by
-    jitter, but capped at `retry_after_limit` so one answer cannot stall the buffer for
-    hours (a server that still refuses then says so again).
-    """
-
-    initial: float = 0.1
-    multiplier: float = 2.0
-    maximum: float = 30.0
-    retry_after_limit: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise UsageError("RetryPolicy needs 0 < initial <= maximum")
-        if self.multiplier < 1:
-            raise UsageError("RetryPolicy needs multiplier >= 1")
-        if self.retry_after_limit < 0:
-            raise UsageError("RetryPolicy needs retry_after_limit >= 0")
-
-    def ceiling(self, attempt: int) -> float:
-        """The largest delay for the `attempt`-th consecutive failure (from 0)."""
-        try:
-            return min(self.maximum, self.initial * self.multiplier**attempt)
-        except OverflowError:
-            return self.maximum
-
-    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
-        jittered = rng.uniform(0.0, self.ceiling(attempt))
-        if retry_after is None or not retry_after > 0:  # also rejects NaN
-            return jittered
-        return min(max(retry_after, jittered), self.retry_after_limit)
 
 
 @dataclass(frozen=True)
