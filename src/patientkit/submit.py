@@ -44,13 +44,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from patientkit.core.buffer import (
-    BatchBuffer,
-    BufferStopped,
-    PayloadTooLarge,
-    PoisonError,
-)
+from patientkit.core.buffer import BatchBuffer, BufferStopped
 from patientkit.core.retry import RetryPolicy
+from patientkit.core.sinks import PayloadTooLarge, PoisonError
 from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import all_records_valid, record_problem
 from patientkit.errors import PatientkitError, RemoteError

@@ -26,21 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patientkit.core import buffer as buffer_module
-from patientkit.core.buffer import (
-    BatchBuffer,
-    BufferFull,
-    BufferStopped,
-    FakeClock,
-    FlushResult,
-    PayloadTooLarge,
-    PermanentError,
-    RetryableError,
-    RetryPolicy,
-    SinkResult,
-    SpoolLocked,
-)
-from patientkit.core.clock import SystemClock
-from patientkit.core.spool import _RECORD, MAGIC, Journal, _recover
+from patientkit.core.buffer import BatchBuffer, BufferFull, BufferStopped, FlushResult
+from patientkit.core.clock import FakeClock, SystemClock
+from patientkit.core.retry import RetryPolicy
+from patientkit.core.sinks import PayloadTooLarge, PermanentError, RetryableError, SinkResult
+from patientkit.core.spool import _RECORD, MAGIC, Journal, SpoolLocked, _recover
 from patientkit.errors import DeliveryError, PatientkitError, UsageError
 
 SRC = Path(__file__).resolve().parents[2] / "src"

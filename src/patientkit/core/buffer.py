@@ -49,18 +49,8 @@ how many events and where.
 
 Sink contract
 -------------
-`sink(batch: list[E]) -> SinkResult | None`. `None`, or a `SinkResult` that lists nothing,
-means every event was accepted. `SinkResult.rejected` maps an index in the batch to a
-permanent reason; `SinkResult.retry` lists indices to send again; `retry_after` asks for a
-minimum wait. Raise `RetryableError` (transport errors, 408/425/429/5xx) to retry the
-whole batch, `PermanentError` to dead-letter all of it, `PayloadTooLarge` to have it
-split, `PoisonError` when some event of it can never be taken and the sink cannot say
-which (the buffer bisects it, dead-letters the poison events alone and delivers the rest,
-with no backoff and no step towards `failure_limit`). Any other exception is a retryable
-failure; it never kills the flusher.
-With `key=`, the sink must keep per-key order inside a batch: once it asks to retry an
-event, it must not accept a later event of the same key in that batch (rejecting one is
-fine). The buffer checks this and stops with a clear reason if a sink breaks it.
+See `patientkit.core.sinks`: what a sink returns or raises, and `settle`, the one reading
+of its answer.
 
 Logging carries counts, delays and exception class names only, never event contents or
 sink messages (which may quote health data).
@@ -78,41 +68,29 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from patientkit.core.clock import Clock, FakeClock, SystemClock
-from patientkit.core.retry import RetryableError, RetryPolicy
-from patientkit.core.spool import Journal, SpoolError, SpoolLocked
-from patientkit.errors import DeliveryError, PatientkitError, UsageError
+from patientkit.core.clock import Clock, SystemClock
+from patientkit.core.retry import RetryPolicy
+from patientkit.core.sinks import Settlement, SinkResult, settle
+from patientkit.core.spool import Journal, SpoolError
+from patientkit.errors import DeliveryError, UsageError
 
 __all__ = [
     "BatchBuffer",
     "BufferFull",
     "BufferStats",
     "BufferStopped",
-    "Clock",
-    "FakeClock",
     "FlushResult",
-    "PayloadTooLarge",
-    "PermanentError",
-    "PoisonError",
-    "RetryPolicy",
-    "RetryableError",
-    "SinkError",
-    "SinkResult",
-    "SpoolError",
-    "SpoolLocked",
-    "SystemClock",
 ]
 
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E")
 
-PAYLOAD_TOO_LARGE = "payload too large"
 _CHUNK = 1024
 _COMPACT_BYTES = 1 << 20
 
@@ -126,45 +104,6 @@ EXIT_REASON = "not delivered before the interpreter exited"
 # Every buffer made in this process, weakly: the fork and exit hooks below reach them
 # without keeping one alive.
 _LIVE: weakref.WeakSet[BatchBuffer[Any]] = weakref.WeakSet()
-
-
-# --- what a sink raises ------------------------------------------------------------------
-
-
-class SinkError(PatientkitError):
-    """Base of the exceptions a sink raises to say how a whole batch went."""
-
-
-class PermanentError(SinkError):
-    """The whole batch is rejected for good; every event is dead-lettered with `reason`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class PoisonError(SinkError):
-    """Some event of the batch can never be taken, and the sink cannot say which.
-
-    Raise it when the cause lies in the events themselves (one cannot be encoded, the
-    store or server refuses it for good) and would come back however often the batch is
-    sent. The buffer bisects the batch, settling each half before the next, until the
-    events that still raise it are alone; each is dead-lettered with `reason`, the rest
-    are delivered. It is not a failed delivery: no backoff, no step towards
-    `failure_limit`. When the sink knows the index, `SinkResult(rejected=...)` says the
-    same in one call.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class PayloadTooLarge(SinkError):
-    """The batch is too large for the server: the buffer splits it in halves."""
-
-    def __init__(self, message: str = PAYLOAD_TOO_LARGE) -> None:
-        super().__init__(message)
 
 
 # --- what the buffer raises --------------------------------------------------------------
@@ -189,15 +128,6 @@ class BufferStopped(DeliveryError):
 
 
 # --- value types -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SinkResult:
-    """A sink's answer for one batch; indices refer to the list the sink received."""
-
-    rejected: Mapping[int, str] = field(default_factory=dict)
-    retry: Sequence[int] = ()
-    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -259,28 +189,8 @@ class _Unit(Generic[E]):
         )
 
 
-@dataclass
-class _Outcome:
-    """One attempt, interpreted."""
-
-    accepted: Sequence[int] = ()
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-    retry: Sequence[int] = ()
-    retry_after: float | None = None
-    failure: str = ""
-    failure_kind: str = ""
-    split: bool = False
-    invalid: str = ""  # the result could not be read: nothing settled, buffer stops
-    unjournaled: bool = False  # the events were never written to the spool
-    broken_order: str = ""  # applied as answered, then the buffer stops
-
-
 def _json_encode(event: Any) -> bytes:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _is_index(value: object, size: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
 
 
 class BatchBuffer(Generic[E]):
@@ -891,7 +801,7 @@ class BatchBuffer(Generic[E]):
         """
         if generation != self._generation:
             return False
-        outcome: _Outcome | None = None
+        unencodable: Settlement | None = None  # events the spool could not write
         if self._journal is not None:
             with self._spool_lock:
                 if not self._journal.closed:
@@ -931,13 +841,16 @@ class BatchBuffer(Generic[E]):
                 if self._unencodable:
                     poisoned = self._split_unencodable(unit)
                     if poisoned is not None:
-                        unit, outcome = poisoned
+                        unit, unencodable = poisoned
             self._in_flight = len(unit)
             self._in_user_code = True
-        self._finish(unit, outcome or self._attempt(unit), generation)
+        if unencodable is not None:
+            self._finish(unit, unencodable, generation, journaled=False)
+        else:
+            self._finish(unit, self._attempt(unit), generation)
         return True
 
-    def _split_unencodable(self, unit: _Unit[E]) -> tuple[_Unit[E], _Outcome] | None:
+    def _split_unencodable(self, unit: _Unit[E]) -> tuple[_Unit[E], Settlement] | None:
         # Lock held; `unit` is the only unit of the work queue. Events the spool could not
         # encode are dead-lettered alone, without a sink call; the others go on as usual.
         bad = [i for i, seq in enumerate(unit.seqs) if seq in self._unencodable]
@@ -952,7 +865,7 @@ class BatchBuffer(Generic[E]):
             rest = _Unit([unit.seqs[i] for i in good], [unit.events[i] for i in good])
             self._work.appendleft(rest)
         self._work.appendleft(poisoned)
-        return poisoned, _Outcome(rejected=list(enumerate(reasons)), unjournaled=True)
+        return poisoned, Settlement(rejected=list(enumerate(reasons)))
 
     def _take(self, count: int, now: float) -> _Unit[E]:
         # Lock held: cut a unit of `count` events from the front of the deque.
@@ -969,87 +882,19 @@ class BatchBuffer(Generic[E]):
             self._space.notify_all()
         return unit
 
-    def _attempt(self, unit: _Unit[E]) -> _Outcome:
-        size = len(unit)
+    def _attempt(self, unit: _Unit[E]) -> Settlement:
         try:
             result = self._sink(list(unit.events))
-        except PayloadTooLarge:
-            return _Outcome(split=True)
-        except PermanentError as exc:
-            return _Outcome(rejected=[(i, exc.reason) for i in range(size)])
-        except PoisonError as exc:
-            if size == 1:
-                return _Outcome(rejected=[(0, str(exc.reason))])
-            return _Outcome(split=True)  # bisect until the poison is alone
-        except RetryableError as exc:
-            return _Outcome(
-                retry=range(size),
-                retry_after=exc.retry_after,
-                failure=f"{type(exc).__name__}: {exc}",
-                failure_kind=type(exc).__name__,
-            )
         except Exception as exc:
-            return _Outcome(
-                retry=range(size),
-                failure=f"{type(exc).__name__}: {exc}",
-                failure_kind=type(exc).__name__,
-            )
-        return self._interpret(unit, result)
+            return settle(unit.events, raised=exc)
+        return settle(unit.events, result, key=self._key)
 
-    def _interpret(self, unit: _Unit[E], result: object) -> _Outcome:
-        size = len(unit)
-        if result is None:
-            return _Outcome(accepted=range(size))
-        if not isinstance(result, SinkResult):
-            return _Outcome(
-                invalid=f"the sink returned {type(result).__name__}, not SinkResult or None"
-            )
-        rejected: dict[int, str] = {}
-        for index, reason in result.rejected.items():
-            if not _is_index(index, size):
-                return _Outcome(invalid=f"the sink rejected index {index!r} of {size}")
-            rejected[index] = str(reason)
-        retry = sorted(set(result.retry))
-        for index in retry:
-            if not _is_index(index, size):
-                return _Outcome(invalid=f"the sink asked to retry index {index!r} of {size}")
-            if index in rejected:
-                return _Outcome(invalid=f"the sink both rejected and retried index {index}")
-        retry_set = set(retry)
-        accepted = [i for i in range(size) if i not in rejected and i not in retry_set]
-        outcome = _Outcome(
-            accepted=accepted,
-            rejected=sorted(rejected.items()),
-            retry=retry,
-            retry_after=result.retry_after,
-            failure=f"the sink asked to retry {len(retry)} of {size} events" if retry else "",
-            failure_kind="SinkResult.retry",
-        )
-        if self._key is not None and retry:
-            outcome.broken_order = self._order_violation(unit, retry, accepted)
-        return outcome
-
-    def _order_violation(self, unit: _Unit[E], retry: list[int], accepted: list[int]) -> str:
-        key = self._key
-        assert key is not None
-        first_retry: dict[Hashable, int] = {}
-        for index in retry:
-            first_retry.setdefault(key(unit.events[index]), index)
-        for index in accepted:
-            earlier = first_retry.get(key(unit.events[index]))
-            if earlier is not None and earlier < index:
-                return (
-                    f"delivery stopped: the sink accepted event {index} of a batch after asking "
-                    f"to retry event {earlier} of the same key, which breaks per-key order"
-                )
-        return ""
-
-    def _finish(self, unit: _Unit[E], outcome: _Outcome, generation: int) -> None:
+    def _finish(
+        self, unit: _Unit[E], outcome: Settlement, generation: int, journaled: bool = True
+    ) -> None:
         if generation != self._generation:
             return  # forked from inside the sink: in this child, the unit is the parent's
         rejected = outcome.rejected
-        if outcome.split and len(unit) == 1:
-            rejected = [(0, PAYLOAD_TOO_LARGE)]
         letter_failure = self._send_dead_letters(unit, rejected)
         settled_count = len(outcome.accepted) + len(rejected)
         with self._lock:
@@ -1057,7 +902,7 @@ class BatchBuffer(Generic[E]):
             if self._abandon:
                 return  # handed back by close(); this late answer changes nothing
             self._in_flight = 0
-            if not outcome.unjournaled:
+            if journaled:
                 self._batches += 1
             if outcome.invalid:
                 self._stop(f"delivery stopped: {outcome.invalid}")
@@ -1069,7 +914,7 @@ class BatchBuffer(Generic[E]):
             self._dead_lettered += len(rejected)
             self._held -= settled_count
             self._work.popleft()
-            if outcome.split and len(unit) > 1:
+            if outcome.split:
                 half = len(unit) // 2
                 self._work.appendleft(unit.part(range(half, len(unit))))
                 self._work.appendleft(unit.part(range(half)))
@@ -1087,12 +932,12 @@ class BatchBuffer(Generic[E]):
                 logger.error("sink broke per-key order; the buffer stopped")
             if self._flush_goals and self._min_unsettled() >= min(self._flush_goals):
                 self._settled.notify_all()
-        if self._journal is not None and settled_count and not outcome.unjournaled:
+        if self._journal is not None and settled_count and journaled:
             settled = [unit.seqs[i] for i in outcome.accepted]
             settled.extend(unit.seqs[i] for i, _ in rejected)
             self._journal_settle(settled)
 
-    def _schedule_retry(self, outcome: _Outcome, made_progress: bool) -> None:
+    def _schedule_retry(self, outcome: Settlement, made_progress: bool) -> None:
         # Lock held.
         self._failures = 0 if made_progress else self._failures + 1
         attempt = max(self._failures - 1, 0)
