@@ -76,7 +76,7 @@ from typing import Any, Generic, TypeVar
 from patientkit.core.clock import Clock, SystemClock
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import Settlement, SinkResult, settle
-from patientkit.core.spool import Journal, SpoolError
+from patientkit.core.spool import SpoolWriter, json_encode
 from patientkit.errors import DeliveryError, UsageError
 
 __all__ = [
@@ -92,7 +92,6 @@ logger = logging.getLogger(__name__)
 E = TypeVar("E")
 
 _CHUNK = 1024
-_COMPACT_BYTES = 1 << 20
 
 _RUNNING = "running"
 _CLOSING = "closing"
@@ -189,10 +188,6 @@ class _Unit(Generic[E]):
         )
 
 
-def _json_encode(event: Any) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 class BatchBuffer(Generic[E]):
     """Batch events to `sink` from a background thread; see the module docstring."""
 
@@ -237,17 +232,16 @@ class BatchBuffer(Generic[E]):
         self._key = key
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
-        self._encode: Callable[[E], bytes] = encode or _json_encode
         self._spool_sync_interval = spool_sync_interval
         self._close_timeout = close_timeout
 
         self._generation = 0  # bumped in a forked child: a flusher of another one stops
         self._fresh_state()
         if spool is not None:
-            self._open_spool(spool, decode or json.loads)
+            self._open_spool(spool, encode or json_encode, decode or json.loads)
 
         self._start_flusher()
-        if self._journal is not None:
+        if self._spool is not None:
             self._spooler = threading.Thread(
                 target=self._spool_run, name="patientkit-buffer-spool", daemon=True
             )
@@ -296,11 +290,8 @@ class BatchBuffer(Generic[E]):
         self._failures = 0
         self._retry_at = 0.0
 
-        self._spool_lock = threading.Lock()
-        self._journal: Journal | None = None
-        self._journaled_upto = 0
-        self._journal_live = 0
-        self._journal_settled = 0
+        self._spool: SpoolWriter[E] | None = None
+        self._journaled_upto = 0  # seq of the first tracked event not in the spool yet
         self._unencodable: dict[int, str] = {}  # seq -> why `encode` failed on the event
         self._spool_stop = False
         self._spooler = None
@@ -547,13 +538,13 @@ class BatchBuffer(Generic[E]):
 
     def sync(self) -> None:
         """Write every tracked, undelivered event to the spool and fsync (no-op without)."""
-        if self._journal is None:
+        spool = self._spool
+        if spool is None:
             return
-        with self._spool_lock:
-            if self._journal.closed:
-                return
-            self._journal_new_events()
-            self._journal.sync()
+        with spool.lock:
+            if not spool.closed:
+                self._journal_new_events(spool)
+                spool.sync()
 
     # --- shared helpers (lock held) ------------------------------------------------------
 
@@ -664,11 +655,11 @@ class BatchBuffer(Generic[E]):
         """
         running = self._state is _RUNNING and self._stop_reason is None
         stop_reason, stop_cause = self._stop_reason, self._stop_cause
-        journal = self._journal
+        spool = self._spool
         self._generation += 1
         self._fresh_state()
-        if journal is not None:
-            journal.forget()
+        if spool is not None:
+            spool.forget()
         if running:
             self._start_flusher()
             return
@@ -714,8 +705,8 @@ class BatchBuffer(Generic[E]):
             self._handed_back += len(left)
             reason = f"not delivered: {self._stop_reason or 'the buffer was dropped unclosed'}"
             self._park(left, reason, "by a buffer dropped without close()")
-            if self._journal is not None:
-                self._journal.close()
+            if self._spool is not None:
+                self._spool.journal.close()
         except BaseException:  # late in shutdown there may be no stderr left
             pass
 
@@ -731,14 +722,14 @@ class BatchBuffer(Generic[E]):
             )
         if not left:
             return
-        journal = self._journal
-        if journal is not None:
-            loose = [event for event in left if not isinstance(self._encoded(event), bytes)]
+        spool = self._spool
+        if spool is not None:
+            loose = [event for event in left if not isinstance(spool.encoded(event), bytes)]
             kept = len(left) - len(loose)
             if kept:
                 _warn(
                     f"{kept} events were not delivered {when}; they are kept in the "
-                    f"spool {journal.path} and delivered by the next buffer on it"
+                    f"spool {spool.path} and delivered by the next buffer on it"
                 )
             left = loose
             if not left:
@@ -802,10 +793,11 @@ class BatchBuffer(Generic[E]):
         if generation != self._generation:
             return False
         unencodable: Settlement | None = None  # events the spool could not write
-        if self._journal is not None:
-            with self._spool_lock:
-                if not self._journal.closed:
-                    self._journal_new_events()
+        spool = self._spool
+        if spool is not None:
+            with spool.lock:
+                if not spool.closed:
+                    self._journal_new_events(spool)
         with self._lock:
             if self._stop_reason is not None or self._abandon:
                 return False
@@ -835,7 +827,7 @@ class BatchBuffer(Generic[E]):
                     self._clock.wait(self._wakeup, self._next_flush)
                     return True
                 size = min(count, self._max_batch)
-                if self._journal is not None and self._journaled_upto - self._taken < size:
+                if spool is not None and self._journaled_upto - self._taken < size:
                     return True  # journal them first (top of the next step)
                 unit = self._take(size, now)
                 if self._unencodable:
@@ -932,10 +924,10 @@ class BatchBuffer(Generic[E]):
                 logger.error("sink broke per-key order; the buffer stopped")
             if self._flush_goals and self._min_unsettled() >= min(self._flush_goals):
                 self._settled.notify_all()
-        if self._journal is not None and settled_count and journaled:
+        if self._spool is not None and settled_count and journaled:
             settled = [unit.seqs[i] for i in outcome.accepted]
             settled.extend(unit.seqs[i] for i, _ in rejected)
-            self._journal_settle(settled)
+            self._spool.settle(settled, self._live_pairs)
 
     def _schedule_retry(self, outcome: Settlement, made_progress: bool) -> None:
         # Lock held.
@@ -983,84 +975,35 @@ class BatchBuffer(Generic[E]):
 
     # --- the spool -----------------------------------------------------------------------
 
-    def _open_spool(self, path: str | os.PathLike[str], decode: Callable[[bytes], E]) -> None:
-        journal, items = Journal.open(path)
-        try:
-            events = [decode(payload) for _, payload in items]
-        except Exception as exc:
-            journal.close()
-            raise SpoolError(
-                f"spool {journal.path}: cannot decode a recovered event ({type(exc).__name__})"
-            ) from exc
-        self._journal = journal
+    def _open_spool(
+        self,
+        path: str | os.PathLike[str],
+        encode: Callable[[E], bytes],
+        decode: Callable[[bytes], E],
+    ) -> None:
+        self._spool, items = SpoolWriter.open(path, encode, decode)
         next_seq = items[-1][0] + 1 if items else 0
         self._first_seq = self._taken = self._journaled_upto = next_seq
         for start in range(0, len(items), self._max_batch):
-            seqs = [seq for seq, _ in items[start : start + self._max_batch]]
-            self._work.append(_Unit(seqs, events[start : start + self._max_batch]))
-        self._recovered = self._held = self._journal_live = len(items)
-        if items:
-            logger.info("spool %s: recovered %d undelivered events", journal.path, len(items))
+            part = items[start : start + self._max_batch]
+            self._work.append(_Unit([seq for seq, _ in part], [event for _, event in part]))
+        self._recovered = self._held = len(items)
 
-    def _journal_new_events(self) -> None:
-        # Spool lock held: append T records for tracked events not journaled yet.
-        journal = self._journal
-        assert journal is not None
+    def _journal_new_events(self, spool: SpoolWriter[E]) -> None:
+        # Spool lock held: journal the tracked events not journaled yet.
         with self._lock:
             start = max(self._journaled_upto, self._taken)
             snapshot = self._pending.copy()  # atomic, unlike iterating a deque others append to
             events = list(itertools.islice(snapshot, start - self._taken, None))
         if not events:
             return
-        items: list[tuple[int, bytes]] = []
-        unencodable: dict[int, str] = {}
-        for seq, event in enumerate(events, start=start):
-            payload = self._encoded(event)
-            if isinstance(payload, bytes):
-                items.append((seq, payload))
-            else:
-                unencodable[seq] = payload
-        if items:
-            journal.append_tracked(items)
-            self._journal_live += len(items)
-        with self._lock:
+        unencodable = spool.append(start, events)
+        with self._lock:  # together: the flusher must see both or neither
             self._unencodable.update(unencodable)
             self._journaled_upto = start + len(events)
-        if unencodable:
-            logger.warning("%d events cannot be written to the spool", len(unencodable))
 
-    def _encoded(self, event: E) -> bytes | str:
-        """The event's spool payload, or why `encode` cannot make one."""
-        try:
-            payload = self._encode(event)
-        except Exception as exc:
-            return f"cannot be written to the spool: {type(exc).__name__}: {exc}"
-        if not isinstance(payload, bytes):
-            return f"cannot be written to the spool: encode returned {type(payload).__name__}"
-        return payload
-
-    def _journal_settle(self, seqs: list[int]) -> None:
-        journal = self._journal
-        assert journal is not None
-        with self._spool_lock:
-            if journal.closed:
-                return
-            self._journal_live -= len(seqs)
-            self._journal_settled += len(seqs)
-            if self._journal_live <= 0:
-                journal.truncate()
-                self._journal_live = self._journal_settled = 0
-                return
-            journal.append_settled(seqs)
-            if journal.size > _COMPACT_BYTES and self._journal_settled > self._journal_live:
-                items = self._live_items()
-                journal.rewrite(items)
-                self._journal_live, self._journal_settled = len(items), 0
-            else:
-                journal.sync()
-
-    def _live_items(self) -> list[tuple[int, bytes]]:
-        # Spool lock held: every journaled, unsettled event, encoded.
+    def _live_pairs(self) -> list[tuple[int, E]]:
+        # Spool lock held: every journaled, unsettled (seq, event), for a compaction.
         with self._lock:
             pairs = [
                 pair for unit in self._work for pair in zip(unit.seqs, unit.events, strict=True)
@@ -1069,8 +1012,7 @@ class BatchBuffer(Generic[E]):
             journaled = itertools.islice(self._pending.copy(), journaled_count)
             pairs.extend(enumerate(journaled, start=self._taken))
             unencodable = set(self._unencodable)
-        encoded = [(seq, self._encoded(e)) for seq, e in pairs if seq not in unencodable]
-        return [(seq, payload) for seq, payload in encoded if isinstance(payload, bytes)]
+        return [(seq, event) for seq, event in pairs if seq not in unencodable]
 
     def _spool_run(self) -> None:
         try:
@@ -1088,21 +1030,15 @@ class BatchBuffer(Generic[E]):
             logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
 
     def _close_spool(self) -> None:
-        if self._journal is None:
+        spool = self._spool
+        if spool is None:
             return
         with self._lock:
             self._spool_stop = True
             self._spool_wakeup.notify_all()
         if self._spooler is not None:
             self._spooler.join()
-        with self._spool_lock:
-            if self._journal.closed:
-                return
-            try:
-                self._journal_new_events()
-                self._journal.sync()
-            finally:
-                self._journal.close()
+        spool.close(lambda: self._journal_new_events(spool))
 
 
 # --- process-wide hooks -------------------------------------------------------------------
