@@ -4,48 +4,14 @@
 them to a sink in batches, from one background thread, the flusher. It is the engine
 under `readings replay` and `records submit`, and a library of its own.
 
-Design
-------
-*Producers* only append to an in-memory deque (`track` takes the lock only to wait for
-room or to wake the flusher): no I/O, no clock, no allocation besides the append, and a
-`notify` only when the deque reaches `max_batch`.
-When `max_pending` events wait, `track` blocks (back-pressure) until the flusher makes
-room, or raises `BufferFull` after its timeout. Nothing is ever dropped.
-
-*The flusher* keeps a short queue of *units*, batches it has taken and not settled yet,
-and always works on the first one. A unit is formed from the deque when `max_batch` events
-wait, when `flush_interval` has passed since the last batch, on `flush()` and on `close()`.
-The sink's answer settles each event of the unit: accepted (delivered), rejected for good
-(dead-lettered with the reason), or to be retried. Events to retry stay at the front as a
-smaller unit and are sent again after a backoff (`RetryPolicy`: exponential, full jitter,
-capped, `Retry-After` honoured); `PayloadTooLarge` replaces the unit by its two halves,
-down to single events. Because the flusher settles one unit before it sends anything
-newer, and units are cut from the deque in tracking order, events are first delivered in
-tracking order across batches; inside one batch the sink decides (see "Sink contract").
-After `failure_limit` consecutive attempts that delivered nothing, the buffer stops: every
-later call raises `BufferStopped` and `drain_pending()` hands back every undelivered event.
-
-*Time* comes from an injected `Clock`: every wait (flush interval, backoff, back-pressure
-timeout, flush and close deadlines) goes through `clock.wait(condition, deadline)`, so a
-`FakeClock` drives all of it in tests without sleeping.
-
-*The spool* (optional) is an append-only journal (see `patientkit.core.spool`). Events
-are journaled before they are handed to the sink, by the flusher, and by a small spool
-thread every `spool_sync_interval` (fsync included), so the durability of tracked events
-does not wait for a slow sink. After each attempt, the flusher records which events
-settled and fsyncs before it starts the next attempt: after a crash, a new buffer on the
-same path delivers every journaled unsettled event first, and the only events it can send
-a second time are those of the attempt that was in flight. An event `encode` fails on
-cannot be journaled: it is dead-lettered alone, without a sink call, with the reason.
-
-*Fork and exit.* A weak registry of buffers serves two process-wide hooks. After
-`os.fork()` (`os.register_at_fork`), the child's copy of each buffer becomes a new, empty
-one with fresh locks and its own flusher, and without the spool (it closes its copies of
-the spool's descriptors): the parent's events stay the parent's. At interpreter exit
-(`atexit`; the flusher is a daemon thread, still running then) each open buffer is closed
-within its `close_timeout` (`EXIT_CLOSE_TIMEOUT` without one), in real time; what it cannot
-deliver stays in its spool or goes to its dead-letter callback, and one stderr line says
-how many events and where.
+Producers only append to a deque; one flusher thread cuts it into batches, hands each to
+the sink, and settles every event by the sink's answer (`patientkit.core.sinks.settle`):
+delivered, dead-lettered, or retried after a backoff (`patientkit.core.retry`). Events
+are first delivered in tracking order; nothing is ever dropped: what cannot be delivered
+is handed back (`close`, `drain_pending`), kept in the spool (`patientkit.core.spool`),
+or given to the dead-letter callback, also after `os.fork()` and at interpreter exit.
+Every wait goes through an injected `Clock`, so a `FakeClock` drives the tests. How and
+why, step by step: docs/buffer.md, "Design".
 
 Sink contract
 -------------
