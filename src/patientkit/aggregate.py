@@ -3,7 +3,7 @@
 
 A download is one job for a worker. A failed attempt (transport error, 5xx, a stream
 cut short, fewer rows than its metadata says) throws away that attempt's counts and is
-tried again from the start, with backoff, up to `backoff.attempts` times. A download
+tried again from the start, with backoff, up to `retry.attempts` times. A download
 that still fails, or holds a malformed row, fails the whole aggregation: partial totals
 are never returned.
 """
@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 
 from patientkit.client.exports import ExportClient
-from patientkit.client.http import DEFAULT_BACKOFF, Backoff, Retryable, with_retries
+from patientkit.client.http import DEFAULT_RETRY, transport_failure
 from patientkit.core import workers
 from patientkit.core.counting import Counts
+from patientkit.core.retry import RetryableError, RetryPolicy, with_retries
 from patientkit.errors import DeliveryError, PatientkitError
 
 PROGRESS_EVERY = 4 << 20  # bytes between progress messages from a worker
@@ -31,7 +32,7 @@ class Job:
     export_id: str
     download_id: str
     rows: int
-    backoff: Backoff
+    retry: RetryPolicy
 
 
 @dataclass
@@ -86,8 +87,8 @@ def count_download(job: Job) -> Outcome:
 
     with ExportClient(job.server, first_contact=False) as client:  # the parent's answered
         try:
-            counts = with_retries(attempt, job.backoff, on_retry)
-        except Retryable as exc:
+            counts = with_retries(attempt, job.retry, on_retry, transient=transport_failure)
+        except RetryableError as exc:
             flush()
             return Outcome(job.download_id, None, error=f"download {job.download_id}: {exc}")
         except httpx.DecodingError as exc:  # its Content-Encoding: truncated or corrupt
@@ -108,7 +109,7 @@ def aggregate_export(
     server: str,
     export_id: str,
     concurrency: int,
-    backoff: Backoff = DEFAULT_BACKOFF,
+    retry: RetryPolicy = DEFAULT_RETRY,
     events: Events | None = None,
 ) -> Counts:
     """Count every download of an export; the exact total, or an exception."""
@@ -121,7 +122,7 @@ def aggregate_export(
 
         return hook
 
-    with ExportClient(server, backoff) as client:
+    with ExportClient(server, retry) as client:
         download_ids = client.download_ids(export_id, note_retry(f"export {export_id}"))
         jobs = [
             Job(
@@ -131,7 +132,7 @@ def aggregate_export(
                 client.download(
                     export_id, download_id, note_retry(f"metadata of download {download_id}")
                 )["rows"],
-                backoff,
+                retry,
             )
             for download_id in download_ids
         ]

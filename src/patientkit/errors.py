@@ -1,14 +1,32 @@
-"""The one error tree of patientkit.
+"""The one error tree of patientkit: every error class it raises on purpose.
 
-    PatientkitError            exit 1 unless a subclass says otherwise
-    ├── UsageError             exit 2: a bad flag, an unreadable file, a bad setting
-    ├── RemoteError            exit 2: a server that cannot be reached or answers nonsense
-    ├── InputError             exit 1: invalid data in an input, named by file and line
-    │   └── ReadError          exit 1: an input that cannot be read to its end
-    └── DeliveryError          exit 1: data that could not be delivered after retries
+    PatientkitError              exit 1 unless a subclass says otherwise
+    ├── UsageError               exit 2: a bad flag, an unreadable file, a bad setting
+    │   └── SpoolLocked          core.spool: another live buffer holds the spool
+    ├── RemoteError              exit 2: a server that cannot be reached or answers nonsense
+    │   └── NoServer             client.http: nothing listens at the URL (first contact)
+    ├── InputError               exit 1: invalid data in an input, named by file and line
+    │   ├── ReadError            an input that cannot be read to its end
+    │   └── CsvError             core.counting: a malformed CSV row in an export
+    ├── DeliveryError            exit 1: data that could not be delivered after retries
+    │   ├── BufferFull           core.buffer: no room came within track()'s timeout
+    │   └── BufferStopped        core.buffer: failure limit, broken sink, or closed
+    ├── RetryableError           core.retry: failed, may succeed if tried again
+    ├── SinkError                core.sinks: how a sink says a whole batch went
+    │   ├── PermanentError       rejected for good: every event dead-lettered
+    │   ├── PoisonError          some event can never be taken: bisect to find it
+    │   └── PayloadTooLarge      too large: send it in halves
+    ├── SpoolError               core.spool: the spool file cannot be read or written
+    ├── WorkerDied               core.workers: a worker process ended without an answer
+    ├── StoreUnavailable         writer: the store process cannot be used (exit 1)
+    ├── StoreRefused             writer: the store refused a batch for good
+    └── Interrupted              cli.app: Ctrl-C (exit 130)
 
-The CLI catches PatientkitError in one place and prints its message as one line.
-Core modules raise these too; they know nothing of the CLI.
+Module paths are under `patientkit.`; classes without one live here. The CLI catches
+PatientkitError in one place and prints its message as one line with the exit code
+above. Core modules raise these too; they know nothing of the CLI. The library's public
+names (`patientkit.__all__`) include this tree's general classes; a test checks that this
+docstring names every subclass there is (tests/test_exported_members.py).
 """
 
 from __future__ import annotations

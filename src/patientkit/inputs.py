@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import count, repeat
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 from patientkit.core import jsontext
 from patientkit.core.jsontext import (
@@ -95,9 +95,9 @@ def open_input(path: str) -> IO[bytes]:
             raise UsageError(f"{path}: no such file") from None
         except IsADirectoryError:
             raise UsageError(f"{path}: is a folder, not a file") from None
-    stream = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
-    if stream.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
-        return io.BufferedReader(gzip.GzipFile(fileobj=stream, mode="rb"), CHUNK)  # type: ignore[arg-type]
+    stream = raw if hasattr(raw, "peek") else io.BufferedReader(cast(io.RawIOBase, raw))
+    if stream.peek(2)[:2] == GZIP_MAGIC:
+        return io.BufferedReader(gzip.GzipFile(fileobj=stream, mode="rb"), CHUNK)
     return stream
 
 
@@ -202,7 +202,7 @@ def _ndjson_chunks(stream: IO[bytes], source: str) -> Iterator[list[Item]]:
             return
 
 
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__, undeclared
 
 
 def _ndjson_piece(piece: bytes, number: int, source: str, added_newline: bool) -> Iterator[Item]:

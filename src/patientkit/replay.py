@@ -33,14 +33,8 @@ from typing import Any
 
 from patientkit.client.readings import Answer, ReadingsClient
 from patientkit.core import validation
-from patientkit.core.buffer import (
-    BatchBuffer,
-    BufferFull,
-    BufferStopped,
-    PoisonError,
-    RetryableError,
-    SinkResult,
-)
+from patientkit.core.buffer import BatchBuffer, BufferFull, BufferStopped
+from patientkit.core.sinks import PoisonError, RetryableError, SinkResult
 from patientkit.core.storage import Reading
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
@@ -130,7 +124,7 @@ class Parser:
             return validation.ID_REQUIRED
         if not validation.is_device_id(device_id):
             return validation.BAD_DEVICE_ID
-        self.devices[device_id] = device_id  # type: ignore[index]
+        self.devices[device_id] = device_id
         return ""
 
     def _reading(self, device_id: Any, one: Any, record: Any) -> tuple[Reading | None, str, Any]:
@@ -396,7 +390,12 @@ class Replay:
                         instant = instant_of(timestamp)
                         if instant is not None:
                             summary.read += 1
-                            event = ((device_id, count, timestamp, instant), item.source, item.line)
+                            # a plain tuple in a Reading's layout: no NamedTuple call per reading
+                            event: Event = (
+                                (device_id, count, timestamp, instant),  # type: ignore[assignment]
+                                item.source,
+                                item.line,
+                            )
                             try:
                                 track(event, ROOM_WAIT)
                             except BufferFull:

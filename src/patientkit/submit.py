@@ -44,13 +44,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from patientkit.core.buffer import (
-    BatchBuffer,
-    BufferStopped,
-    PayloadTooLarge,
-    PoisonError,
-    RetryPolicy,
-)
+from patientkit.core.buffer import BatchBuffer, BufferStopped
+from patientkit.core.retry import RetryPolicy
+from patientkit.core.sinks import PayloadTooLarge, PoisonError
 from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import all_records_valid, record_problem
 from patientkit.errors import PatientkitError, RemoteError
@@ -59,7 +55,6 @@ from patientkit.rejects import Rejects
 from patientkit.writer import DATA_ERRORS, refusal
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
-    from patientkit.client.http import Backoff
     from patientkit.client.records import Outcome
 
 STORE_BATCH = 5000  # records per store transaction
@@ -296,13 +291,13 @@ class HttpTarget:
         concurrency: int,
         tally: Tally,
         report: Report,
-        backoff: Backoff,
+        retry: RetryPolicy,
     ) -> None:
         from patientkit.client import records as api
 
         self.api = api
         self.tally, self.report = tally, report
-        self.client = api.RecordsClient(server, connections=concurrency, backoff=backoff)
+        self.client = api.RecordsClient(server, connections=concurrency, retry=retry)
         self.client.ping()
         self.concurrency = concurrency
         self.error: PatientkitError | None = None
@@ -583,17 +578,17 @@ def http_target(
     concurrency: int,
     tally: Tally,
     report: Report,
-    backoff: Backoff,
+    retry: RetryPolicy,
     batch: bool = True,
     batch_size: int = HTTP_BATCH,
 ) -> HttpTarget | BulkTarget:
     """The target for an API: batches (BulkTarget) when `batch` and the server has POST
     /tests/batch, else one POST per record (HttpTarget)."""
     if not batch:
-        return HttpTarget(server, concurrency, tally, report, backoff)
+        return HttpTarget(server, concurrency, tally, report, retry)
     from patientkit.client.records import RecordsClient
 
-    client = RecordsClient(server, connections=concurrency, backoff=backoff)
+    client = RecordsClient(server, connections=concurrency, retry=retry)
     try:
         client.ping()  # nothing there: NoServer, exit 2
         try:
@@ -606,7 +601,7 @@ def http_target(
     if bulk:
         return BulkTarget(client, concurrency, tally, report, batch_size)
     client.close()
-    return HttpTarget(server, concurrency, tally, report, backoff)
+    return HttpTarget(server, concurrency, tally, report, retry)
 
 
 def submit(

@@ -103,7 +103,7 @@ class StoreProcess:
         self._start()
 
     def _start(self) -> None:
-        context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+        context = get_context("fork") if "fork" in get_all_start_methods() else get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(
             target=_serve, args=(self.path, child, self.conn), name="patientkit-store", daemon=True
@@ -122,7 +122,7 @@ class StoreProcess:
 
     def _receive(self) -> tuple[str, Any]:
         try:
-            return self.conn.recv()  # type: ignore[no-any-return]
+            return self.conn.recv()
         except (EOFError, OSError):
             raise StoreUnavailable("the store process stopped") from None
 

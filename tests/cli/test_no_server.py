@@ -64,7 +64,8 @@ def test_a_server_that_answered_once_is_retried_when_it_goes_away(tmp_path, serv
     has had an answer retries a refused connection (a server restarting)."""
     import httpx
 
-    from patientkit.client.http import Backoff, NoServer, make_client, with_retries
+    from patientkit.client.http import NoServer, make_client, transport_failure
+    from patientkit.core.retry import RetryPolicy, with_retries
 
     server = serve("--db", str(tmp_path / "store.db"))
     client = make_client(server.url)
@@ -74,8 +75,9 @@ def test_a_server_that_answered_once_is_retried_when_it_goes_away(tmp_path, serv
     with pytest.raises(Exception) as caught:
         with_retries(
             lambda: client.get("/api/ping"),
-            Backoff(attempts=3, base=0.01),
+            RetryPolicy(attempts=3, initial=0.01),
             lambda n, why, wait: tries.append(n),
+            transient=transport_failure,
         )
     assert not isinstance(caught.value, NoServer)
     assert isinstance(caught.value.__cause__, httpx.ConnectError)

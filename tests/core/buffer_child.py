@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 from patientkit.core import buffer as buffer_module
-from patientkit.core.buffer import BatchBuffer, FakeClock, RetryableError, SpoolLocked
+from patientkit.core.buffer import BatchBuffer
+from patientkit.core.clock import FakeClock
+from patientkit.core.retry import RetryableError
+from patientkit.core.spool import SpoolLocked
 
 DIR = Path(sys.argv[2])
 DELIVERED = DIR / "delivered"

@@ -7,155 +7,29 @@ and `flush()` / `close()` themselves. A watchdog turns a hang into a failure.
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
-import json
-import logging
-import os
-import queue
 import random
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patientkit.core import buffer as buffer_module
-from patientkit.core.buffer import (
-    BatchBuffer,
-    BufferFull,
-    BufferStopped,
-    FakeClock,
-    FlushResult,
-    PayloadTooLarge,
-    PermanentError,
-    RetryableError,
-    RetryPolicy,
-    SinkResult,
-    SpoolLocked,
+from patientkit.core.buffer import BatchBuffer, BufferFull, BufferStopped, FlushResult
+from patientkit.core.clock import FakeClock, SystemClock
+from patientkit.core.retry import RetryPolicy
+from patientkit.core.sinks import PayloadTooLarge, PermanentError, RetryableError, SinkResult
+from patientkit.errors import DeliveryError, UsageError
+from tests.core.buffer_helpers import (
+    WAIT,
+    Letters,
+    MaxRandom,
+    Sink,
+    advance_to_next_deadline,
+    in_thread,
 )
-from patientkit.core.clock import SystemClock
-from patientkit.core.spool import _RECORD, MAGIC, Journal, _recover
-from patientkit.errors import DeliveryError, PatientkitError, UsageError
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-WAIT = 10.0  # real-time bound for waits that must succeed at once
-
-
-@pytest.fixture(autouse=True)
-def watchdog():
-    faulthandler.dump_traceback_later(120, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-class MaxRandom(random.Random):
-    """Jitter always at its ceiling, so delays are exact."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-class MinRandom(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return a
-
-
-class Sink:
-    """Records each batch; answers from a script (then accepts everything).
-
-    An answer is None, a SinkResult, an exception to raise, or a callable(batch) -> answer.
-    With `gate`, each call waits for the gate (real time, bounded) before answering.
-    """
-
-    def __init__(self, *answers, gate: threading.Event | None = None):
-        self.answers = list(answers)
-        self.gate = gate
-        self.calls: list[list] = []
-        self.delivered: list = []
-        self.cond = threading.Condition()
-
-    def __call__(self, batch):
-        with self.cond:
-            self.calls.append(list(batch))
-            answer = self.answers.pop(0) if self.answers else None
-            self.cond.notify_all()
-        if self.gate is not None:
-            assert self.gate.wait(WAIT), "test never opened the sink's gate"
-        if callable(answer) and not isinstance(answer, BaseException):
-            answer = answer(batch)
-        if isinstance(answer, BaseException):
-            raise answer
-        skipped = set()
-        if isinstance(answer, SinkResult):
-            skipped = set(answer.rejected) | set(answer.retry)
-        with self.cond:
-            self.delivered.extend(e for i, e in enumerate(batch) if i not in skipped)
-        return answer
-
-    def wait_calls(self, count: int) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.calls) >= count, WAIT), (
-                f"expected {count} sink calls, got {len(self.calls)}"
-            )
-
-
-class Letters:
-    def __init__(self):
-        self.items: list[tuple[object, str]] = []
-
-    def __call__(self, event, reason):
-        self.items.append((event, reason))
-
-
-@pytest.fixture
-def make():
-    """Build buffers on a FakeClock; close what is left at the end of the test."""
-    made: list[BatchBuffer] = []
-
-    def build(sink, **options):
-        options.setdefault("clock", FakeClock())
-        options.setdefault("max_batch", 3)
-        options.setdefault("flush_interval", 10.0)
-        options.setdefault("max_pending", 100)
-        options.setdefault("rng", random.Random(0))
-        buf = BatchBuffer(sink, **options)
-        made.append(buf)
-        return buf, options["clock"]
-
-    yield build
-    for buf in made:
-        with contextlib.suppress(PatientkitError):
-            buf.close(timeout=0)
-
-
-def advance_to_next_deadline(clock: FakeClock, waiters: int = 1) -> float:
-    clock.wait_for_waiters(waiters)
-    deadline = clock.next_deadline()
-    assert deadline is not None
-    step = deadline - clock.now()
-    clock.advance(step)
-    return step
-
-
-def in_thread(target, *args):
-    """Run target in a thread; return (thread, box) where box gets 'result' or 'error'."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["result"] = target(*args)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, box
+pytestmark = pytest.mark.usefixtures("watchdog")
 
 
 # --- triggers ----------------------------------------------------------------------------
@@ -341,32 +215,6 @@ def test_retry_after_is_honoured(make, answer, expected_delay):
     assert buf.flush().complete and sink.calls == [["a", "b"], ["a", "b"]]
 
 
-def test_retry_after_shorter_than_the_jitter_keeps_the_jitter():
-    policy = RetryPolicy(initial=2.0)
-    assert policy.delay(0, MaxRandom(), retry_after=0.5) == 2.0
-    assert policy.delay(0, MinRandom(), retry_after=0.5) == 0.5
-
-
-def test_backoff_ceiling_grows_exponentially_and_is_capped():
-    policy = RetryPolicy(initial=0.1, multiplier=2.0, maximum=30.0)
-    ceilings = [policy.ceiling(n) for n in range(11)]
-    expected = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
-    assert ceilings == pytest.approx(expected)
-    assert policy.ceiling(100_000) == 30.0  # no OverflowError
-    assert policy.delay(3, MaxRandom()) == pytest.approx(0.8)
-    assert policy.delay(3, MinRandom()) == 0.0
-
-
-def test_backoff_delays_are_full_jitter_within_bounds():
-    policy = RetryPolicy(initial=0.1, multiplier=2.0, maximum=30.0)
-    rng = random.Random(1234)
-    for attempt in range(12):
-        ceiling = policy.ceiling(attempt)
-        delays = [policy.delay(attempt, rng) for _ in range(500)]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        assert min(delays) < 0.05 * ceiling and max(delays) > 0.95 * ceiling
-
-
 def test_buffer_waits_follow_the_policy(make):
     sink = Sink(*[RetryableError("down")] * 4)
     buf, clock = make(sink, max_batch=1, failure_limit=None, rng=MaxRandom())
@@ -378,20 +226,6 @@ def test_buffer_waits_follow_the_policy(make):
     sink.wait_calls(5)
     assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8])
     assert buf.flush().complete and buf.stats().retried == 4
-
-
-@pytest.mark.parametrize(
-    "policy",
-    [
-        {"initial": 0.0},
-        {"initial": 2.0, "maximum": 1.0},
-        {"multiplier": 0.5},
-        {"retry_after_limit": -1.0},
-    ],
-)
-def test_invalid_retry_policy_is_refused(policy):
-    with pytest.raises(UsageError):
-        RetryPolicy(**policy)
 
 
 # --- too large, dead letters -------------------------------------------------------------
@@ -850,162 +684,6 @@ def test_tracks_racing_with_close_are_either_kept_or_refused():
         assert buf.stats().tracked == len(everything)
 
 
-# --- the spool ---------------------------------------------------------------------------
-
-
-def test_spool_keeps_undelivered_events_for_the_next_buffer(make, tmp_path):
-    spool = tmp_path / "buffer.spool"
-    down = Sink(*[RetryableError("down")] * 100)
-    first, _clock = make(down, max_batch=2, failure_limit=None, spool=spool)
-    for i in range(5):
-        first.track({"n": i})
-    assert first.close(timeout=0) == [{"n": i} for i in range(5)]
-
-    up = Sink()
-    second, _clock = make(up, max_batch=2, spool=spool)
-    assert second.stats().recovered == 5
-    second.track({"n": 5})
-    assert second.close() == []
-    assert up.delivered == [{"n": i} for i in range(6)]  # recovered ones first
-    assert spool.read_bytes() == MAGIC
-
-    third, _clock = make(Sink(), spool=spool)
-    assert third.stats().recovered == 0
-
-
-def test_spool_journals_tracked_events_within_the_sync_interval(make, tmp_path):
-    spool = tmp_path / "buffer.spool"
-    sink = Sink()
-    buf, clock = make(sink, max_batch=100, flush_interval=10.0, spool=spool)
-    clock.wait_for_waiters(2)  # the flusher (until t=10) and the spool thread (t=0.2)
-    buf.track("a")
-    buf.track("b")  # wakes nobody: below max_batch
-    assert _recover(spool) == []  # only in memory so far
-    clock.advance(0.2)
-    clock.wait_for_waiters(2)  # the spool thread synced and waits again
-    assert _recover(spool) == [(0, b'"a"'), (1, b'"b"')]
-    assert sink.calls == []
-    assert buf.close() == [] and sink.delivered == ["a", "b"]
-
-
-def test_spool_ignores_a_torn_last_record(make, tmp_path, caplog):
-    spool = tmp_path / "buffer.spool"
-    down = Sink(*[RetryableError("down")] * 100)
-    first, _clock = make(down, max_batch=2, failure_limit=None, spool=spool)
-    for i in range(3):
-        first.track(i)
-    first.close(timeout=0)
-    with spool.open("ab") as out:
-        out.write(_RECORD.pack(b"T", 100, 0) + b"x" * 10)  # killed mid-write
-    with caplog.at_level(logging.WARNING, logger="patientkit.core.spool"):
-        up = Sink()
-        second, _clock = make(up, spool=spool)
-    assert "torn record" in caplog.text
-    assert second.close() == []
-    assert up.delivered == [0, 1, 2]
-
-
-def test_spool_refuses_a_file_that_is_not_a_spool(make, tmp_path):
-    spool = tmp_path / "notes.txt"
-    spool.write_text("hello, this is not a spool\n")
-    with pytest.raises(PatientkitError, match="not a patientkit spool"):
-        make(Sink(), spool=spool)
-
-
-def test_only_one_live_buffer_per_spool(make, tmp_path):
-    spool = tmp_path / "buffer.spool"
-    first, _clock = make(Sink(), spool=spool)
-    with pytest.raises(SpoolLocked, match="in use by another live buffer") as locked:
-        make(Sink(), spool=spool)
-    assert isinstance(locked.value, UsageError)
-    first.close()
-    second, _clock = make(Sink(), spool=spool)
-    assert second.close() == []
-
-
-def test_spool_is_compacted_as_deliveries_complete(make, tmp_path, monkeypatch):
-    monkeypatch.setattr(buffer_module, "_COMPACT_BYTES", 64)
-    rewrites, truncates = [], []
-    real_rewrite, real_truncate = Journal.rewrite, Journal.truncate
-
-    def spy_rewrite(journal, items):
-        rewrites.append([seq for seq, _ in items])
-        real_rewrite(journal, items)
-
-    def spy_truncate(journal):
-        truncates.append(True)
-        real_truncate(journal)
-
-    monkeypatch.setattr(Journal, "rewrite", spy_rewrite)
-    monkeypatch.setattr(Journal, "truncate", spy_truncate)
-    spool = tmp_path / "buffer.spool"
-    gate = threading.Event()
-    sink = Sink(gate=gate)
-    buf, _clock = make(sink, max_batch=1, max_pending=20, spool=spool)
-    for i in range(10):
-        buf.track(i)
-    sink.wait_calls(1)
-    buf.sync()  # all ten journaled, one in flight
-    gate.set()
-    assert buf.close() == []
-    assert sink.delivered == list(range(10))
-    # After six of ten settled, settled records dominate: rewritten with the four left.
-    assert rewrites and rewrites[0] == [6, 7, 8, 9]
-    assert truncates and spool.read_bytes() == MAGIC
-
-
-def _read_lines(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line.strip())
-
-
-def test_spool_survives_sigkill_and_redelivers_only_the_batch_in_flight(tmp_path):
-    spool, log = tmp_path / "buffer.spool", tmp_path / "sink.log"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("spool_child.py")), str(spool), str(log)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_lines, args=(child.stdout, lines), daemon=True).start()
-    seen = set()
-    try:
-        while seen != {"synced 80", "tracked 90", "inflight"}:
-            seen.add(lines.get(timeout=60))
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(WAIT)
-    assert child.returncode == -signal.SIGKILL
-
-    begun: list[list[int]] = []  # batches the first run started, and whether they ended
-    ended: list[bool] = []
-    for line in log.read_text().splitlines():
-        if line.startswith("begin "):
-            begun.append([int(n) for n in line.split()[1:]])
-            ended.append(False)
-        elif line == "end":
-            ended[-1] = True
-    in_flight = [batch for batch, done in zip(begun, ended, strict=True) if not done]
-    assert len(in_flight) == 1 and in_flight[0][0] == 50
-    first_run = [n for batch in begun for n in batch]
-    assert sorted(n for batch, done in zip(begun, ended, strict=True) if done for n in batch) == (
-        list(range(50))
-    )
-
-    sink = Sink()
-    buf = BatchBuffer(sink, max_batch=10, spool=spool, clock=FakeClock())
-    assert buf.close() == []
-    second_run = sink.delivered
-    assert second_run == sorted(second_run)  # recovered in tracking order
-    assert set(range(80)) <= set(first_run) | set(second_run)  # all tracked before sync()
-    assert set(second_run) <= set(range(90))
-    counts = Counter(first_run + second_run)
-    assert {n for n, c in counts.items() if c > 1} == set(in_flight[0])
-    assert max(counts.values()) == 2
-
-
 # --- property: exactly once, from 8 threads, against a hostile sink -----------------------
 
 
@@ -1109,13 +787,3 @@ def test_every_tracked_event_ends_exactly_once(
         len(left),
     )
     assert stats.pending == 0 and stats.in_flight == 0
-
-
-def test_json_is_the_default_spool_encoding(make, tmp_path):
-    spool = tmp_path / "buffer.spool"
-    down = Sink(*[RetryableError("down")] * 100)
-    first, _clock = make(down, max_batch=5, failure_limit=None, spool=spool)
-    first.track({"id": "d1", "count": 5})
-    first.close(timeout=0)
-    body = spool.read_bytes()
-    assert json.dumps({"id": "d1", "count": 5}, separators=(",", ":")).encode() in body

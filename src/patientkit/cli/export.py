@@ -105,15 +105,17 @@ def aggregate(
 
         patientkit export aggregate demo --format table
     """
+    from dataclasses import replace
+
     from patientkit.aggregate import Events, aggregate_export
-    from patientkit.client.http import Backoff
+    from patientkit.client.http import DEFAULT_RETRY
 
     with interruptible("nothing was counted"), Meter(f"export {export_id}") as meter:
         counts = aggregate_export(
             server,
             export_id,
             concurrency or cpu_count(),
-            Backoff(attempts=attempts),
+            replace(DEFAULT_RETRY, attempts=attempts),
             Events(
                 on_start=meter.start,
                 on_progress=meter.advance,

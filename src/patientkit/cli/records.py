@@ -104,11 +104,14 @@ def submit(
     ):
         report = Report(rejects_file, _problem)
         if to is not None:
-            from patientkit.client.http import Backoff
+            from dataclasses import replace
+
+            from patientkit.client.http import DEFAULT_RETRY
             from patientkit.submit import http_target
 
+            retry = replace(DEFAULT_RETRY, attempts=attempts)
             target: HttpTarget | BulkTarget | StoreTarget = http_target(
-                to, concurrency, tally, report, Backoff(attempts=attempts), batch, batch_size
+                to, concurrency, tally, report, retry, batch, batch_size
             )
         else:
             target = StoreTarget(db, tally, report)

@@ -8,16 +8,15 @@ from typing import Any
 import httpx
 
 from patientkit.client.http import (
-    DEFAULT_BACKOFF,
+    DEFAULT_RETRY,
     ApiClient,
-    Backoff,
-    Retryable,
     is_retryable_status,
     json_body,
     retry_after,
-    with_retries,
+    transport_failure,
 )
 from patientkit.core.counting import Counts, CsvCounter, CsvError
+from patientkit.core.retry import RetryableError, RetryPolicy, with_retries
 from patientkit.errors import DeliveryError, RemoteError
 
 CHUNK = 1 << 20
@@ -26,18 +25,19 @@ OnRetry = Callable[[int, str, float], None]
 
 class ExportClient(ApiClient):
     def __init__(
-        self, server: str, backoff: Backoff = DEFAULT_BACKOFF, first_contact: bool = True
+        self, server: str, retry: RetryPolicy = DEFAULT_RETRY, first_contact: bool = True
     ) -> None:
         super().__init__(server, first_contact)
-        self.backoff = backoff
+        self.retry = retry
 
     def _check(self, response: httpx.Response, path: str, not_found: str) -> None:
-        """Pass a 200; raise Retryable for an answer worth another attempt, else RemoteError."""
+        """Pass a 200; raise RetryableError for an answer worth another attempt, else
+        RemoteError."""
         status = response.status_code
         if status == 404:
             raise RemoteError(f"{not_found} on {self.server} (404)")
         if is_retryable_status(status):
-            raise Retryable(f"status {status}{_detail(response)}", retry_after(response))
+            raise RetryableError(f"status {status}{_detail(response)}", retry_after(response))
         if status != 200:
             raise RemoteError(f"GET {self.server}{path}: unexpected status {status}")
 
@@ -50,9 +50,9 @@ class ExportClient(ApiClient):
             return json_body(response, what)
 
         try:
-            body = with_retries(attempt, self.backoff, on_retry)
-        except Retryable as exc:
-            raise RemoteError(f"cannot get {what}: {exc.reason}") from None
+            body = with_retries(attempt, self.retry, on_retry, transient=transport_failure)
+        except RetryableError as exc:
+            raise RemoteError(f"cannot get {what}: {exc}") from None
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
             raise RemoteError(f"{what}: the answer has no 'data' object")
@@ -87,7 +87,7 @@ class ExportClient(ApiClient):
     ) -> Counts:
         """Stream one download through a counter: one attempt, no retry.
 
-        Raises Retryable for a failure worth another attempt (transport, 5xx, a short
+        Raises RetryableError for a failure worth another attempt (transport, 5xx, a short
         download), CsvError for bad data, RemoteError for a final refusal.
         `on_chunk(rows, bytes)` reports progress.
         """
@@ -105,10 +105,10 @@ class ExportClient(ApiClient):
             counts = counter.finish()
         except CsvError:
             if counter.counts.rows < expected_rows:  # the stream stopped inside a row
-                raise Retryable(_short(counter.counts.rows, expected_rows)) from None
+                raise RetryableError(_short(counter.counts.rows, expected_rows)) from None
             raise
         if counts.rows < expected_rows:
-            raise Retryable(_short(counts.rows, expected_rows))
+            raise RetryableError(_short(counts.rows, expected_rows))
         if counts.rows > expected_rows:
             raise DeliveryError(
                 f"download {source}: counted {counts.rows:,} rows, "

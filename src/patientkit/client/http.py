@@ -1,8 +1,9 @@
 """What every patientkit HTTP client shares: one httpx client setup, retry with backoff,
 and one translation of transport failures into patientkit errors.
 
-Retryable: transport errors (refused, reset, cut off mid-answer, timeouts) and the
-statuses 408, 425, 429 and 5xx; `Retry-After` is honoured. Everything else is final.
+Retryable (`patientkit.core.retry`): transport errors (refused, reset, cut off
+mid-answer, timeouts; `transport_failure`) and the statuses 408, 425, 429 and 5xx;
+`Retry-After` is honoured, as seconds or as an HTTP-date. Everything else is final.
 
 Except on first contact: a client whose very first connection is refused (or cannot be
 made at all) raises `NoServer` at once, for every command alike: nothing is listening
@@ -14,45 +15,21 @@ retried as before (a server restarting mid-run).
 from __future__ import annotations
 
 import os
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import httpx
 
 from patientkit import __version__
+from patientkit.core.retry import RetryPolicy, parse_retry_after
 from patientkit.errors import RemoteError
-
-T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=60.0)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base*2**n))."""
-
-    attempts: int = 6
-    base: float = 0.1
-    cap: float = 5.0
-
-    def delay(self, failures: int, retry_after: float | None = None) -> float:
-        jittered = random.uniform(0, min(self.cap, self.base * 2 ** (failures - 1)))
-        return max(jittered, min(retry_after, 60.0)) if retry_after is not None else jittered
-
-
-DEFAULT_BACKOFF = Backoff()
-
-
-class Retryable(Exception):
-    """A failure worth another attempt."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
+DEFAULT_RETRY = RetryPolicy(attempts=6, initial=0.1, maximum=5.0, retry_after_limit=60.0)
+"""How our HTTP clients retry: 6 attempts, waits of at most 5 s, a Retry-After of at
+most 60 s honoured."""
 
 
 def is_retryable_status(status: int) -> bool:
@@ -60,11 +37,8 @@ def is_retryable_status(status: int) -> bool:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+    """The answer's Retry-After in seconds (delta-seconds or HTTP-date), or None."""
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 def describe(exc: httpx.HTTPError) -> str:
@@ -78,28 +52,10 @@ def describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
-def with_retries(
-    attempt: Callable[[], T],
-    backoff: Backoff,
-    on_retry: Callable[[int, str, float], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run attempt() until it succeeds; on Retryable or a transport error wait and retry.
-
-    After the last attempt, raise the last failure as Retryable.
-    """
-    for failures in range(1, backoff.attempts + 1):
-        try:
-            return attempt()
-        except (Retryable, httpx.TransportError) as exc:
-            reason = exc.reason if isinstance(exc, Retryable) else describe(exc)
-            if failures == backoff.attempts:
-                raise Retryable(f"{reason} (after {failures} attempts)") from exc
-            wait = backoff.delay(failures, getattr(exc, "retry_after", None))
-            if on_retry is not None:
-                on_retry(failures, reason, wait)
-            sleep(wait)
-    raise AssertionError("unreachable")
+def transport_failure(exc: BaseException) -> str | None:
+    """For `with_retries(transient=...)`: a transport error (refused, reset, cut off,
+    timed out) is worth another attempt; its short reason, or None for anything else."""
+    return describe(exc) if isinstance(exc, httpx.TransportError) else None
 
 
 class NoServer(RemoteError):

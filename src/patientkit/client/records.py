@@ -34,15 +34,14 @@ from typing import Any
 import httpx
 
 from patientkit.client.http import (
-    DEFAULT_BACKOFF,
-    Backoff,
-    Retryable,
+    DEFAULT_RETRY,
     describe,
     is_retryable_status,
     make_client,
     retry_after,
-    with_retries,
+    transport_failure,
 )
+from patientkit.core.retry import Retries, RetryableError, RetryPolicy, with_retries
 from patientkit.errors import RemoteError
 
 CREATED = "created"
@@ -81,9 +80,9 @@ class RecordsClient:
     """One pooled httpx client for up to `connections` requests at once, from any thread."""
 
     def __init__(
-        self, server: str, connections: int = 1, backoff: Backoff = DEFAULT_BACKOFF
+        self, server: str, connections: int = 1, retry: RetryPolicy = DEFAULT_RETRY
     ) -> None:
-        self.server, self.backoff = server.rstrip("/"), backoff
+        self.server, self.retry = server.rstrip("/"), retry
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self.http = make_client(server, limits=limits)
         self._local = threading.local()
@@ -175,15 +174,17 @@ class RecordsClient:
                 "/tests/batch", content=b"[]", headers={"content-type": "application/json"}
             )
             if is_retryable_status(response.status_code):
-                raise Retryable(f"status {response.status_code}", retry_after(response))
+                raise RetryableError(f"status {response.status_code}", retry_after(response))
             return response.status_code not in NO_BULK
 
         try:
-            return with_retries(attempt, self.backoff, on_retry, self._sleep)
+            return with_retries(
+                attempt, self.retry, on_retry, self._sleep, transient=transport_failure
+            )
         except _GaveUp:
             raise RemoteError(f"{self.server}: interrupted while waiting to retry") from None
-        except Retryable as exc:
-            raise RemoteError(f"{self.server}/tests/batch: {exc.reason}") from None
+        except RetryableError as exc:
+            raise RemoteError(f"{self.server}/tests/batch: {exc}") from None
 
     def submit_batch(
         self, records: list[dict[str, Any]], request_id: str, on_retry: OnRetry
@@ -211,17 +212,18 @@ class RecordsClient:
             if status == 413 and count > 1:
                 raise BatchTooLarge(_message(response))
             if is_retryable_status(status):
-                raise Retryable(f"status {status}", retry_after(response))
+                raise RetryableError(f"status {status}", retry_after(response))
             reason = f"rejected by the server ({status}): {_message(response)}"
             return [Outcome(REJECTED, reason)] * count
 
         try:
-            return with_retries(attempt, self.backoff, on_retry, self._sleep)
+            return with_retries(
+                attempt, self.retry, on_retry, self._sleep, transient=transport_failure
+            )
         except _GaveUp:
             return [Outcome(FAILED, "failed: interrupted while waiting to retry")] * count
-        except Retryable as exc:
-            reason = exc.reason.removesuffix(f" (after {self.backoff.attempts} attempts)")
-            failed = f"failed after {self.backoff.attempts} attempts: {reason}"
+        except RetryableError as exc:
+            failed = f"failed after {exc.attempts} attempts: {exc.reason}"
             return [Outcome(FAILED, failed)] * count
 
     def submit(self, record: dict[str, Any], request_id: str, on_retry: OnRetry) -> Outcome:
@@ -235,16 +237,17 @@ class RecordsClient:
             if status == 409:
                 return Outcome(DUPLICATE)
             if is_retryable_status(status):
-                raise Retryable(f"status {status}", retry_after(response))
+                raise RetryableError(f"status {status}", retry_after(response))
             return Outcome(REJECTED, f"rejected by the server ({status}): {_message(response)}")
 
         try:
-            return with_retries(attempt, self.backoff, on_retry, self._sleep)
+            return with_retries(
+                attempt, self.retry, on_retry, self._sleep, transient=transport_failure
+            )
         except _GaveUp:
             return Outcome(FAILED, "failed: interrupted while waiting to retry")
-        except Retryable as exc:
-            reason = exc.reason.removesuffix(f" (after {self.backoff.attempts} attempts)")
-            return Outcome(FAILED, f"failed after {self.backoff.attempts} attempts: {reason}")
+        except RetryableError as exc:
+            return Outcome(FAILED, f"failed after {exc.attempts} attempts: {exc.reason}")
 
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
@@ -258,14 +261,14 @@ class RecordsClient:
         from patientkit.inputs import array_items
 
         given = 0
-        failures = 0
+        retries = Retries(self.retry, on_retry, self._sleep, transient=transport_failure)
         while True:
             seen, before = 0, given
             try:
                 with self.http.stream("GET", "/tests", params={"clinic_id": clinic_id}) as answer:
                     status = answer.status_code
                     if is_retryable_status(status):
-                        raise Retryable(f"status {status}", retry_after(answer))
+                        raise RetryableError(f"status {status}", retry_after(answer))
                     if status != 200:
                         answer.read()
                         raise RemoteError(
@@ -282,17 +285,14 @@ class RecordsClient:
                             given += 1
                             yield item.value
                     return
-            except (Retryable, httpx.TransportError) as exc:
-                failures = 1 if given > before else failures + 1  # progress: a new count
-                reason = exc.reason if isinstance(exc, Retryable) else describe(exc)
-                if failures >= self.backoff.attempts:
+            except Exception as exc:
+                try:
+                    retries.failed(exc, progressed=given > before)  # progress: a new count
+                except RetryableError as final:
                     raise RemoteError(
-                        f"cannot list {self.server}/tests: {reason} "
-                        f"(after {failures} attempts; {given} records listed)"
+                        f"cannot list {self.server}/tests: {final.reason} "
+                        f"(after {final.attempts} attempts; {given} records listed)"
                     ) from None
-                wait = self.backoff.delay(failures, getattr(exc, "retry_after", None))
-                on_retry(failures, reason, wait)
-                self._sleep(wait)
 
 
 def _verdicts(response: httpx.Response, count: int) -> list[Outcome]:

@@ -4,63 +4,19 @@
 them to a sink in batches, from one background thread, the flusher. It is the engine
 under `readings replay` and `records submit`, and a library of its own.
 
-Design
-------
-*Producers* only append to an in-memory deque (`track` takes the lock only to wait for
-room or to wake the flusher): no I/O, no clock, no allocation besides the append, and a
-`notify` only when the deque reaches `max_batch`.
-When `max_pending` events wait, `track` blocks (back-pressure) until the flusher makes
-room, or raises `BufferFull` after its timeout. Nothing is ever dropped.
-
-*The flusher* keeps a short queue of *units*, batches it has taken and not settled yet,
-and always works on the first one. A unit is formed from the deque when `max_batch` events
-wait, when `flush_interval` has passed since the last batch, on `flush()` and on `close()`.
-The sink's answer settles each event of the unit: accepted (delivered), rejected for good
-(dead-lettered with the reason), or to be retried. Events to retry stay at the front as a
-smaller unit and are sent again after a backoff (`RetryPolicy`: exponential, full jitter,
-capped, `Retry-After` honoured); `PayloadTooLarge` replaces the unit by its two halves,
-down to single events. Because the flusher settles one unit before it sends anything
-newer, and units are cut from the deque in tracking order, events are first delivered in
-tracking order across batches; inside one batch the sink decides (see "Sink contract").
-After `failure_limit` consecutive attempts that delivered nothing, the buffer stops: every
-later call raises `BufferStopped` and `drain_pending()` hands back every undelivered event.
-
-*Time* comes from an injected `Clock`: every wait (flush interval, backoff, back-pressure
-timeout, flush and close deadlines) goes through `clock.wait(condition, deadline)`, so a
-`FakeClock` drives all of it in tests without sleeping.
-
-*The spool* (optional) is an append-only journal (see `patientkit.core.spool`). Events
-are journaled before they are handed to the sink, by the flusher, and by a small spool
-thread every `spool_sync_interval` (fsync included), so the durability of tracked events
-does not wait for a slow sink. After each attempt, the flusher records which events
-settled and fsyncs before it starts the next attempt: after a crash, a new buffer on the
-same path delivers every journaled unsettled event first, and the only events it can send
-a second time are those of the attempt that was in flight. An event `encode` fails on
-cannot be journaled: it is dead-lettered alone, without a sink call, with the reason.
-
-*Fork and exit.* A weak registry of buffers serves two process-wide hooks. After
-`os.fork()` (`os.register_at_fork`), the child's copy of each buffer becomes a new, empty
-one with fresh locks and its own flusher, and without the spool (it closes its copies of
-the spool's descriptors): the parent's events stay the parent's. At interpreter exit
-(`atexit`; the flusher is a daemon thread, still running then) each open buffer is closed
-within its `close_timeout` (`EXIT_CLOSE_TIMEOUT` without one), in real time; what it cannot
-deliver stays in its spool or goes to its dead-letter callback, and one stderr line says
-how many events and where.
+Producers only append to a deque; one flusher thread cuts it into batches, hands each to
+the sink, and settles every event by the sink's answer (`patientkit.core.sinks.settle`):
+delivered, dead-lettered, or retried after a backoff (`patientkit.core.retry`). Events
+are first delivered in tracking order; nothing is ever dropped: what cannot be delivered
+is handed back (`close`, `drain_pending`), kept in the spool (`patientkit.core.spool`),
+or given to the dead-letter callback, also after `os.fork()` and at interpreter exit.
+Every wait goes through an injected `Clock`, so a `FakeClock` drives the tests. How and
+why, step by step: docs/buffer.md, "Design".
 
 Sink contract
 -------------
-`sink(batch: list[E]) -> SinkResult | None`. `None`, or a `SinkResult` that lists nothing,
-means every event was accepted. `SinkResult.rejected` maps an index in the batch to a
-permanent reason; `SinkResult.retry` lists indices to send again; `retry_after` asks for a
-minimum wait. Raise `RetryableError` (transport errors, 408/425/429/5xx) to retry the
-whole batch, `PermanentError` to dead-letter all of it, `PayloadTooLarge` to have it
-split, `PoisonError` when some event of it can never be taken and the sink cannot say
-which (the buffer bisects it, dead-letters the poison events alone and delivers the rest,
-with no backoff and no step towards `failure_limit`). Any other exception is a retryable
-failure; it never kills the flusher.
-With `key=`, the sink must keep per-key order inside a batch: once it asks to retry an
-event, it must not accept a later event of the same key in that batch (rejecting one is
-fine). The buffer checks this and stops with a clear reason if a sink breaks it.
+See `patientkit.core.sinks`: what a sink returns or raises, and `settle`, the one reading
+of its answer.
 
 Logging carries counts, delays and exception class names only, never event contents or
 sink messages (which may quote health data).
@@ -78,42 +34,30 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from patientkit.core.clock import Clock, FakeClock, SystemClock
-from patientkit.core.spool import Journal, SpoolError, SpoolLocked
-from patientkit.errors import DeliveryError, PatientkitError, UsageError
+from patientkit.core.clock import Clock, SystemClock
+from patientkit.core.retry import RetryPolicy
+from patientkit.core.sinks import Settlement, SinkResult, settle
+from patientkit.core.spool import SpoolWriter, json_encode
+from patientkit.errors import DeliveryError, UsageError
 
 __all__ = [
     "BatchBuffer",
     "BufferFull",
     "BufferStats",
     "BufferStopped",
-    "Clock",
-    "FakeClock",
     "FlushResult",
-    "PayloadTooLarge",
-    "PermanentError",
-    "PoisonError",
-    "RetryPolicy",
-    "RetryableError",
-    "SinkError",
-    "SinkResult",
-    "SpoolError",
-    "SpoolLocked",
-    "SystemClock",
 ]
 
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E")
 
-PAYLOAD_TOO_LARGE = "payload too large"
 _CHUNK = 1024
-_COMPACT_BYTES = 1 << 20
 
 _RUNNING = "running"
 _CLOSING = "closing"
@@ -125,55 +69,6 @@ EXIT_REASON = "not delivered before the interpreter exited"
 # Every buffer made in this process, weakly: the fork and exit hooks below reach them
 # without keeping one alive.
 _LIVE: weakref.WeakSet[BatchBuffer[Any]] = weakref.WeakSet()
-
-
-# --- what a sink raises ------------------------------------------------------------------
-
-
-class SinkError(PatientkitError):
-    """Base of the exceptions a sink raises to say how a whole batch went."""
-
-
-class RetryableError(SinkError):
-    """The whole batch failed and may succeed later (transport error, 408/425/429/5xx)."""
-
-    def __init__(
-        self, message: str = "retryable failure", retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PermanentError(SinkError):
-    """The whole batch is rejected for good; every event is dead-lettered with `reason`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class PoisonError(SinkError):
-    """Some event of the batch can never be taken, and the sink cannot say which.
-
-    Raise it when the cause lies in the events themselves (one cannot be encoded, the
-    store or server refuses it for good) and would come back however often the batch is
-    sent. The buffer bisects the batch, settling each half before the next, until the
-    events that still raise it are alone; each is dead-lettered with `reason`, the rest
-    are delivered. It is not a failed delivery: no backoff, no step towards
-    `failure_limit`. When the sink knows the index, `SinkResult(rejected=...)` says the
-    same in one call.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class PayloadTooLarge(SinkError):
-    """The batch is too large for the server: the buffer splits it in halves."""
-
-    def __init__(self, message: str = PAYLOAD_TOO_LARGE) -> None:
-        super().__init__(message)
 
 
 # --- what the buffer raises --------------------------------------------------------------
@@ -198,53 +93,6 @@ class BufferStopped(DeliveryError):
 
 
 # --- value types -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SinkResult:
-    """A sink's answer for one batch; indices refer to the list the sink received."""
-
-    rejected: Mapping[int, str] = field(default_factory=dict)
-    retry: Sequence[int] = ()
-    retry_after: float | None = None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter.
-
-    The n-th consecutive failure (n from 0) waits `uniform(0, min(maximum,
-    initial * multiplier**n))`. When the sink gives a `retry_after`, the wait is
-    `max(retry_after, jittered)`: never sooner than the server asked, still spread by
-    jitter, but capped at `retry_after_limit` so one answer cannot stall the buffer for
-    hours (a server that still refuses then says so again).
-    """
-
-    initial: float = 0.1
-    multiplier: float = 2.0
-    maximum: float = 30.0
-    retry_after_limit: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise UsageError("RetryPolicy needs 0 < initial <= maximum")
-        if self.multiplier < 1:
-            raise UsageError("RetryPolicy needs multiplier >= 1")
-        if self.retry_after_limit < 0:
-            raise UsageError("RetryPolicy needs retry_after_limit >= 0")
-
-    def ceiling(self, attempt: int) -> float:
-        """The largest delay for the `attempt`-th consecutive failure (from 0)."""
-        try:
-            return min(self.maximum, self.initial * self.multiplier**attempt)
-        except OverflowError:
-            return self.maximum
-
-    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
-        jittered = rng.uniform(0.0, self.ceiling(attempt))
-        if retry_after is None or not retry_after > 0:  # also rejects NaN
-            return jittered
-        return min(max(retry_after, jittered), self.retry_after_limit)
 
 
 @dataclass(frozen=True)
@@ -306,30 +154,6 @@ class _Unit(Generic[E]):
         )
 
 
-@dataclass
-class _Outcome:
-    """One attempt, interpreted."""
-
-    accepted: Sequence[int] = ()
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-    retry: Sequence[int] = ()
-    retry_after: float | None = None
-    failure: str = ""
-    failure_kind: str = ""
-    split: bool = False
-    invalid: str = ""  # the result could not be read: nothing settled, buffer stops
-    unjournaled: bool = False  # the events were never written to the spool
-    broken_order: str = ""  # applied as answered, then the buffer stops
-
-
-def _json_encode(event: Any) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _is_index(value: object, size: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
-
-
 class BatchBuffer(Generic[E]):
     """Batch events to `sink` from a background thread; see the module docstring."""
 
@@ -374,17 +198,16 @@ class BatchBuffer(Generic[E]):
         self._key = key
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
-        self._encode: Callable[[E], bytes] = encode or _json_encode
         self._spool_sync_interval = spool_sync_interval
         self._close_timeout = close_timeout
 
         self._generation = 0  # bumped in a forked child: a flusher of another one stops
         self._fresh_state()
         if spool is not None:
-            self._open_spool(spool, decode or json.loads)
+            self._open_spool(spool, encode or json_encode, decode or json.loads)
 
         self._start_flusher()
-        if self._journal is not None:
+        if self._spool is not None:
             self._spooler = threading.Thread(
                 target=self._spool_run, name="patientkit-buffer-spool", daemon=True
             )
@@ -433,11 +256,8 @@ class BatchBuffer(Generic[E]):
         self._failures = 0
         self._retry_at = 0.0
 
-        self._spool_lock = threading.Lock()
-        self._journal: Journal | None = None
-        self._journaled_upto = 0
-        self._journal_live = 0
-        self._journal_settled = 0
+        self._spool: SpoolWriter[E] | None = None
+        self._journaled_upto = 0  # seq of the first tracked event not in the spool yet
         self._unencodable: dict[int, str] = {}  # seq -> why `encode` failed on the event
         self._spool_stop = False
         self._spooler = None
@@ -684,13 +504,13 @@ class BatchBuffer(Generic[E]):
 
     def sync(self) -> None:
         """Write every tracked, undelivered event to the spool and fsync (no-op without)."""
-        if self._journal is None:
+        spool = self._spool
+        if spool is None:
             return
-        with self._spool_lock:
-            if self._journal.closed:
-                return
-            self._journal_new_events()
-            self._journal.sync()
+        with spool.lock:
+            if not spool.closed:
+                self._journal_new_events(spool)
+                spool.sync()
 
     # --- shared helpers (lock held) ------------------------------------------------------
 
@@ -801,11 +621,11 @@ class BatchBuffer(Generic[E]):
         """
         running = self._state is _RUNNING and self._stop_reason is None
         stop_reason, stop_cause = self._stop_reason, self._stop_cause
-        journal = self._journal
+        spool = self._spool
         self._generation += 1
         self._fresh_state()
-        if journal is not None:
-            journal.forget()
+        if spool is not None:
+            spool.forget()
         if running:
             self._start_flusher()
             return
@@ -851,8 +671,8 @@ class BatchBuffer(Generic[E]):
             self._handed_back += len(left)
             reason = f"not delivered: {self._stop_reason or 'the buffer was dropped unclosed'}"
             self._park(left, reason, "by a buffer dropped without close()")
-            if self._journal is not None:
-                self._journal.close()
+            if self._spool is not None:
+                self._spool.journal.close()
         except BaseException:  # late in shutdown there may be no stderr left
             pass
 
@@ -868,14 +688,14 @@ class BatchBuffer(Generic[E]):
             )
         if not left:
             return
-        journal = self._journal
-        if journal is not None:
-            loose = [event for event in left if not isinstance(self._encoded(event), bytes)]
+        spool = self._spool
+        if spool is not None:
+            loose = [event for event in left if not isinstance(spool.encoded(event), bytes)]
             kept = len(left) - len(loose)
             if kept:
                 _warn(
                     f"{kept} events were not delivered {when}; they are kept in the "
-                    f"spool {journal.path} and delivered by the next buffer on it"
+                    f"spool {spool.path} and delivered by the next buffer on it"
                 )
             left = loose
             if not left:
@@ -938,11 +758,12 @@ class BatchBuffer(Generic[E]):
         """
         if generation != self._generation:
             return False
-        outcome: _Outcome | None = None
-        if self._journal is not None:
-            with self._spool_lock:
-                if not self._journal.closed:
-                    self._journal_new_events()
+        unencodable: Settlement | None = None  # events the spool could not write
+        spool = self._spool
+        if spool is not None:
+            with spool.lock:
+                if not spool.closed:
+                    self._journal_new_events(spool)
         with self._lock:
             if self._stop_reason is not None or self._abandon:
                 return False
@@ -972,19 +793,22 @@ class BatchBuffer(Generic[E]):
                     self._clock.wait(self._wakeup, self._next_flush)
                     return True
                 size = min(count, self._max_batch)
-                if self._journal is not None and self._journaled_upto - self._taken < size:
+                if spool is not None and self._journaled_upto - self._taken < size:
                     return True  # journal them first (top of the next step)
                 unit = self._take(size, now)
                 if self._unencodable:
                     poisoned = self._split_unencodable(unit)
                     if poisoned is not None:
-                        unit, outcome = poisoned
+                        unit, unencodable = poisoned
             self._in_flight = len(unit)
             self._in_user_code = True
-        self._finish(unit, outcome or self._attempt(unit), generation)
+        if unencodable is not None:
+            self._finish(unit, unencodable, generation, journaled=False)
+        else:
+            self._finish(unit, self._attempt(unit), generation)
         return True
 
-    def _split_unencodable(self, unit: _Unit[E]) -> tuple[_Unit[E], _Outcome] | None:
+    def _split_unencodable(self, unit: _Unit[E]) -> tuple[_Unit[E], Settlement] | None:
         # Lock held; `unit` is the only unit of the work queue. Events the spool could not
         # encode are dead-lettered alone, without a sink call; the others go on as usual.
         bad = [i for i, seq in enumerate(unit.seqs) if seq in self._unencodable]
@@ -999,7 +823,7 @@ class BatchBuffer(Generic[E]):
             rest = _Unit([unit.seqs[i] for i in good], [unit.events[i] for i in good])
             self._work.appendleft(rest)
         self._work.appendleft(poisoned)
-        return poisoned, _Outcome(rejected=list(enumerate(reasons)), unjournaled=True)
+        return poisoned, Settlement(rejected=list(enumerate(reasons)))
 
     def _take(self, count: int, now: float) -> _Unit[E]:
         # Lock held: cut a unit of `count` events from the front of the deque.
@@ -1016,87 +840,19 @@ class BatchBuffer(Generic[E]):
             self._space.notify_all()
         return unit
 
-    def _attempt(self, unit: _Unit[E]) -> _Outcome:
-        size = len(unit)
+    def _attempt(self, unit: _Unit[E]) -> Settlement:
         try:
             result = self._sink(list(unit.events))
-        except PayloadTooLarge:
-            return _Outcome(split=True)
-        except PermanentError as exc:
-            return _Outcome(rejected=[(i, exc.reason) for i in range(size)])
-        except PoisonError as exc:
-            if size == 1:
-                return _Outcome(rejected=[(0, str(exc.reason))])
-            return _Outcome(split=True)  # bisect until the poison is alone
-        except RetryableError as exc:
-            return _Outcome(
-                retry=range(size),
-                retry_after=exc.retry_after,
-                failure=f"{type(exc).__name__}: {exc}",
-                failure_kind=type(exc).__name__,
-            )
         except Exception as exc:
-            return _Outcome(
-                retry=range(size),
-                failure=f"{type(exc).__name__}: {exc}",
-                failure_kind=type(exc).__name__,
-            )
-        return self._interpret(unit, result)
+            return settle(unit.events, raised=exc)
+        return settle(unit.events, result, key=self._key)
 
-    def _interpret(self, unit: _Unit[E], result: object) -> _Outcome:
-        size = len(unit)
-        if result is None:
-            return _Outcome(accepted=range(size))
-        if not isinstance(result, SinkResult):
-            return _Outcome(
-                invalid=f"the sink returned {type(result).__name__}, not SinkResult or None"
-            )
-        rejected: dict[int, str] = {}
-        for index, reason in result.rejected.items():
-            if not _is_index(index, size):
-                return _Outcome(invalid=f"the sink rejected index {index!r} of {size}")
-            rejected[index] = str(reason)
-        retry = sorted(set(result.retry))
-        for index in retry:
-            if not _is_index(index, size):
-                return _Outcome(invalid=f"the sink asked to retry index {index!r} of {size}")
-            if index in rejected:
-                return _Outcome(invalid=f"the sink both rejected and retried index {index}")
-        retry_set = set(retry)
-        accepted = [i for i in range(size) if i not in rejected and i not in retry_set]
-        outcome = _Outcome(
-            accepted=accepted,
-            rejected=sorted(rejected.items()),
-            retry=retry,
-            retry_after=result.retry_after,
-            failure=f"the sink asked to retry {len(retry)} of {size} events" if retry else "",
-            failure_kind="SinkResult.retry",
-        )
-        if self._key is not None and retry:
-            outcome.broken_order = self._order_violation(unit, retry, accepted)
-        return outcome
-
-    def _order_violation(self, unit: _Unit[E], retry: list[int], accepted: list[int]) -> str:
-        key = self._key
-        assert key is not None
-        first_retry: dict[Hashable, int] = {}
-        for index in retry:
-            first_retry.setdefault(key(unit.events[index]), index)
-        for index in accepted:
-            earlier = first_retry.get(key(unit.events[index]))
-            if earlier is not None and earlier < index:
-                return (
-                    f"delivery stopped: the sink accepted event {index} of a batch after asking "
-                    f"to retry event {earlier} of the same key, which breaks per-key order"
-                )
-        return ""
-
-    def _finish(self, unit: _Unit[E], outcome: _Outcome, generation: int) -> None:
+    def _finish(
+        self, unit: _Unit[E], outcome: Settlement, generation: int, journaled: bool = True
+    ) -> None:
         if generation != self._generation:
             return  # forked from inside the sink: in this child, the unit is the parent's
         rejected = outcome.rejected
-        if outcome.split and len(unit) == 1:
-            rejected = [(0, PAYLOAD_TOO_LARGE)]
         letter_failure = self._send_dead_letters(unit, rejected)
         settled_count = len(outcome.accepted) + len(rejected)
         with self._lock:
@@ -1104,7 +860,7 @@ class BatchBuffer(Generic[E]):
             if self._abandon:
                 return  # handed back by close(); this late answer changes nothing
             self._in_flight = 0
-            if not outcome.unjournaled:
+            if journaled:
                 self._batches += 1
             if outcome.invalid:
                 self._stop(f"delivery stopped: {outcome.invalid}")
@@ -1116,7 +872,7 @@ class BatchBuffer(Generic[E]):
             self._dead_lettered += len(rejected)
             self._held -= settled_count
             self._work.popleft()
-            if outcome.split and len(unit) > 1:
+            if outcome.split:
                 half = len(unit) // 2
                 self._work.appendleft(unit.part(range(half, len(unit))))
                 self._work.appendleft(unit.part(range(half)))
@@ -1134,12 +890,12 @@ class BatchBuffer(Generic[E]):
                 logger.error("sink broke per-key order; the buffer stopped")
             if self._flush_goals and self._min_unsettled() >= min(self._flush_goals):
                 self._settled.notify_all()
-        if self._journal is not None and settled_count and not outcome.unjournaled:
+        if self._spool is not None and settled_count and journaled:
             settled = [unit.seqs[i] for i in outcome.accepted]
             settled.extend(unit.seqs[i] for i, _ in rejected)
-            self._journal_settle(settled)
+            self._spool.settle(settled, self._live_pairs)
 
-    def _schedule_retry(self, outcome: _Outcome, made_progress: bool) -> None:
+    def _schedule_retry(self, outcome: Settlement, made_progress: bool) -> None:
         # Lock held.
         self._failures = 0 if made_progress else self._failures + 1
         attempt = max(self._failures - 1, 0)
@@ -1185,84 +941,35 @@ class BatchBuffer(Generic[E]):
 
     # --- the spool -----------------------------------------------------------------------
 
-    def _open_spool(self, path: str | os.PathLike[str], decode: Callable[[bytes], E]) -> None:
-        journal, items = Journal.open(path)
-        try:
-            events = [decode(payload) for _, payload in items]
-        except Exception as exc:
-            journal.close()
-            raise SpoolError(
-                f"spool {journal.path}: cannot decode a recovered event ({type(exc).__name__})"
-            ) from exc
-        self._journal = journal
+    def _open_spool(
+        self,
+        path: str | os.PathLike[str],
+        encode: Callable[[E], bytes],
+        decode: Callable[[bytes], E],
+    ) -> None:
+        self._spool, items = SpoolWriter.open(path, encode, decode)
         next_seq = items[-1][0] + 1 if items else 0
         self._first_seq = self._taken = self._journaled_upto = next_seq
         for start in range(0, len(items), self._max_batch):
-            seqs = [seq for seq, _ in items[start : start + self._max_batch]]
-            self._work.append(_Unit(seqs, events[start : start + self._max_batch]))
-        self._recovered = self._held = self._journal_live = len(items)
-        if items:
-            logger.info("spool %s: recovered %d undelivered events", journal.path, len(items))
+            part = items[start : start + self._max_batch]
+            self._work.append(_Unit([seq for seq, _ in part], [event for _, event in part]))
+        self._recovered = self._held = len(items)
 
-    def _journal_new_events(self) -> None:
-        # Spool lock held: append T records for tracked events not journaled yet.
-        journal = self._journal
-        assert journal is not None
+    def _journal_new_events(self, spool: SpoolWriter[E]) -> None:
+        # Spool lock held: journal the tracked events not journaled yet.
         with self._lock:
             start = max(self._journaled_upto, self._taken)
             snapshot = self._pending.copy()  # atomic, unlike iterating a deque others append to
             events = list(itertools.islice(snapshot, start - self._taken, None))
         if not events:
             return
-        items: list[tuple[int, bytes]] = []
-        unencodable: dict[int, str] = {}
-        for seq, event in enumerate(events, start=start):
-            payload = self._encoded(event)
-            if isinstance(payload, bytes):
-                items.append((seq, payload))
-            else:
-                unencodable[seq] = payload
-        if items:
-            journal.append_tracked(items)
-            self._journal_live += len(items)
-        with self._lock:
+        unencodable = spool.append(start, events)
+        with self._lock:  # together: the flusher must see both or neither
             self._unencodable.update(unencodable)
             self._journaled_upto = start + len(events)
-        if unencodable:
-            logger.warning("%d events cannot be written to the spool", len(unencodable))
 
-    def _encoded(self, event: E) -> bytes | str:
-        """The event's spool payload, or why `encode` cannot make one."""
-        try:
-            payload = self._encode(event)
-        except Exception as exc:
-            return f"cannot be written to the spool: {type(exc).__name__}: {exc}"
-        if not isinstance(payload, bytes):
-            return f"cannot be written to the spool: encode returned {type(payload).__name__}"
-        return payload
-
-    def _journal_settle(self, seqs: list[int]) -> None:
-        journal = self._journal
-        assert journal is not None
-        with self._spool_lock:
-            if journal.closed:
-                return
-            self._journal_live -= len(seqs)
-            self._journal_settled += len(seqs)
-            if self._journal_live <= 0:
-                journal.truncate()
-                self._journal_live = self._journal_settled = 0
-                return
-            journal.append_settled(seqs)
-            if journal.size > _COMPACT_BYTES and self._journal_settled > self._journal_live:
-                items = self._live_items()
-                journal.rewrite(items)
-                self._journal_live, self._journal_settled = len(items), 0
-            else:
-                journal.sync()
-
-    def _live_items(self) -> list[tuple[int, bytes]]:
-        # Spool lock held: every journaled, unsettled event, encoded.
+    def _live_pairs(self) -> list[tuple[int, E]]:
+        # Spool lock held: every journaled, unsettled (seq, event), for a compaction.
         with self._lock:
             pairs = [
                 pair for unit in self._work for pair in zip(unit.seqs, unit.events, strict=True)
@@ -1271,8 +978,7 @@ class BatchBuffer(Generic[E]):
             journaled = itertools.islice(self._pending.copy(), journaled_count)
             pairs.extend(enumerate(journaled, start=self._taken))
             unencodable = set(self._unencodable)
-        encoded = [(seq, self._encoded(e)) for seq, e in pairs if seq not in unencodable]
-        return [(seq, payload) for seq, payload in encoded if isinstance(payload, bytes)]
+        return [(seq, event) for seq, event in pairs if seq not in unencodable]
 
     def _spool_run(self) -> None:
         try:
@@ -1290,21 +996,15 @@ class BatchBuffer(Generic[E]):
             logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
 
     def _close_spool(self) -> None:
-        if self._journal is None:
+        spool = self._spool
+        if spool is None:
             return
         with self._lock:
             self._spool_stop = True
             self._spool_wakeup.notify_all()
         if self._spooler is not None:
             self._spooler.join()
-        with self._spool_lock:
-            if self._journal.closed:
-                return
-            try:
-                self._journal_new_events()
-                self._journal.sync()
-            finally:
-                self._journal.close()
+        spool.close(lambda: self._journal_new_events(spool))
 
 
 # --- process-wide hooks -------------------------------------------------------------------

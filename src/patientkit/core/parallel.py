@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from patientkit.core import workers
 from patientkit.core.counting import (
@@ -68,14 +68,14 @@ def is_gzip(path: str | Path) -> bool:
 
 def open_binary(path: str | Path) -> IO[bytes]:
     """Open a file for reading bytes, decompressing gzip (by extension or content)."""
-    return gzip.open(path, "rb") if is_gzip(path) else Path(path).open("rb")
+    return cast(IO[bytes], gzip.open(path, "rb")) if is_gzip(path) else Path(path).open("rb")
 
 
 def sniff_gzip(stream: IO[bytes]) -> IO[bytes]:
     """A peekable binary stream (like sys.stdin.buffer), decompressed if it is gzip."""
     peek = getattr(stream, "peek", None)
     if peek is not None and peek(2)[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=stream, mode="rb")
+        return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
     return stream
 
 

@@ -16,19 +16,25 @@ Opening a journal recovers the unsettled events and rewrites the file with only 
 truncated when nothing in it is live, and rewritten when settled records dominate a
 large file. One process at a time: an exclusive `flock` on `PATH.lock` guards the file.
 
-This class is not thread-safe; the buffer serialises every call with its own lock.
+`Journal` is the file; it is not thread-safe. `SpoolWriter` is what `BatchBuffer` holds:
+a journal, the lock that serialises every call on it, the encoding of events to payloads,
+and the bookkeeping of how many journaled events are live, which decides when the file is
+truncated or compacted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from patientkit.errors import PatientkitError, UsageError
 
@@ -40,6 +46,9 @@ _ITEM = struct.Struct(">QI")
 _TRACKED = b"T"
 _SETTLED = b"S"
 _MAX_RECORD_ITEMS = 4096
+_COMPACT_BYTES = 1 << 20  # a journal past this size, mostly settled records, is rewritten
+
+E = TypeVar("E")
 
 
 class SpoolError(PatientkitError):
@@ -254,3 +263,127 @@ def _rewrite(path: Path, items: Sequence[tuple[int, bytes]]) -> None:
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def json_encode(event: Any) -> bytes:
+    """The default spool encoding: compact JSON, UTF-8."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class SpoolWriter(Generic[E]):
+    """A buffer's journal: events in as T records, settled ones out as S records.
+
+    `lock` serialises every call on the journal. `append` and `sync` expect the caller to
+    hold it (the buffer reads its own state between them); `settle`, `close` take it.
+    `live` counts journaled events not settled yet, `settled` the S-recorded ones since
+    the last rewrite: when nothing is live the file is truncated, and when settled
+    records dominate a file past `_COMPACT_BYTES` it is rewritten with only the live
+    events. Raises SpoolError / SpoolLocked (from `open`) and OSError from writes.
+    """
+
+    def __init__(self, journal: Journal, encode: Callable[[E], bytes], live: int) -> None:
+        self.journal = journal
+        self.lock = threading.Lock()
+        self._encode = encode
+        self.live = live
+        self.settled = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        encode: Callable[[E], bytes],
+        decode: Callable[[bytes], E],
+    ) -> tuple[SpoolWriter[E], list[tuple[int, E]]]:
+        """Lock and recover the spool at `path`: the writer, and the unsettled
+        (seq, event) pairs in seq order. SpoolError if a payload cannot be decoded."""
+        journal, items = Journal.open(path)
+        try:
+            events = [(seq, decode(payload)) for seq, payload in items]
+        except Exception as exc:
+            journal.close()
+            raise SpoolError(
+                f"spool {journal.path}: cannot decode a recovered event ({type(exc).__name__})"
+            ) from exc
+        if items:
+            logger.info("spool %s: recovered %d undelivered events", journal.path, len(items))
+        return cls(journal, encode, len(items)), events
+
+    @property
+    def path(self) -> Path:
+        return self.journal.path
+
+    @property
+    def closed(self) -> bool:
+        return self.journal.closed
+
+    def encoded(self, event: E) -> bytes | str:
+        """The event's spool payload, or why `encode` cannot make one."""
+        try:
+            payload = self._encode(event)
+        except Exception as exc:
+            return f"cannot be written to the spool: {type(exc).__name__}: {exc}"
+        if not isinstance(payload, bytes):
+            return f"cannot be written to the spool: encode returned {type(payload).__name__}"
+        return payload
+
+    def append(self, start: int, events: Sequence[E]) -> dict[int, str]:
+        """Lock held: journal `events`, whose seqs run from `start`, not yet synced.
+        Returns {seq: reason} for the events `encode` failed on (not journaled)."""
+        items: list[tuple[int, bytes]] = []
+        unencodable: dict[int, str] = {}
+        for seq, event in enumerate(events, start=start):
+            payload = self.encoded(event)
+            if isinstance(payload, bytes):
+                items.append((seq, payload))
+            else:
+                unencodable[seq] = payload
+        if items:
+            self.journal.append_tracked(items)
+            self.live += len(items)
+        if unencodable:
+            logger.warning("%d events cannot be written to the spool", len(unencodable))
+        return unencodable
+
+    def sync(self) -> None:
+        """Lock held: fsync what was appended (nothing once closed)."""
+        if not self.journal.closed:
+            self.journal.sync()
+
+    def settle(self, seqs: Sequence[int], live: Callable[[], list[tuple[int, E]]]) -> None:
+        """Record that `seqs` were settled, and sync. `live()` gives every journaled,
+        unsettled (seq, event) pair, asked only when the journal is compacted."""
+        journal = self.journal
+        with self.lock:
+            if journal.closed:
+                return
+            self.live -= len(seqs)
+            self.settled += len(seqs)
+            if self.live <= 0:
+                journal.truncate()
+                self.live = self.settled = 0
+                return
+            journal.append_settled(seqs)
+            if journal.size > _COMPACT_BYTES and self.settled > self.live:
+                encoded = [(seq, self.encoded(event)) for seq, event in live()]
+                items = [(seq, data) for seq, data in encoded if isinstance(data, bytes)]
+                journal.rewrite(items)
+                self.live, self.settled = len(items), 0
+            else:
+                journal.sync()
+
+    def close(self, last: Callable[[], None] | None = None) -> None:
+        """Run `last()` (lock held: journal what is left), sync, close; once."""
+        with self.lock:
+            if self.journal.closed:
+                return
+            try:
+                if last is not None:
+                    last()
+                self.journal.sync()
+            finally:
+                self.journal.close()
+
+    def forget(self) -> None:
+        """In a forked child: let go of the parent's descriptors (see `Journal.forget`)."""
+        self.journal.forget()

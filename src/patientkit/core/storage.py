@@ -166,7 +166,7 @@ class Reading(NamedTuple):
     """One device reading, validated (a tuple: millions are made in a replay)."""
 
     device_id: str
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, on purpose
     timestamp: str  # as sent, offset included
     instant: int  # UTC seconds
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from itertools import chain
-from typing import Any
+from typing import Any, TypeGuard
 
 from patientkit.core.storage import RECORD_FIELDS, Reading, record_values
 
@@ -44,7 +44,7 @@ class Invalid(ValueError):
         self.message = message
 
 
-def is_device_id(value: object) -> bool:
+def is_device_id(value: object) -> TypeGuard[str]:
     """A canonical lowercase UUID4 string."""
     return isinstance(value, str) and _UUID4.fullmatch(value) is not None
 
