@@ -37,10 +37,13 @@ from patientkit.client.http import (
     DEFAULT_BACKOFF,
     Backoff,
     Retryable,
+    certificate_problem,
     describe,
     is_retryable_status,
     make_client,
     retry_after,
+    tls_verify,
+    untrusted,
     with_retries,
 )
 from patientkit.errors import RemoteError
@@ -86,6 +89,7 @@ class RecordsClient:
         self.server, self.backoff = server.rstrip("/"), backoff
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self.http = make_client(server, limits=limits)
+        self._verify = tls_verify(server)  # PATIENTKIT_CA_CERT, as make_client's
         self._local = threading.local()
         self._transports: list[httpx.HTTPTransport] = []
         self._transports_lock = threading.Lock()
@@ -118,7 +122,7 @@ class RecordsClient:
         transport = getattr(self._local, "transport", None)
         if transport is None:
             one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-            transport = self._local.transport = httpx.HTTPTransport(limits=one)
+            transport = self._local.transport = httpx.HTTPTransport(limits=one, verify=self._verify)
             with self._transports_lock:
                 self._transports.append(transport)
         return transport
@@ -150,7 +154,13 @@ class RecordsClient:
             headers=headers,
             extensions=self._timeout,
         )
-        response = self._transport().handle_request(request)
+        try:
+            response = self._transport().handle_request(request)
+        except httpx.ConnectError as exc:
+            problem = certificate_problem(exc)
+            if problem is not None:
+                raise untrusted(self.server, problem) from None
+            raise
         try:
             response.read()
         finally:
