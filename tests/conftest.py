@@ -58,15 +58,21 @@ def run_cli(
 
 
 class Server:
-    """A `patientkit serve` child process on a free port, its log in a file."""
+    """A `patientkit serve` child process on a free port, its log in a file. With `env`,
+    it runs in cli_env() plus `env` (else in this process's environment); `verify` is how
+    the start-up ping checks TLS (a CA bundle's path for a server of a test's own)."""
 
-    def __init__(self, log: Path, *args: str) -> None:
+    def __init__(
+        self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
+    ) -> None:
         self.log = log
+        self.verify = verify
         self.stream = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL,
             stderr=self.stream,
+            env=None if env is None else {**cli_env(), **env},
         )
         self.url = self._wait_for_url()
 
@@ -76,7 +82,7 @@ class Server:
             for line in self.log.read_text().splitlines():
                 if line.startswith("{") and json.loads(line).get("event") == "serving":
                     url = json.loads(line)["url"]
-                    if httpx.get(f"{url}/api/ping").status_code == 200:
+                    if httpx.get(f"{url}/api/ping", verify=self.verify).status_code == 200:
                         return url
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited early:\n{self.log.read_text()}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
@@ -39,13 +39,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    """A fault of ours: 500 in the API's shape; the log says what (no request data)."""
-    log(
-        "server error",
-        logging.ERROR,
-        request_id=request.scope.get("state", {}).get("request_id"),
-        error=type(exc).__name__,
-    )
+    """A fault of ours: 500 in the API's shape; the log says what (no request data). A
+    client that hung up is no fault (RequestLog logs it; nobody gets this answer)."""
+    if not isinstance(exc, ClientDisconnect | OSError):
+        log(
+            "server error",
+            logging.ERROR,
+            request_id=request.scope.get("state", {}).get("request_id"),
+            error=type(exc).__name__,
+        )
     return JSONResponse(error_body(request.url.path, "Internal server error", 500), 500)
 
 
