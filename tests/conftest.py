@@ -152,8 +152,8 @@ def serve(tmp_path: Path) -> Iterator:
     """Start servers with the given arguments; all are stopped after the test."""
     servers: list[Server] = []
 
-    def start(*args: str) -> Server:
-        server = Server(tmp_path / f"serve-{len(servers)}.log", *args)
+    def start(*args: str, **options: object) -> Server:
+        server = Server(tmp_path / f"serve-{len(servers)}.log", *args, **options)  # type: ignore[arg-type]
         servers.append(server)
         return server
 
