@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -66,7 +67,9 @@ class Server:
         self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
     ) -> None:
         self.log = log
-        self.verify = verify
+        self.verify = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
         self.stream = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],

@@ -81,6 +81,7 @@ def make_certs(folder: Path) -> Certs:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    folder.mkdir(parents=True, exist_ok=True)
     certs = Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key")
     certs.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     certs.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
