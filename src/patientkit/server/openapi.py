@@ -158,7 +158,7 @@ def document(bulk: bool = True, metrics: bool = True) -> Schema:
     """The OpenAPI 3.1 document of a server built with these options (see build_app)."""
     export_id = _path_parameter("export_id")
     download_id = _path_parameter("download_id")
-    device_id = _path_parameter("device_id")
+    device_id = _path_parameter("device_id", {"type": "string", "pattern": UUID4})
     export_errors = {404: "`Export not found` or `Download not found`."}
     device_errors = {
         400: "`Device ID must be valid UUID string.`",
