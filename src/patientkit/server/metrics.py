@@ -63,6 +63,7 @@ class Metrics:
         disable_created_metrics()  # no `_created` twin of every series: half the text
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = os.environ.get(MULTIPROCESS_VARIABLE) or None
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
         def counter(name: str, help: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(name, help, list(labels), registry=self.registry)
@@ -97,10 +98,19 @@ class Metrics:
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one answered request (status 0: none was sent)."""
+        """Count one answered request (status 0: none was sent). The labelled series are
+        kept here once made (a few dozen: templates, methods, statuses), since making the
+        label lookup each time costs more than counting."""
         method = method if method in METHODS else "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(method, route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus text format: this process's, or with multiprocess

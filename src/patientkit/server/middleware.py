@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patientkit.server.logs import log
@@ -48,6 +48,10 @@ class RequestLog:
         observe: Callable[[str, str, int, float], None] | None = None,
     ) -> None:
         self.app, self.routes, self.observe = app, routes, observe
+        # the router leaves the matched route's endpoint in the scope: its template at once
+        self.templates = {
+            route.endpoint: route.path for route in routes if isinstance(route, Route)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,7 +105,9 @@ class RequestLog:
                     if status
                     else "the client disconnected before the answer (mid-request)"
                 )
-            route = route_template(self.routes, scope)
+            route = self.templates.get(scope.get("endpoint")) or route_template(
+                self.routes, scope
+            )  # not routed: refused before (401), or no route (404)
             seconds = time.perf_counter() - started
             if self.observe is not None:
                 self.observe(scope["method"], route, status, seconds)
