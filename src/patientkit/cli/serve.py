@@ -163,7 +163,7 @@ def serve(
         "metrics": metrics,
     }
     tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
-    common = {
+    common: dict[str, object] = {
         "log_config": None,
         "access_log": False,
         "lifespan": "off",
