@@ -49,7 +49,7 @@ class RequestLog:
     ) -> None:
         self.app, self.routes, self.observe = app, routes, observe
         # the router leaves the matched route's endpoint in the scope: its template at once
-        self.templates = {
+        self.templates: dict[object, str] = {
             route.endpoint: route.path for route in routes if isinstance(route, Route)
         }
 
