@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -58,15 +59,23 @@ def run_cli(
 
 
 class Server:
-    """A `patientkit serve` child process on a free port, its log in a file."""
+    """A `patientkit serve` child process on a free port, its log in a file. With `env`,
+    it runs in cli_env() plus `env` (else in this process's environment); `verify` is how
+    the start-up ping checks TLS (a CA bundle's path for a server of a test's own)."""
 
-    def __init__(self, log: Path, *args: str) -> None:
+    def __init__(
+        self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
+    ) -> None:
         self.log = log
+        self.verify = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
         self.stream = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL,
             stderr=self.stream,
+            env=None if env is None else {**cli_env(), **env},
         )
         self.url = self._wait_for_url()
 
@@ -76,7 +85,7 @@ class Server:
             for line in self.log.read_text().splitlines():
                 if line.startswith("{") and json.loads(line).get("event") == "serving":
                     url = json.loads(line)["url"]
-                    if httpx.get(f"{url}/api/ping").status_code == 200:
+                    if httpx.get(f"{url}/api/ping", verify=self.verify).status_code == 200:
                         return url
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited early:\n{self.log.read_text()}")
@@ -146,8 +155,8 @@ def serve(tmp_path: Path) -> Iterator:
     """Start servers with the given arguments; all are stopped after the test."""
     servers: list[Server] = []
 
-    def start(*args: str) -> Server:
-        server = Server(tmp_path / f"serve-{len(servers)}.log", *args)
+    def start(*args: str, **options: object) -> Server:
+        server = Server(tmp_path / f"serve-{len(servers)}.log", *args, **options)  # type: ignore[arg-type]
         servers.append(server)
         return server
 

@@ -171,8 +171,8 @@ def test_mixed_file_to_the_api(serve, tmp_path, mode):
     check_mixed(result, rejects, str(source))
     assert stored(db) == MIXED_STORED
     requests = [line for line in server.log_lines() if line["event"] == "request"]
-    posts = [line for line in requests if line["path"] == "/tests" and line["method"] == "POST"]
-    batches = [line for line in requests if line["path"] == "/tests/batch"]
+    posts = [line for line in requests if line["route"] == "/tests" and line["method"] == "POST"]
+    batches = [line for line in requests if line["route"] == "/tests/batch"]
     if mode == "batches":
         assert posts == []
         # the probe of each run (an empty batch, no id of ours), then the two files' batches
@@ -372,7 +372,7 @@ def test_chaos_ends_like_a_clean_run(serve, tmp_path, mode):
     lines = server.log_lines()
     path = "/tests/batch" if mode == "batches" else "/tests"
     cut = {
-        line["request_id"] for line in lines if line.get("chaos") == "cut" and line["path"] == path
+        line["request_id"] for line in lines if line.get("chaos") == "cut" and line["route"] == path
     }
     assert cut  # answers were lost, and retried
     if mode == "batches":  # a lost batch's retry got the original answer

@@ -79,7 +79,7 @@ def test_every_request_is_logged_as_json_with_a_correlation_id(demo_server):
     assert str(uuid.UUID(generated)) == generated
     lines = [line for line in demo_server.log_lines() if line.get("request_id") == "trace-me-42"]
     assert len(lines) == 1
-    assert lines[0]["path"] == "/api/export" and lines[0]["status"] == 200
+    assert lines[0]["route"] == "/api/export" and lines[0]["status"] == 200
 
 
 def test_chaos_fails_the_given_share_half_503_half_cut(serve, exports_dir):

@@ -130,7 +130,7 @@ def test_json_without_quiet_has_a_line_a_request(tmp_path):
         for line in log.read_text().splitlines()
         if json.loads(line)["event"] == "request"
     ]
-    assert [(r["method"], r["path"], r["status"]) for r in requests] == [("GET", "/tests", 200)]
+    assert [(r["method"], r["route"], r["status"]) for r in requests] == [("GET", "/tests", 200)]
 
 
 def test_on_a_terminal_the_default_is_the_sentence(tmp_path):

@@ -31,6 +31,13 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one (printed).")] = 8000,
@@ -55,6 +62,37 @@ def serve(
             help="Serve POST /tests/batch (--no-bulk: 404 there, like the original server).",
         ),
     ] = True,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Accepted bearer tokens, one a line (# comments); must not be readable by "
+            "others. Default: PATIENTKIT_TOKEN if set, else no authentication.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve an address other than loopback without tokens (anyone who reaches "
+            "it may read and write everything).",
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS.", show_default=False)
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="TLS private key (PEM) of --tls-cert.", show_default=False)
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes serving the one listening socket.")
+    ] = 1,
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds that requests in flight may take to finish on SIGTERM/Ctrl-C."
+        ),
+    ] = 10.0,
     log_format: Annotated[
         LogFormat | None,
         typer.Option(
@@ -63,12 +101,27 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="Least level logged (-q: warning).")
+    ] = LogLevel.info,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics/--no-metrics",
+            hidden=True,
+            help="Serve GET /metrics and count (--no-metrics: to measure what they cost).",
+        ),
+    ] = True,
 ) -> None:
     """Serve the export, readings and records APIs on one port (127.0.0.1 by default).
 
     On a terminal, one line says where it serves and what, and each request is a short
     text line; otherwise (or with --log-format json) the logs are JSON lines on stderr,
     one a request. -q keeps warnings, errors and the line that says where it serves.
+
+    With tokens (--token-file, or PATIENTKIT_TOKEN) every request but GET /api/ping needs
+    `Authorization: Bearer TOKEN`; an address other than loopback is refused without them.
+    SIGTERM or Ctrl-C stops accepting, lets requests in flight finish (--grace), exit 0.
     """
     if not 0.0 <= chaos <= 1.0:
         raise UsageError(f"--chaos must be between 0 and 1, not {chaos}")
@@ -78,26 +131,131 @@ def serve(
 
     import uvicorn
 
-    from patientkit.server import logs
+    from patientkit.server import auth, logs
     from patientkit.server.app import build_app
     from patientkit.server.middleware import QuietCuts
 
+    tokens = auth.load_tokens(token_file)
+    if not tokens and not auth.is_loopback(host) and not insecure_no_auth:
+        raise UsageError(
+            f"refusing to serve {host} without authentication: give --token-file FILE or "
+            "set PATIENTKIT_TOKEN (or --insecure-no-auth to let anyone who reaches it in)"
+        )
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
     if log_format is None:
         log_format = LogFormat.text if sys.stderr.isatty() else LogFormat.json
-    logs.configure(log_format.value, quiet=output.is_quiet())
+    quiet = output.is_quiet()
+    logs.configure(log_format.value, quiet=quiet, level=log_level.value)
     if chaos:
         logging.getLogger("uvicorn.error").addFilter(QuietCuts())
     sock = _bind(host, port)
-    app = build_app(db, exports, chaos=chaos, chaos_seed=chaos_seed, max_body=max_body, bulk=bulk)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
-    url = f"http://{host}:{sock.getsockname()[1]}"
+    settings: dict[str, object] = {
+        "db": db,
+        "exports_dir": exports,
+        "chaos": chaos,
+        "chaos_seed": chaos_seed,
+        "max_body": max_body,
+        "bulk": bulk,
+        "tokens": tokens,
+        "metrics": metrics,
+    }
+    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
+    common: dict[str, object] = {
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "off",
+        "timeout_graceful_shutdown": grace,
+        **tls,
+    }
+    scheme = "https" if tls_cert else "http"
+    url = f"{scheme}://{_url_host(host)}:{sock.getsockname()[1]}"
     where = str(exports) if exports else None
 
     def ready() -> None:
-        logs.log("serving", url=url, db=str(db), exports=where, chaos=chaos)
+        logs.log(
+            "serving",
+            url=url,
+            db=str(db),
+            exports=where,
+            chaos=chaos,
+            workers=workers,
+            auth=bool(tokens),
+        )
 
-    _server_class(ready)(config).run(sockets=[sock])
+    if workers == 1:
+        app = build_app(**settings)  # type: ignore[arg-type]
+        config = uvicorn.Config(app, **common)  # type: ignore[arg-type]
+        _server_class(ready)(config).run(sockets=[sock])
+    else:
+        _serve_workers(settings, common, workers, sock, ready, log_format.value, quiet, log_level)
     logs.log("stopped", url=url)
+
+
+def _serve_workers(
+    settings: dict[str, object],
+    common: dict[str, object],
+    workers: int,
+    sock: socket.socket,
+    ready: Callable[[], None],
+    log_format: str,
+    quiet: bool,
+    log_level: str,
+) -> None:
+    """N uvicorn worker processes on `sock`, each building its own app (worker_app), with
+    prometheus-client in multiprocess mode (a folder of theirs, removed at the end)."""
+    import functools
+    import os
+    import shutil
+    import tempfile
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from patientkit.server.app import worker_app
+    from patientkit.server.metrics import MULTIPROCESS_VARIABLE
+    from patientkit.server.stores import Stores
+
+    Stores(settings["db"])  # type: ignore[arg-type]  # create and migrate once, here
+    folder = tempfile.mkdtemp(prefix="patientkit-metrics-")
+    os.environ[MULTIPROCESS_VARIABLE] = folder  # the workers inherit it
+    factory = functools.partial(worker_app, settings, log_format, quiet, str(log_level))
+    config = uvicorn.Config(factory, factory=True, workers=workers, **common)  # type: ignore[arg-type]
+
+    class Supervisor(Multiprocess):
+        def init_processes(self) -> None:
+            super().init_processes()
+            for process in self.processes:
+                process.wait_until_ready(config.timeout_worker_healthcheck, self.should_exit)
+            if not self.should_exit.is_set():
+                ready()
+
+    try:
+        Supervisor(config, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """UsageError (exit 2, one line) unless cert and key load as a TLS server's."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, ssl.SSLError):
+            reason = exc.reason or str(exc)
+        raise UsageError(
+            f"--tls-cert {cert} --tls-key {key}: cannot load them ({reason})"
+        ) from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _server_class(on_ready: Callable[[], None]) -> type:

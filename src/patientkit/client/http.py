@@ -15,13 +15,14 @@ retried as before (a server restarting mid-run).
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Any, Self
 
 import httpx
 
 from patientkit import __version__
 from patientkit.core.retry import RetryPolicy, parse_retry_after
-from patientkit.errors import RemoteError
+from patientkit.errors import RemoteError, UsageError
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=60.0)
@@ -54,8 +55,11 @@ def describe(exc: httpx.HTTPError) -> str:
 
 def transport_failure(exc: BaseException) -> str | None:
     """For `with_retries(transient=...)`: a transport error (refused, reset, cut off,
-    timed out) is worth another attempt; its short reason, or None for anything else."""
-    return describe(exc) if isinstance(exc, httpx.TransportError) else None
+    timed out) is worth another attempt; its short reason, or None for anything else —
+    a certificate that does not verify included: it fails the same way every time."""
+    if not isinstance(exc, httpx.TransportError) or certificate_problem(exc) is not None:
+        return None
+    return describe(exc)
 
 
 class NoServer(RemoteError):
@@ -95,21 +99,69 @@ def describe_connect(exc: BaseException) -> str:
     return "cannot connect"
 
 
+CA_VARIABLE = "PATIENTKIT_CA_CERT"
+
+
+class CertificateError(RemoteError):
+    """The server's TLS certificate is not trusted (exit 2, never retried: it would fail
+    the same way again)."""
+
+
+def tls_verify(server: str) -> ssl.SSLContext | bool:
+    """What a client of `server` verifies TLS with: for an https:// URL with
+    PATIENTKIT_CA_CERT set, a context trusting that CA bundle (instead of the system's);
+    else True (httpx's default, the system store). Raises UsageError for a bundle that
+    cannot be loaded."""
+    path = os.environ.get(CA_VARIABLE)
+    if not path or not server.startswith("https://"):
+        return True
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(
+            f"{CA_VARIABLE} {path}: cannot load it as a CA bundle ({reason})"
+        ) from None
+
+
+def certificate_problem(exc: BaseException) -> str | None:
+    """The verifier's reason when `exc` (or what caused it) is a failed TLS certificate
+    check, else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def untrusted(server: str, reason: str) -> CertificateError:
+    """The one line for a server whose certificate does not verify."""
+    return CertificateError(
+        f"{server.rstrip('/')}: TLS certificate not trusted ({reason}); set {CA_VARIABLE} "
+        "to the CA bundle that signed it"
+    )
+
+
 class FirstContact(httpx.BaseTransport):
     """Around a client's transport: until one request has had an answer, a connection
     that cannot be made raises NoServer (not retried); after that, errors pass as they
-    are (retried by the callers). Timeouts are never turned into NoServer."""
+    are (retried by the callers). Timeouts are never turned into NoServer. A certificate
+    that does not verify is CertificateError, on any request (never retried)."""
 
     def __init__(self, inner: httpx.BaseTransport, server: str) -> None:
         self.inner, self.server = inner, server
         self.contacted = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self.contacted:
-            return self.inner.handle_request(request)
         try:
             response = self.inner.handle_request(request)
         except httpx.ConnectError as exc:
+            problem = certificate_problem(exc)
+            if problem is not None:
+                raise untrusted(self.server, problem) from None
+            if self.contacted:
+                raise
             raise no_server(self.server, exc) from None
         self.contacted = True
         return response
@@ -127,7 +179,8 @@ def make_client(
     first_contact: bool = True,
 ) -> httpx.Client:
     """An httpx client for our APIs: base URL, user agent, bearer token from the
-    environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections.
+    environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections, TLS
+    verified against PATIENTKIT_CA_CERT when set (`tls_verify`).
 
     With `first_contact` (the default), a first connection that cannot be made raises
     NoServer at once (see FirstContact); pass False where the server has answered this
@@ -139,7 +192,7 @@ def make_client(
         headers["authorization"] = f"Bearer {token}"
     if not server.startswith(("http://", "https://")):
         raise RemoteError(f"server URL must start with http:// or https://, not {server!r}")
-    transport: httpx.BaseTransport = httpx.HTTPTransport(limits=limits)
+    transport: httpx.BaseTransport = httpx.HTTPTransport(limits=limits, verify=tls_verify(server))
     if first_contact:
         transport = FirstContact(transport, server)
     return httpx.Client(

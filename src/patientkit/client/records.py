@@ -35,11 +35,14 @@ import httpx
 
 from patientkit.client.http import (
     DEFAULT_RETRY,
+    certificate_problem,
     describe,
     is_retryable_status,
     make_client,
     retry_after,
+    tls_verify,
     transport_failure,
+    untrusted,
 )
 from patientkit.core.retry import Retries, RetryableError, RetryPolicy, with_retries
 from patientkit.errors import RemoteError
@@ -85,6 +88,7 @@ class RecordsClient:
         self.server, self.retry = server.rstrip("/"), retry
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self.http = make_client(server, limits=limits)
+        self._verify = tls_verify(server)  # PATIENTKIT_CA_CERT, as make_client's
         self._local = threading.local()
         self._transports: list[httpx.HTTPTransport] = []
         self._transports_lock = threading.Lock()
@@ -117,7 +121,7 @@ class RecordsClient:
         transport = getattr(self._local, "transport", None)
         if transport is None:
             one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-            transport = self._local.transport = httpx.HTTPTransport(limits=one)
+            transport = self._local.transport = httpx.HTTPTransport(limits=one, verify=self._verify)
             with self._transports_lock:
                 self._transports.append(transport)
         return transport
@@ -149,7 +153,13 @@ class RecordsClient:
             headers=headers,
             extensions=self._timeout,
         )
-        response = self._transport().handle_request(request)
+        try:
+            response = self._transport().handle_request(request)
+        except httpx.ConnectError as exc:
+            problem = certificate_problem(exc)
+            if problem is not None:
+                raise untrusted(self.server, problem) from None
+            raise
         try:
             response.read()
         finally:

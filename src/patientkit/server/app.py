@@ -1,23 +1,54 @@
-"""The one Starlette application behind `patientkit serve`: all three APIs on one port."""
+"""The one Starlette application behind `patientkit serve`: all three APIs on one port,
+with bearer-token authentication, metrics, the OpenAPI document, and errors (404, 405,
+500) in each API's own JSON shape (SPEC.md "The server")."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from patientkit.server import exports, readings, records
+from patientkit.server import exports, openapi, readings, records
+from patientkit.server.auth import BearerAuth, error_body
 from patientkit.server.bodies import MAX_BODY
+from patientkit.server.logs import log
+from patientkit.server.metrics import Metrics
 from patientkit.server.middleware import Chaos, RequestLog
 from patientkit.server.stores import Stores
 
 
 def ping(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 of the router (no such route, a method the route does not take) in the
+    error shape of the API the path belongs to, with Starlette's words and headers."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        error_body(request.url.path, exc.detail, exc.status_code),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """A fault of ours: 500 in the API's shape; the log says what (no request data). A
+    client that hung up is no fault (RequestLog logs it; nobody gets this answer)."""
+    if not isinstance(exc, ClientDisconnect | OSError):
+        log(
+            "server error",
+            logging.ERROR,
+            request_id=request.scope.get("state", {}).get("request_id"),
+            error=type(exc).__name__,
+        )
+    return JSONResponse(error_body(request.url.path, "Internal server error", 500), 500)
 
 
 def build_app(
@@ -27,17 +58,41 @@ def build_app(
     chaos_seed: int | None = None,
     max_body: int = MAX_BODY,
     bulk: bool = True,
+    tokens: list[str] | None = None,
+    metrics: bool = True,
 ) -> ASGIApp:
     """The application; without `bulk` it has no `POST /tests/batch` (404 there, like the
-    original records server), for testing clients that fall back to single POSTs."""
+    original records server), for testing clients that fall back to single POSTs. With
+    `tokens`, every request but GET /api/ping needs one (see auth.BearerAuth); without
+    `metrics`, no /metrics and nothing counted (for measuring what they cost)."""
     stores = Stores(db)
-    routes = [
+    counters = Metrics() if metrics else None
+    routes: list[BaseRoute] = [
         Route("/api/ping", ping),
         *exports.routes(exports.Catalog(exports_dir)),
         *readings.routes(stores, max_body),
         *records.routes(stores, max_body, bulk),
     ]
-    app: ASGIApp = Starlette(routes=routes)
+    if counters is not None:
+        routes.append(Route("/metrics", counters.endpoint))
+    routes.append(Route("/openapi.json", openapi.endpoint(bulk=bulk, metrics=metrics)))
+    starlette = Starlette(
+        routes=routes,
+        exception_handlers={404: http_error, 405: http_error, Exception: server_error},
+    )
+    starlette.state.metrics = counters
+    app: ASGIApp = starlette
     if chaos > 0:
         app = Chaos(app, chaos, chaos_seed)
-    return RequestLog(app)
+    if tokens:
+        app = BearerAuth(app, tokens)
+    return RequestLog(app, routes, counters.observe if counters is not None else None)
+
+
+def worker_app(settings: dict[str, object], log_format: str, quiet: bool, level: str) -> ASGIApp:
+    """The app of one `serve --workers N` process (uvicorn calls it there, as a factory):
+    its logs configured as the parent's, then build_app(**settings)."""
+    from patientkit.server import logs
+
+    logs.configure(log_format, quiet=quiet, level=level)
+    return build_app(**settings)  # type: ignore[arg-type]

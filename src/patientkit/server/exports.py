@@ -19,6 +19,7 @@ from starlette.routing import Route
 from patientkit.core.counting import records
 from patientkit.core.parallel import open_binary, read_chunks, unreadable
 from patientkit.errors import PatientkitError
+from patientkit.server import metrics
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUFFIXES = (".csv.gz", ".csv")
@@ -158,7 +159,11 @@ def routes(catalog: Catalog) -> list[Route]:
         found = _download(request)
         if isinstance(found, Response):
             return found
-        return StreamingResponse(_stream(found[1]), media_type="text/csv; charset=utf-8")
+        download_id, path = found
+        stream = metrics.counted_stream(
+            request, _stream(path), lambda: catalog.metadata(download_id, path)["rows"]
+        )
+        return StreamingResponse(stream, media_type="text/csv; charset=utf-8")
 
     return [
         Route("/api/export", list_exports),

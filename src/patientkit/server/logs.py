@@ -2,7 +2,7 @@
 
 Two formats of the same events: `json` (one JSON object a line: what scripts and tests
 read; the default when stderr is not a terminal) and `text` (a line for people: the
-`serving` event as one sentence, each request as `time method path status bytes ms id`;
+`serving` event as one sentence, each request as `time method route status bytes ms id`;
 the default on a terminal). `quiet` keeps warnings and errors only, and the one line
 that says where the server listens."""
 
@@ -45,7 +45,7 @@ class TextFormatter(logging.Formatter):
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
         if event == "request":
             line = (
-                f"{clock} {level}{fields.pop('method', '')} {fields.pop('path', '')} "
+                f"{clock} {level}{fields.pop('method', '')} {fields.pop('route', '')} "
                 f"{fields.pop('status', '')} {fields.pop('bytes', 0):,} B "
                 f"{fields.pop('ms', 0)} ms"
             )
@@ -88,22 +88,44 @@ class _OneLineARequest(logging.Filter):
         return record.levelno >= logging.WARNING or record.getMessage() in PEOPLE_EVENTS
 
 
-def configure(fmt: str = "json", quiet: bool = False) -> None:
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure(fmt: str = "json", quiet: bool = False, level: str = "info") -> None:
     """Send our logs and uvicorn's to stderr, as JSON lines (`fmt` "json") or lines for
-    people ("text": uvicorn's start-up and shut-down chatter is left out). With `quiet`,
-    only warnings, errors and the `serving` line."""
+    people ("text": uvicorn's start-up and shut-down chatter is left out). `level` (a key
+    of LEVELS) is the least level written; with `quiet`, only warnings, errors and the
+    `serving` line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     if quiet:
         handler.addFilter(_Quiet())
     elif fmt == "text":
         handler.addFilter(_OneLineARequest())
+    least = LEVELS[level]
     for name in ("patientkit.server", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         quieter = name == "uvicorn.error" and fmt == "text"
-        logger.setLevel(logging.WARNING if quieter else logging.INFO)
+        logger.setLevel(max(least, logging.WARNING) if quieter else least)
         logger.propagate = False
+    if least > logging.INFO:  # the `serving` and `stopped` lines say where, whatever the level
+        handler.addFilter(_AtLeast(least))
+        logging.getLogger("patientkit.server").setLevel(logging.INFO)
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, least: int) -> None:
+        super().__init__()
+        self.least = least
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.least or record.getMessage() in ("serving", "stopped")
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:

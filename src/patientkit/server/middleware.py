@@ -7,11 +7,14 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patientkit.server.logs import log
+from patientkit.server.metrics import route_template
 
 REQUEST_ID = "x-request-id"
 _REQUEST_ID = REQUEST_ID.encode()  # as ASGI headers name it
@@ -28,7 +31,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestLog:
     """Gives each request a correlation id (the incoming X-Request-ID, else a new UUID),
     returns it in the X-Request-ID header, and logs one JSON line when the answer is
-    done. Handlers find the id in scope["state"]["request_id"] for their own log lines.
+    done: the route's template (of `routes`), never the raw path nor the query string.
+    Handlers find the id in scope["state"]["request_id"] for their own log lines.
+    `observe(method, route, status, seconds)`, if given, counts each request (metrics).
 
     A client that hangs up before its answer is complete (mid-download, mid-body) is no
     fault of the server: its line is a warning with `dropped` saying when it hung up,
@@ -36,8 +41,17 @@ class RequestLog:
     write) ends there, without a traceback or a 500 for a request that cannot be
     answered. The server goes on serving."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[BaseRoute] = (),
+        observe: Callable[[str, str, int, float], None] | None = None,
+    ) -> None:
+        self.app, self.routes, self.observe = app, routes, observe
+        # the router leaves the matched route's endpoint in the scope: its template at once
+        self.templates: dict[object, str] = {
+            route.endpoint: route.path for route in routes if isinstance(route, Route)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,15 +105,21 @@ class RequestLog:
                     if status
                     else "the client disconnected before the answer (mid-request)"
                 )
+            route = self.templates.get(scope.get("endpoint")) or route_template(
+                self.routes, scope
+            )  # not routed: refused before (401), or no route (404)
+            seconds = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope["method"], route, status, seconds)
             log(
                 "request",
                 logging.WARNING if outcome != "ok" or status >= 500 or dropped else logging.INFO,
                 request_id=request_id,
                 method=scope["method"],
-                path=scope["path"],
+                route=route,
                 status=status,
                 bytes=sent,
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                ms=round(seconds * 1000, 2),
                 chaos=scope["state"].get("chaos"),
                 **({"dropped": dropped} if dropped else {}),
             )

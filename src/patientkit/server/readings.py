@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from patientkit.core import validation
 from patientkit.core.storage import Store
+from patientkit.server import metrics
 from patientkit.server.bodies import NotJson, TooLarge, read_json
 from patientkit.server.stores import Stores
 
@@ -37,7 +38,9 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
             readings = validation.create_request(body, instants)
         except validation.Invalid as exc:
             return error(exc.message, 400)
-        await run_in_threadpool(lambda: stores.get().add_readings(readings))
+        stored = await run_in_threadpool(lambda: stores.get().add_readings(readings))
+        metrics.count(request, "readings_stored", stored)
+        metrics.count(request, "readings_duplicates", len(readings) - stored)
         return JSONResponse({"status": "ok"}, status_code=201)
 
     def device_total(

@@ -55,6 +55,7 @@ from starlette.routing import Route
 from patientkit.core import validation
 from patientkit.core.storage import RECORD_FIELDS, RecordAnswer, Store
 from patientkit.inputs import Item, array_items, breaks_array, ndjson_items
+from patientkit.server import metrics
 from patientkit.server.bodies import NotJson, TooLarge, read_body, read_json
 from patientkit.server.logs import log
 from patientkit.server.middleware import REQUEST_ID
@@ -243,6 +244,9 @@ def routes(stores: Stores, max_body: int, bulk: bool = True) -> list[Route]:
             given = await writer.add(record, request_id if own_id else None)
         except Exception:
             return error(STORE_UNAVAILABLE, 503)
+        metrics.count(
+            request, "records_created" if given.status == 200 else "records_duplicates", 1
+        )
         log(
             "record stored" if given.status == 200 else "record duplicate",
             request_id=request_id,
@@ -292,6 +296,10 @@ def routes(stores: Stores, max_body: int, bulk: bool = True) -> list[Route]:
             answer, repeated = await writer.run(work)
         except Exception:
             return error(STORE_UNAVAILABLE, 503)
+        if not repeated:
+            counts = json.loads(answer)
+            metrics.count(request, "records_created", counts["created"])
+            metrics.count(request, "records_duplicates", counts["duplicates"])
         log(
             "batch repeated" if repeated else "batch stored",
             request_id=request_id,

@@ -1,0 +1,196 @@
+"""SPEC.md "The server", Processes: `--workers N` serves from N processes on one
+listening socket (SQLite in WAL mode) with exact verdicts and metrics summed over the
+workers; SIGTERM stops accepting, lets requests in flight finish (up to --grace) and
+exits 0, with nothing half-stored."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import cli_env, run_cli
+
+
+def write_records(path, count, prefix="W"):
+    with path.open("w") as out:
+        for n in range(count):
+            record = {
+                "test_id": f"{prefix}-{n}",
+                "patient_id": "P",
+                "clinic_id": f"C-{n % 7}",
+                "test_type": "t",
+                "result": "r",
+            }
+            out.write(json.dumps(record) + "\n")
+
+
+def test_two_workers_give_exact_verdicts_to_concurrent_submitters(serve, tmp_path):
+    server = serve("--db", str(tmp_path / "w.db"), "--workers", "2")
+    serving = [line for line in server.log_lines() if line["event"] == "serving"]
+    assert [line["workers"] for line in serving] == [2]
+    records = tmp_path / "r.ndjson"
+    write_records(records, 400)
+    results = []
+
+    def submit():
+        args = ["records", "submit", str(records), "--to", server.url, "--concurrency", "4"]
+        results.append(run_cli(*args))
+
+    threads = [threading.Thread(target=submit) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    summaries = [result.json() for result in results]
+    assert all(result.code in (0, 1) for result in results), [r.err for r in results]
+    assert sum(s["created"] for s in summaries) == 400
+    assert sum(s["duplicates"] for s in summaries) == 800
+    with sqlite3.connect(tmp_path / "w.db") as db:
+        assert db.execute("select count(*) from test_records").fetchone()[0] == 400
+    answer = httpx.get(f"{server.url}/metrics")
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+        if not sample.labels
+    }
+    assert found["patientkit_records_created_total"] == 400  # summed over both workers
+    assert found["patientkit_records_duplicates_refused_total"] == 800
+    started = [line for line in server.log_lines() if line["event"].startswith("Started server")]
+    assert len(started) == 2  # one a worker
+
+
+def start(tmp_path, *args):
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env=cli_env(),
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line)["event"] == "serving":
+                return process, json.loads(line)["url"], log
+        time.sleep(0.05)
+    raise AssertionError(log.read_text())
+
+
+def big_export(folder, megabytes):
+    download = str(uuid.uuid4())
+    (folder / "big").mkdir(parents=True)
+    row = b"P001,2025-08-26T00:00:02.760570Z,spo2,97\n"
+    path = folder / "big" / f"{download}.csv"
+    with path.open("wb") as out:
+        out.write(b"patient_id,event_time,event_type,value\n")
+        out.write(row * (megabytes * 1_000_000 // len(row)))
+    return download, path.stat().st_size
+
+
+def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path):
+    for workers in ("1", "2"):
+        exports = tmp_path / f"exports-{workers}"
+        download, size = big_export(exports, 40)
+        process, url, log = start(
+            tmp_path,
+            "--exports",
+            str(exports),
+            "--db",
+            str(tmp_path / "d.db"),
+            "--workers",
+            workers,
+        )
+        try:
+            with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+                chunks = answer.iter_raw()
+                received = len(next(chunks))
+                process.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                with_new = None
+                try:
+                    httpx.get(f"{url}/api/ping", timeout=2)
+                except httpx.TransportError as exc:
+                    with_new = exc
+                assert with_new is not None  # no longer accepting
+                for chunk in chunks:
+                    received += len(chunk)
+                    time.sleep(0.0005)
+            assert received == size  # the request in flight finished
+            assert process.wait(timeout=30) == 0
+        finally:
+            process.kill()
+        text = log.read_text()
+        assert "Traceback" not in text and '"level": "error"' not in text
+        assert json.loads(text.splitlines()[-1])["event"] == "stopped"
+
+
+def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
+    exports = tmp_path / "exports"
+    download, _size = big_export(exports, 40)
+    process, url, _log = start(
+        tmp_path, "--exports", str(exports), "--db", str(tmp_path / "g.db"), "--grace", "1"
+    )
+    try:
+        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+            chunks = answer.iter_raw()
+            next(chunks)
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0  # the reader stalls: cut after --grace
+            assert 0.9 < time.monotonic() - stopped < 8
+    finally:
+        process.kill()
+
+
+def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
+    for workers in ("1", "2"):
+        db = tmp_path / f"s{workers}.db"
+        records = tmp_path / f"r{workers}.ndjson"
+        write_records(records, 30_000, prefix=f"S{workers}")
+        process, url, log = start(tmp_path, "--db", str(db), "--workers", workers)
+        try:
+            client = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "patientkit",
+                    "records",
+                    "submit",
+                    str(records),
+                    "--to",
+                    url,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=cli_env(),
+            )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # mid-job: some records stored
+                time.sleep(0.1)
+                with sqlite3.connect(db) as conn:
+                    if conn.execute("select count(*) from test_records").fetchone()[0] > 0:
+                        break
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+            client.kill()  # it would retry a server that is gone for a while
+            client.wait(timeout=30)
+        finally:
+            process.kill()
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+            rows = conn.execute(
+                "select test_id, patient_id, clinic_id, test_type, result from test_records"
+            ).fetchall()
+        assert 0 < len(rows) <= 30_000
+        assert all(all(field for field in row) for row in rows)
+        assert "Traceback" not in log.read_text()
