@@ -34,7 +34,13 @@ from patientkit.core.deadletters import DeadLetters
 from patientkit.core.delivery import BufferFull, BufferStats, BufferStopped, FlushResult
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import Settlement, SinkResult, settle
-from patientkit.core.spool import SpoolWriter, json_encode
+from patientkit.core.spool import (
+    SpoolSyncer,
+    SpoolWriter,
+    journal_new_events,
+    json_encode,
+    live_pairs,
+)
 from patientkit.errors import DeliveryError, UsageError
 
 __all__ = ["BatchBuffer"]
@@ -45,15 +51,13 @@ E = TypeVar("E")
 
 _CHUNK = 1024
 
-_RUNNING = "running"
-_CLOSING = "closing"
-_CLOSED = "closed"
+_RUNNING, _CLOSING, _CLOSED = lifecycle.RUNNING, lifecycle.CLOSING, lifecycle.CLOSED
 
 
 class BatchBuffer(Generic[E]):
     """Batch events to `sink` from a background thread; see the module docstring."""
 
-    _spooler: threading.Thread | None
+    _syncer: SpoolSyncer | None  # the spool's sync thread, with a spool
 
     def __init__(
         self,
@@ -104,10 +108,9 @@ class BatchBuffer(Generic[E]):
 
         self._start_flusher()
         if self._spool is not None:
-            self._spooler = threading.Thread(
-                target=self._spool_run, name="patientkit-buffer-spool", daemon=True
+            self._syncer = SpoolSyncer(
+                self.sync, self._spool_sync_interval, self._clock, self._spool_failed
             )
-            self._spooler.start()
         lifecycle.register(self)
 
     def _fresh_state(self) -> None:
@@ -117,7 +120,6 @@ class BatchBuffer(Generic[E]):
         self._wakeup = threading.Condition(self._lock)  # the flusher waits here
         self._space = threading.Condition(self._lock)  # blocked producers wait here
         self._settled = threading.Condition(self._lock)  # flush() and close() wait here
-        self._spool_wakeup = threading.Condition(self._lock)  # the spool thread waits here
         self._close_lock = threading.Lock()
 
         # never replaced while threads use it: track() appends without a lock
@@ -155,8 +157,7 @@ class BatchBuffer(Generic[E]):
         self._spool: SpoolWriter[E] | None = None
         self._journaled_upto = 0  # seq of the first tracked event not in the spool yet
         self._unencodable: dict[int, str] = {}  # seq -> why `encode` failed on the event
-        self._spool_stop = False
-        self._spooler = None
+        self._syncer = None
 
     def _start_flusher(self) -> None:
         self._next_flush = 0.0  # set by the flusher itself: see _run
@@ -173,11 +174,7 @@ class BatchBuffer(Generic[E]):
         Raises `BufferFull` when no room came within `timeout` seconds (the event is not
         tracked), `BufferStopped` after the failure limit or after close.
         """
-        # The fast path takes no lock: deque.append, len and popleft are atomic, the
-        # deque is never replaced, and only this thread appends `event`. Two races are
-        # closed explicitly: several producers passing the room check together can go past
-        # max_pending by at most one event each, and an append that races with close() is
-        # either handed back by the drain or taken back here (`_appended_after_stop`).
+        # The fast path takes no lock: docs/buffer.md, "Design", says why that is safe.
         pending = self._pending
         if self._accepting and len(pending) < self._max_pending:
             pending.append(event)
@@ -403,7 +400,7 @@ class BatchBuffer(Generic[E]):
             return
         with spool.lock:
             if not spool.closed:
-                self._journal_new_events(spool)
+                journal_new_events(self, spool)
                 spool.sync()
 
     # --- shared helpers (lock held) ------------------------------------------------------
@@ -418,22 +415,9 @@ class BatchBuffer(Generic[E]):
         return len(self._pending) + self._held
 
     def _refusal(self, accepted: int = 0) -> BufferStopped:
-        undelivered = self._undelivered_count()
-        if self._stop_reason is None:
-            return BufferStopped(
-                "the buffer is closed and takes no more events",
-                reason="closed",
-                undelivered=undelivered,
-                accepted=accepted,
-            )
-        error = BufferStopped(
-            f"{self._stop_reason}; drain_pending() returns the {undelivered} undelivered events",
-            reason=self._stop_reason,
-            undelivered=undelivered,
-            accepted=accepted,
+        return BufferStopped.refusal(
+            self._stop_reason, self._stop_cause, self._undelivered_count(), accepted
         )
-        error.__cause__ = self._stop_cause
-        return error
 
     def _stop(self, reason: str, cause: BaseException | None = None) -> None:
         if self._stop_reason is None:
@@ -501,77 +485,10 @@ class BatchBuffer(Generic[E]):
                     if self._stop_reason is not None:
                         raise self._refusal()
 
-    # --- fork and interpreter exit -------------------------------------------------------
-
-    def _after_fork_in_child(self) -> None:
-        """In a child made by `os.fork()` (lifecycle's hook): become a new, empty buffer
-        with its own flusher and no spool; one that was not running is closed, and empty.
-        The parent's events stay the parent's (docs/buffer.md, "Fork and exit")."""
-        running = self._state is _RUNNING and self._stop_reason is None
-        stop_reason, stop_cause = self._stop_reason, self._stop_cause
-        spool = self._spool
-        self._generation += 1
-        self._fresh_state()
-        if spool is not None:
-            spool.forget()
-        if running:
-            self._start_flusher()
-            return
-        self._state = _CLOSED
-        self._accepting = False
-        self._drained = True
-        self._flusher_done = True
-        self._stop_reason, self._stop_cause = stop_reason, stop_cause
-
-    def _close_at_exit(self) -> None:
-        """At interpreter exit (lifecycle's hook): close within the close timeout
-        (`lifecycle.EXIT_CLOSE_TIMEOUT` without one), in real time, and park what is left.
-        Never silent, never raises."""
-        with self._lock:
-            state = self._state
-        left: list[E] = []
-        reason = lifecycle.EXIT_REASON
-        if state is _RUNNING:
-            timeout = self._close_timeout
-            if timeout is None:
-                timeout = lifecycle.EXIT_CLOSE_TIMEOUT
-            try:
-                try:
-                    self._shutdown(timeout, real_time=True)
-                except KeyboardInterrupt:  # Ctrl-C while waiting: stop waiting
-                    self._shutdown(0, real_time=True)
-            except BufferStopped as exc:
-                reason = f"{lifecycle.EXIT_REASON} ({exc.reason})"
-            left = self.drain_pending()
-        self._park(left, reason, "before exit")
+    # --- fork, interpreter exit, garbage collection: patientkit.core.lifecycle ----------
 
     def __del__(self) -> None:
-        # A buffer dropped without close() after it stopped (a running one is kept alive
-        # by its flusher, and closed at exit): its events must not vanish in silence.
-        # Nobody else can reach it now, so its state is read without waiting for anyone.
-        try:
-            if self._state is _CLOSED and not self._letters:
-                return
-            self._state = _CLOSED
-            left = [event for unit in self._work for event in unit.events]
-            left.extend(self._pending)
-            self._work.clear()
-            self._pending.clear()
-            self._handed_back += len(left)
-            reason = f"not delivered: {self._stop_reason or 'the buffer was dropped unclosed'}"
-            self._park(left, reason, "by a buffer dropped without close()")
-            if self._spool is not None:
-                self._spool.journal.close()
-        except BaseException:  # late in shutdown there may be no stderr left
-            pass
-
-    def _park(self, left: list[E], reason: str, when: str) -> None:
-        # `lifecycle.park`, and the events the dead-letter callback took are dead letters.
-        taken = lifecycle.park(left, reason, when, self._spool, self._letters)
-        if taken:
-            with self._lock:
-                self._dead_lettered += taken
-                self._handed_back -= taken
+        lifecycle.dropped(self)
 
     # --- the flusher ---------------------------------------------------------------------
 
@@ -612,7 +529,7 @@ class BatchBuffer(Generic[E]):
         if spool is not None:
             with spool.lock:
                 if not spool.closed:
-                    self._journal_new_events(spool)
+                    journal_new_events(self, spool)
         with self._lock:
             if self._stop_reason is not None or self._abandon:
                 return False
@@ -726,7 +643,7 @@ class BatchBuffer(Generic[E]):
         if self._spool is not None and settled_count and journaled:
             settled = [unit.seqs[i] for i in outcome.accepted]
             settled.extend(unit.seqs[i] for i, _ in rejected)
-            self._spool.settle(settled, self._live_pairs)
+            self._spool.settle(settled, lambda: live_pairs(self))
 
     def _schedule_retry(self, outcome: Settlement, made_progress: bool) -> None:
         # Lock held.
@@ -762,51 +679,15 @@ class BatchBuffer(Generic[E]):
         self._work.extend(recovered_units(items, self._max_batch))
         self._recovered = self._held = len(items)
 
-    def _journal_new_events(self, spool: SpoolWriter[E]) -> None:
-        # Spool lock held: journal the tracked events not journaled yet.
+    def _spool_failed(self, exc: BaseException) -> None:
         with self._lock:
-            start = max(self._journaled_upto, self._taken)
-            snapshot = self._pending.copy()  # atomic, unlike iterating a deque others append to
-            events = list(itertools.islice(snapshot, start - self._taken, None))
-        if not events:
-            return
-        unencodable = spool.append(start, events)
-        with self._lock:  # together: the flusher must see both or neither
-            self._unencodable.update(unencodable)
-            self._journaled_upto = start + len(events)
-
-    def _live_pairs(self) -> list[tuple[int, E]]:
-        # Spool lock held: every journaled, unsettled (seq, event), for a compaction.
-        with self._lock:
-            pairs = [pair for unit in self._work for pair in unit.pairs()]
-            journaled_count = max(0, self._journaled_upto - self._taken)
-            journaled = itertools.islice(self._pending.copy(), journaled_count)
-            pairs.extend(enumerate(journaled, start=self._taken))
-            unencodable = set(self._unencodable)
-        return [(seq, event) for seq, event in pairs if seq not in unencodable]
-
-    def _spool_run(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    deadline = self._clock.now() + self._spool_sync_interval
-                    while not self._spool_stop and self._clock.now() < deadline:
-                        self._clock.wait(self._spool_wakeup, deadline)
-                    if self._spool_stop:
-                        return
-                self.sync()
-        except BaseException as exc:
-            with self._lock:
-                self._stop(f"delivery stopped: the spool failed: {type(exc).__name__}: {exc}", exc)
-            logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
+            self._stop(f"delivery stopped: the spool failed: {type(exc).__name__}: {exc}", exc)
+        logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
 
     def _close_spool(self) -> None:
         spool = self._spool
         if spool is None:
             return
-        with self._lock:
-            self._spool_stop = True
-            self._spool_wakeup.notify_all()
-        if self._spooler is not None:
-            self._spooler.join()
-        spool.close(lambda: self._journal_new_events(spool))
+        if self._syncer is not None:
+            self._syncer.stop()
+        spool.close(lambda: journal_new_events(self, spool))

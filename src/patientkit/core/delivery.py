@@ -32,6 +32,27 @@ class BufferStopped(DeliveryError):
         self.undelivered = undelivered
         self.accepted = accepted  # for track_many: how many of its events were tracked
 
+    @classmethod
+    def refusal(
+        cls, stop_reason: str | None, cause: BaseException | None, undelivered: int, accepted: int
+    ) -> BufferStopped:
+        """The error a call on a closed (`stop_reason` None) or stopped buffer raises."""
+        if stop_reason is None:
+            return cls(
+                "the buffer is closed and takes no more events",
+                reason="closed",
+                undelivered=undelivered,
+                accepted=accepted,
+            )
+        error = cls(
+            f"{stop_reason}; drain_pending() returns the {undelivered} undelivered events",
+            reason=stop_reason,
+            undelivered=undelivered,
+            accepted=accepted,
+        )
+        error.__cause__ = cause
+        return error
+
 
 @dataclass(frozen=True)
 class FlushResult:
