@@ -26,13 +26,13 @@ __version__ = "0.1.0"
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "BatchBuffer": "patientkit.core.buffer",
-    "BufferFull": "patientkit.core.buffer",
-    "BufferStats": "patientkit.core.buffer",
-    "BufferStopped": "patientkit.core.buffer",
+    "BufferFull": "patientkit.core.delivery",
+    "BufferStats": "patientkit.core.delivery",
+    "BufferStopped": "patientkit.core.delivery",
     "Clock": "patientkit.core.clock",
     "DeliveryError": "patientkit.errors",
     "FakeClock": "patientkit.core.clock",
-    "FlushResult": "patientkit.core.buffer",
+    "FlushResult": "patientkit.core.delivery",
     "InputError": "patientkit.errors",
     "PatientkitError": "patientkit.errors",
     "PayloadTooLarge": "patientkit.core.sinks",
@@ -80,14 +80,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
-    from patientkit.core.buffer import (
-        BatchBuffer,
-        BufferFull,
-        BufferStats,
-        BufferStopped,
-        FlushResult,
-    )
+    from patientkit.core.buffer import BatchBuffer
     from patientkit.core.clock import Clock, FakeClock, SystemClock
+    from patientkit.core.delivery import BufferFull, BufferStats, BufferStopped, FlushResult
     from patientkit.core.retry import RetryableError, RetryPolicy
     from patientkit.core.sinks import (
         PayloadTooLarge,

@@ -10,8 +10,8 @@
     │   ├── ReadError            an input that cannot be read to its end
     │   └── CsvError             core.counting: a malformed CSV row in an export
     ├── DeliveryError            exit 1: data that could not be delivered after retries
-    │   ├── BufferFull           core.buffer: no room came within track()'s timeout
-    │   └── BufferStopped        core.buffer: failure limit, broken sink, or closed
+    │   ├── BufferFull           core.delivery: no room came within track()'s timeout
+    │   └── BufferStopped        core.delivery: failure limit, broken sink, or closed
     ├── RetryableError           core.retry: failed, may succeed if tried again
     ├── SinkError                core.sinks: how a sink says a whole batch went
     │   ├── PermanentError       rejected for good: every event dead-lettered

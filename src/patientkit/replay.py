@@ -33,7 +33,8 @@ from typing import Any
 
 from patientkit.client.readings import Answer, ReadingsClient
 from patientkit.core import validation
-from patientkit.core.buffer import BatchBuffer, BufferFull, BufferStopped
+from patientkit.core.buffer import BatchBuffer
+from patientkit.core.delivery import BufferFull, BufferStopped
 from patientkit.core.sinks import PoisonError, RetryableError, SinkResult
 from patientkit.core.storage import Reading
 from patientkit.errors import PatientkitError

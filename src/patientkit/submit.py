@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from patientkit.core.buffer import BatchBuffer, BufferStopped
+from patientkit.core.buffer import BatchBuffer
+from patientkit.core.delivery import BufferStopped
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import PayloadTooLarge, PoisonError
 from patientkit.core.storage import RECORD_FIELDS, Store

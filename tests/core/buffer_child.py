@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from patientkit.core import buffer as buffer_module
+from patientkit.core import lifecycle
 from patientkit.core.buffer import BatchBuffer
 from patientkit.core.clock import FakeClock
 from patientkit.core.retry import RetryableError
@@ -212,7 +212,7 @@ def exit_failing(where: str) -> None:
         options["dead_letter"] = letter
     elif where == "default_timeout":
         del options["close_timeout"]
-        buffer_module.EXIT_CLOSE_TIMEOUT = 0.5  # the documented default is 5 s
+        lifecycle.EXIT_CLOSE_TIMEOUT = 0.5  # the documented default is 5 s
     elif where in ("stopped", "dropped"):
         options["failure_limit"] = 1
         options["flush_interval"] = 0.01
@@ -226,7 +226,7 @@ def exit_failing(where: str) -> None:
             time.sleep(0.01)
     if where != "dropped":
         KEEP.append(buf)  # open at exit; "dropped" lets it go unclosed
-    say(script="ends", default=buffer_module.EXIT_CLOSE_TIMEOUT)
+    say(script="ends", default=lifecycle.EXIT_CLOSE_TIMEOUT)
 
 
 KEEP: list[BatchBuffer[object]] = []

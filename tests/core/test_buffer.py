@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patientkit.core.buffer import BatchBuffer, BufferFull, BufferStopped, FlushResult
+from patientkit.core.buffer import BatchBuffer
 from patientkit.core.clock import FakeClock, SystemClock
+from patientkit.core.delivery import BufferFull, BufferStopped, FlushResult
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import PayloadTooLarge, PermanentError, RetryableError, SinkResult
 from patientkit.errors import DeliveryError, UsageError

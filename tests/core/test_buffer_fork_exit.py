@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from patientkit.core import buffer as buffer_module
+from patientkit.core import lifecycle
 from patientkit.core.spool import _recover
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -176,7 +176,7 @@ def test_undeliverable_events_at_exit_go_to_the_dead_letter_callback(tmp_path):
     result = run("exit-failing-dead-letter", tmp_path)
     assert result.returncode == 0
     letters = [json.loads(x) for x in (tmp_path / "dead").read_text().splitlines()]
-    assert letters == [[{"n": i}, buffer_module.EXIT_REASON] for i in range(10)]
+    assert letters == [[{"n": i}, lifecycle.EXIT_REASON] for i in range(10)]
     assert result.warnings() == [
         "patientkit: warning: 10 events were not delivered before exit; they went to the "
         "dead-letter destination"
@@ -184,7 +184,7 @@ def test_undeliverable_events_at_exit_go_to_the_dead_letter_callback(tmp_path):
 
 
 def test_the_default_exit_timeout_bounds_the_wait(tmp_path):
-    assert buffer_module.EXIT_CLOSE_TIMEOUT == 5.0  # as docs/buffer.md says
+    assert lifecycle.EXIT_CLOSE_TIMEOUT == 5.0  # as docs/buffer.md says
     result = run("exit-failing-default-timeout", tmp_path)
     assert result.fact(script="ends")["default"] == 0.5
     assert result.seconds < 10

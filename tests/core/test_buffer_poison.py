@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patientkit.core.buffer import BatchBuffer, BufferStopped
+from patientkit.core.buffer import BatchBuffer
 from patientkit.core.clock import FakeClock
+from patientkit.core.delivery import BufferStopped
 from patientkit.core.sinks import PoisonError, RetryableError, SinkResult
 from patientkit.core.spool import _recover
 from patientkit.core.storage import Store

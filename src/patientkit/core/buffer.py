@@ -2,56 +2,48 @@
 
 `BatchBuffer` takes events from any number of threads (`track`, `track_many`) and hands
 them to a sink in batches, from one background thread, the flusher. It is the engine
-under `readings replay` and `records submit`, and a library of its own.
+under `readings replay` and `records submit`, and a library of its own. Nothing is ever
+dropped: every event is delivered, dead-lettered, handed back, or kept in the spool.
 
-Producers only append to a deque; one flusher thread cuts it into batches, hands each to
-the sink, and settles every event by the sink's answer (`patientkit.core.sinks.settle`):
-delivered, dead-lettered, or retried after a backoff (`patientkit.core.retry`). Events
-are first delivered in tracking order; nothing is ever dropped: what cannot be delivered
-is handed back (`close`, `drain_pending`), kept in the spool (`patientkit.core.spool`),
-or given to the dead-letter callback, also after `os.fork()` and at interpreter exit.
-Every wait goes through an injected `Clock`, so a `FakeClock` drives the tests. How and
-why, step by step: docs/buffer.md, "Design".
-
-Sink contract
--------------
-See `patientkit.core.sinks`: what a sink returns or raises, and `settle`, the one reading
-of its answer.
-
-Logging carries counts, delays and exception class names only, never event contents or
-sink messages (which may quote health data).
+This module holds the producers, the flusher, shutdown and the counters. Beside it:
+`sinks` (what a sink answers, read by `settle`), `retry` (backoff), `batches` (the unit
+of work and its bisection), `deadletters`, `spool` (the journal), `lifecycle` (fork and
+interpreter exit), `delivery` (the results and errors it returns). Every wait goes
+through an injected `Clock`, so a `FakeClock` drives the tests. How and why, step by
+step: docs/buffer.md, "Design". Logging carries counts, delays and exception class
+names only, never event contents or sink messages (which may quote health data).
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import logging
 import os
 import random
-import sys
 import threading
-import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Iterable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
+from patientkit.core import lifecycle
+from patientkit.core.batches import Unit, recovered_units, split_unencodable
 from patientkit.core.clock import Clock, SystemClock
+from patientkit.core.deadletters import DeadLetters
+from patientkit.core.delivery import BufferFull, BufferStats, BufferStopped, FlushResult
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import Settlement, SinkResult, settle
-from patientkit.core.spool import SpoolWriter, json_encode
+from patientkit.core.spool import (
+    SpoolSyncer,
+    SpoolWriter,
+    journal_new_events,
+    json_encode,
+    live_pairs,
+)
 from patientkit.errors import DeliveryError, UsageError
 
-__all__ = [
-    "BatchBuffer",
-    "BufferFull",
-    "BufferStats",
-    "BufferStopped",
-    "FlushResult",
-]
+__all__ = ["BatchBuffer"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,105 +51,13 @@ E = TypeVar("E")
 
 _CHUNK = 1024
 
-_RUNNING = "running"
-_CLOSING = "closing"
-_CLOSED = "closed"
-
-EXIT_CLOSE_TIMEOUT = 5.0  # seconds a buffer open at interpreter exit gets without close_timeout
-EXIT_REASON = "not delivered before the interpreter exited"
-
-# Every buffer made in this process, weakly: the fork and exit hooks below reach them
-# without keeping one alive.
-_LIVE: weakref.WeakSet[BatchBuffer[Any]] = weakref.WeakSet()
-
-
-# --- what the buffer raises --------------------------------------------------------------
-
-
-class BufferFull(DeliveryError):
-    """`track` waited `timeout` seconds for room and found none; the event was not tracked."""
-
-    def __init__(self, message: str, *, accepted: int = 0) -> None:
-        super().__init__(message)
-        self.accepted = accepted  # for track_many: how many of its events were tracked
-
-
-class BufferStopped(DeliveryError):
-    """The buffer stopped (failure limit, broken sink, internal error) or was closed."""
-
-    def __init__(self, message: str, *, reason: str, undelivered: int, accepted: int = 0) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.undelivered = undelivered
-        self.accepted = accepted  # for track_many: how many of its events were tracked
-
-
-# --- value types -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FlushResult:
-    """What happened while `flush()` waited.
-
-    `delivered`, `dead_lettered` and `retried` count what the buffer did during the call
-    (events of other threads included); `pending` is what is still unsettled at return;
-    `complete` says whether every event tracked before the call was settled.
-    """
-
-    delivered: int
-    dead_lettered: int
-    retried: int
-    pending: int
-    complete: bool
-
-
-@dataclass(frozen=True)
-class BufferStats:
-    """Counters since the buffer was made.
-
-    recovered + tracked == delivered + dead_lettered + pending + in_flight + handed_back.
-    `retried` counts attempts that re-sent events; `batches` counts sink calls.
-    """
-
-    tracked: int
-    recovered: int
-    delivered: int
-    retried: int
-    dead_lettered: int
-    pending: int
-    in_flight: int
-    handed_back: int
-    consecutive_failures: int
-    batches: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-class _Unit(Generic[E]):
-    """Events taken from the deque and not settled yet, with their sequence numbers."""
-
-    __slots__ = ("attempted", "events", "seqs")
-
-    def __init__(self, seqs: Sequence[int], events: list[E], attempted: bool = False) -> None:
-        self.seqs = seqs
-        self.events = events
-        self.attempted = attempted
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def part(self, indices: Iterable[int]) -> _Unit[E]:
-        chosen = list(indices)
-        return _Unit(
-            [self.seqs[i] for i in chosen], [self.events[i] for i in chosen], attempted=True
-        )
+_RUNNING, _CLOSING, _CLOSED = lifecycle.RUNNING, lifecycle.CLOSING, lifecycle.CLOSED
 
 
 class BatchBuffer(Generic[E]):
     """Batch events to `sink` from a background thread; see the module docstring."""
 
-    _spooler: threading.Thread | None
+    _syncer: SpoolSyncer | None  # the spool's sync thread, with a spool
 
     def __init__(
         self,
@@ -208,11 +108,10 @@ class BatchBuffer(Generic[E]):
 
         self._start_flusher()
         if self._spool is not None:
-            self._spooler = threading.Thread(
-                target=self._spool_run, name="patientkit-buffer-spool", daemon=True
+            self._syncer = SpoolSyncer(
+                self.sync, self._spool_sync_interval, self._clock, self._spool_failed
             )
-            self._spooler.start()
-        _LIVE.add(self)
+        lifecycle.register(self)
 
     def _fresh_state(self) -> None:
         """Locks, queues and counters of a new, empty, running buffer (also in a forked
@@ -221,14 +120,13 @@ class BatchBuffer(Generic[E]):
         self._wakeup = threading.Condition(self._lock)  # the flusher waits here
         self._space = threading.Condition(self._lock)  # blocked producers wait here
         self._settled = threading.Condition(self._lock)  # flush() and close() wait here
-        self._spool_wakeup = threading.Condition(self._lock)  # the spool thread waits here
         self._close_lock = threading.Lock()
 
         # never replaced while threads use it: track() appends without a lock
         self._pending: deque[E] = deque()
         self._flusher_called = False  # set when a producer woke the flusher for a full batch
         self._drained = False
-        self._work: deque[_Unit[E]] = deque()
+        self._work: deque[Unit[E]] = deque()
         self._accepting = True
         self._state = _RUNNING
         self._stop_reason: str | None = None
@@ -239,7 +137,7 @@ class BatchBuffer(Generic[E]):
         self._space_waiters = 0
         self._flush_goals: list[int] = []  # the seq each waiting flush() needs settled
         self._flush_target = 0
-        self._dead_letters: list[tuple[E, str]] = []
+        self._letters: DeadLetters[E] = DeadLetters(self._dead_letter)
 
         # Sequence numbers: the deque's first event has seq `_taken`, the next one
         # `_taken + 1`, and so on; tracked = _taken + len(_pending) - _first_seq.
@@ -259,8 +157,7 @@ class BatchBuffer(Generic[E]):
         self._spool: SpoolWriter[E] | None = None
         self._journaled_upto = 0  # seq of the first tracked event not in the spool yet
         self._unencodable: dict[int, str] = {}  # seq -> why `encode` failed on the event
-        self._spool_stop = False
-        self._spooler = None
+        self._syncer = None
 
     def _start_flusher(self) -> None:
         self._next_flush = 0.0  # set by the flusher itself: see _run
@@ -277,11 +174,7 @@ class BatchBuffer(Generic[E]):
         Raises `BufferFull` when no room came within `timeout` seconds (the event is not
         tracked), `BufferStopped` after the failure limit or after close.
         """
-        # The fast path takes no lock: deque.append, len and popleft are atomic, the
-        # deque is never replaced, and only this thread appends `event`. Two races are
-        # closed explicitly: several producers passing the room check together can go past
-        # max_pending by at most one event each, and an append that races with close() is
-        # either handed back by the drain or taken back here (`_appended_after_stop`).
+        # The fast path takes no lock: docs/buffer.md, "Design", says why that is safe.
         pending = self._pending
         if self._accepting and len(pending) < self._max_pending:
             pending.append(event)
@@ -477,9 +370,7 @@ class BatchBuffer(Generic[E]):
         Used when no `dead_letter` callback was given, and for the events a failing
         callback could not take.
         """
-        with self._lock:
-            letters, self._dead_letters = self._dead_letters, []
-            return letters
+        return self._letters.drain()
 
     def stats(self) -> BufferStats:
         with self._lock:
@@ -509,7 +400,7 @@ class BatchBuffer(Generic[E]):
             return
         with spool.lock:
             if not spool.closed:
-                self._journal_new_events(spool)
+                journal_new_events(self, spool)
                 spool.sync()
 
     # --- shared helpers (lock held) ------------------------------------------------------
@@ -524,22 +415,9 @@ class BatchBuffer(Generic[E]):
         return len(self._pending) + self._held
 
     def _refusal(self, accepted: int = 0) -> BufferStopped:
-        undelivered = self._undelivered_count()
-        if self._stop_reason is None:
-            return BufferStopped(
-                "the buffer is closed and takes no more events",
-                reason="closed",
-                undelivered=undelivered,
-                accepted=accepted,
-            )
-        error = BufferStopped(
-            f"{self._stop_reason}; drain_pending() returns the {undelivered} undelivered events",
-            reason=self._stop_reason,
-            undelivered=undelivered,
-            accepted=accepted,
+        return BufferStopped.refusal(
+            self._stop_reason, self._stop_cause, self._undelivered_count(), accepted
         )
-        error.__cause__ = self._stop_cause
-        return error
 
     def _stop(self, reason: str, cause: BaseException | None = None) -> None:
         if self._stop_reason is None:
@@ -607,122 +485,10 @@ class BatchBuffer(Generic[E]):
                     if self._stop_reason is not None:
                         raise self._refusal()
 
-    # --- fork and interpreter exit -------------------------------------------------------
-
-    def _after_fork_in_child(self) -> None:
-        """In a child made by `os.fork()`: become a new, empty buffer with its own flusher.
-
-        Only the forking thread lives on in the child, so the parent's locks may be held
-        forever and its flusher is gone. The parent's events stay the parent's (it
-        delivers them); the child starts with an empty queue and zeroed counters. The
-        child never writes the parent's spool: it closes its copies of the spool's
-        descriptors (the parent keeps its lock) and runs without a spool. A buffer that
-        was stopped, closing or closed in the parent is closed, and empty, in the child.
-        """
-        running = self._state is _RUNNING and self._stop_reason is None
-        stop_reason, stop_cause = self._stop_reason, self._stop_cause
-        spool = self._spool
-        self._generation += 1
-        self._fresh_state()
-        if spool is not None:
-            spool.forget()
-        if running:
-            self._start_flusher()
-            return
-        self._state = _CLOSED
-        self._accepting = False
-        self._drained = True
-        self._flusher_done = True
-        self._stop_reason, self._stop_cause = stop_reason, stop_cause
-
-    def _close_at_exit(self) -> None:
-        """Close a buffer still open at interpreter exit, within its close timeout
-        (`EXIT_CLOSE_TIMEOUT` without one), in real time. What it cannot deliver stays in
-        its spool, or goes to its dead-letter callback; one warning line on stderr says
-        how many events, and where they are. Never silent, never raises."""
-        with self._lock:
-            state = self._state
-        left: list[E] = []
-        reason = EXIT_REASON
-        if state is _RUNNING:
-            timeout = EXIT_CLOSE_TIMEOUT if self._close_timeout is None else self._close_timeout
-            try:
-                try:
-                    self._shutdown(timeout, real_time=True)
-                except KeyboardInterrupt:  # Ctrl-C while waiting: stop waiting
-                    self._shutdown(0, real_time=True)
-            except BufferStopped as exc:
-                reason = f"{EXIT_REASON} ({exc.reason})"
-            left = self.drain_pending()
-        self._park(left, reason, "before exit")
+    # --- fork, interpreter exit, garbage collection: patientkit.core.lifecycle ----------
 
     def __del__(self) -> None:
-        # A buffer dropped without close() after it stopped (a running one is kept alive
-        # by its flusher, and closed at exit): its events must not vanish in silence.
-        # Nobody else can reach it now, so its state is read without waiting for anyone.
-        try:
-            if self._state is _CLOSED and not self._dead_letters:
-                return
-            self._state = _CLOSED
-            left = [event for unit in self._work for event in unit.events]
-            left.extend(self._pending)
-            self._work.clear()
-            self._pending.clear()
-            self._handed_back += len(left)
-            reason = f"not delivered: {self._stop_reason or 'the buffer was dropped unclosed'}"
-            self._park(left, reason, "by a buffer dropped without close()")
-            if self._spool is not None:
-                self._spool.journal.close()
-        except BaseException:  # late in shutdown there may be no stderr left
-            pass
-
-    def _park(self, left: list[E], reason: str, when: str) -> None:
-        """Put events not delivered `when` where the next run finds them (the spool, or
-        the dead-letter callback), and say on stderr how many and where; also count the
-        dead letters kept in memory that nobody collected."""
-        letters = self.drain_dead_letters()
-        if letters:
-            _warn(
-                f"{len(letters)} events a delivery buffer dead-lettered in memory were never "
-                "collected with drain_dead_letters(); they are lost"
-            )
-        if not left:
-            return
-        spool = self._spool
-        if spool is not None:
-            loose = [event for event in left if not isinstance(spool.encoded(event), bytes)]
-            kept = len(left) - len(loose)
-            if kept:
-                _warn(
-                    f"{kept} events were not delivered {when}; they are kept in the "
-                    f"spool {spool.path} and delivered by the next buffer on it"
-                )
-            left = loose
-            if not left:
-                return
-        taken = 0
-        failure = ""
-        if self._dead_letter is not None:
-            for event in left:
-                try:
-                    self._dead_letter(event, reason)
-                except Exception as exc:
-                    failure = f" (the dead_letter callback failed: {type(exc).__name__})"
-                    break
-                taken += 1
-            if taken:
-                with self._lock:
-                    self._dead_lettered += taken
-                    self._handed_back -= taken
-                _warn(
-                    f"{taken} events were not delivered {when}; they went to the "
-                    "dead-letter destination"
-                )
-        if taken < len(left):
-            _warn(
-                f"{len(left) - taken} events were not delivered {when} and are lost"
-                f"{failure}: give the buffer a spool or a dead_letter callback, or close it"
-            )
+        lifecycle.dropped(self)
 
     # --- the flusher ---------------------------------------------------------------------
 
@@ -763,7 +529,7 @@ class BatchBuffer(Generic[E]):
         if spool is not None:
             with spool.lock:
                 if not spool.closed:
-                    self._journal_new_events(spool)
+                    journal_new_events(self, spool)
         with self._lock:
             if self._stop_reason is not None or self._abandon:
                 return False
@@ -796,10 +562,13 @@ class BatchBuffer(Generic[E]):
                 if spool is not None and self._journaled_upto - self._taken < size:
                     return True  # journal them first (top of the next step)
                 unit = self._take(size, now)
-                if self._unencodable:
-                    poisoned = self._split_unencodable(unit)
+                if self._unencodable:  # those the spool could not write go alone, unsent
+                    poisoned = split_unencodable(unit, self._unencodable)
                     if poisoned is not None:
-                        unit, unencodable = poisoned
+                        units, unencodable = poisoned
+                        self._work.popleft()
+                        self._work.extendleft(reversed(units))
+                        unit = units[0]
             self._in_flight = len(unit)
             self._in_user_code = True
         if unencodable is not None:
@@ -808,24 +577,7 @@ class BatchBuffer(Generic[E]):
             self._finish(unit, self._attempt(unit), generation)
         return True
 
-    def _split_unencodable(self, unit: _Unit[E]) -> tuple[_Unit[E], Settlement] | None:
-        # Lock held; `unit` is the only unit of the work queue. Events the spool could not
-        # encode are dead-lettered alone, without a sink call; the others go on as usual.
-        bad = [i for i, seq in enumerate(unit.seqs) if seq in self._unencodable]
-        if not bad:
-            return None
-        reasons = [self._unencodable.pop(unit.seqs[i]) for i in bad]
-        bad_set = set(bad)
-        poisoned = _Unit([unit.seqs[i] for i in bad], [unit.events[i] for i in bad])
-        good = [i for i in range(len(unit)) if i not in bad_set]
-        self._work.popleft()
-        if good:
-            rest = _Unit([unit.seqs[i] for i in good], [unit.events[i] for i in good])
-            self._work.appendleft(rest)
-        self._work.appendleft(poisoned)
-        return poisoned, Settlement(rejected=list(enumerate(reasons)))
-
-    def _take(self, count: int, now: float) -> _Unit[E]:
+    def _take(self, count: int, now: float) -> Unit[E]:
         # Lock held: cut a unit of `count` events from the front of the deque.
         # One atomic popleft per event (producers append meanwhile, without the lock).
         events = list(map(deque.popleft, itertools.repeat(self._pending, count)))
@@ -834,13 +586,13 @@ class BatchBuffer(Generic[E]):
         self._taken += count
         self._held += count
         self._next_flush = now + self._flush_interval
-        unit = _Unit(range(start, start + count), events)
+        unit = Unit(range(start, start + count), events)
         self._work.append(unit)
         if self._space_waiters:
             self._space.notify_all()
         return unit
 
-    def _attempt(self, unit: _Unit[E]) -> Settlement:
+    def _attempt(self, unit: Unit[E]) -> Settlement:
         try:
             result = self._sink(list(unit.events))
         except Exception as exc:
@@ -848,12 +600,12 @@ class BatchBuffer(Generic[E]):
         return settle(unit.events, result, key=self._key)
 
     def _finish(
-        self, unit: _Unit[E], outcome: Settlement, generation: int, journaled: bool = True
+        self, unit: Unit[E], outcome: Settlement, generation: int, journaled: bool = True
     ) -> None:
         if generation != self._generation:
             return  # forked from inside the sink: in this child, the unit is the parent's
         rejected = outcome.rejected
-        letter_failure = self._send_dead_letters(unit, rejected)
+        letter_failure = self._letters.send([(unit.events[i], why) for i, why in rejected])
         settled_count = len(outcome.accepted) + len(rejected)
         with self._lock:
             self._in_user_code = False
@@ -873,9 +625,7 @@ class BatchBuffer(Generic[E]):
             self._held -= settled_count
             self._work.popleft()
             if outcome.split:
-                half = len(unit) // 2
-                self._work.appendleft(unit.part(range(half, len(unit))))
-                self._work.appendleft(unit.part(range(half)))
+                self._work.extendleft(reversed(unit.halves()))
             elif outcome.retry:
                 self._work.appendleft(unit.part(outcome.retry))
                 self._schedule_retry(outcome, made_progress=settled_count > 0)
@@ -893,7 +643,7 @@ class BatchBuffer(Generic[E]):
         if self._spool is not None and settled_count and journaled:
             settled = [unit.seqs[i] for i in outcome.accepted]
             settled.extend(unit.seqs[i] for i, _ in rejected)
-            self._spool.settle(settled, self._live_pairs)
+            self._spool.settle(settled, lambda: live_pairs(self))
 
     def _schedule_retry(self, outcome: Settlement, made_progress: bool) -> None:
         # Lock held.
@@ -915,30 +665,6 @@ class BatchBuffer(Generic[E]):
             )
             logger.error("buffer stopped after %d consecutive failed deliveries", self._failures)
 
-    def _send_dead_letters(self, unit: _Unit[E], rejected: list[tuple[int, str]]) -> str:
-        """Hand rejected events to the dead-letter destination; a failure reason or ""."""
-        if not rejected:
-            return ""
-        if self._dead_letter is None:
-            with self._lock:
-                self._dead_letters.extend((unit.events[i], reason) for i, reason in rejected)
-            return ""
-        for position, (index, reason) in enumerate(rejected):
-            try:
-                self._dead_letter(unit.events[index], reason)
-            except Exception as exc:
-                with self._lock:
-                    self._dead_letters.extend(
-                        (unit.events[i], why) for i, why in rejected[position:]
-                    )
-                logger.error("dead_letter callback failed (%s)", type(exc).__name__)
-                return (
-                    f"delivery stopped: the dead_letter callback failed: {type(exc).__name__}: "
-                    f"{exc}; drain_dead_letters() returns the {len(rejected) - position} "
-                    "dead letters it did not take"
-                )
-        return ""
-
     # --- the spool -----------------------------------------------------------------------
 
     def _open_spool(
@@ -950,91 +676,18 @@ class BatchBuffer(Generic[E]):
         self._spool, items = SpoolWriter.open(path, encode, decode)
         next_seq = items[-1][0] + 1 if items else 0
         self._first_seq = self._taken = self._journaled_upto = next_seq
-        for start in range(0, len(items), self._max_batch):
-            part = items[start : start + self._max_batch]
-            self._work.append(_Unit([seq for seq, _ in part], [event for _, event in part]))
+        self._work.extend(recovered_units(items, self._max_batch))
         self._recovered = self._held = len(items)
 
-    def _journal_new_events(self, spool: SpoolWriter[E]) -> None:
-        # Spool lock held: journal the tracked events not journaled yet.
+    def _spool_failed(self, exc: BaseException) -> None:
         with self._lock:
-            start = max(self._journaled_upto, self._taken)
-            snapshot = self._pending.copy()  # atomic, unlike iterating a deque others append to
-            events = list(itertools.islice(snapshot, start - self._taken, None))
-        if not events:
-            return
-        unencodable = spool.append(start, events)
-        with self._lock:  # together: the flusher must see both or neither
-            self._unencodable.update(unencodable)
-            self._journaled_upto = start + len(events)
-
-    def _live_pairs(self) -> list[tuple[int, E]]:
-        # Spool lock held: every journaled, unsettled (seq, event), for a compaction.
-        with self._lock:
-            pairs = [
-                pair for unit in self._work for pair in zip(unit.seqs, unit.events, strict=True)
-            ]
-            journaled_count = max(0, self._journaled_upto - self._taken)
-            journaled = itertools.islice(self._pending.copy(), journaled_count)
-            pairs.extend(enumerate(journaled, start=self._taken))
-            unencodable = set(self._unencodable)
-        return [(seq, event) for seq, event in pairs if seq not in unencodable]
-
-    def _spool_run(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    deadline = self._clock.now() + self._spool_sync_interval
-                    while not self._spool_stop and self._clock.now() < deadline:
-                        self._clock.wait(self._spool_wakeup, deadline)
-                    if self._spool_stop:
-                        return
-                self.sync()
-        except BaseException as exc:
-            with self._lock:
-                self._stop(f"delivery stopped: the spool failed: {type(exc).__name__}: {exc}", exc)
-            logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
+            self._stop(f"delivery stopped: the spool failed: {type(exc).__name__}: {exc}", exc)
+        logger.error("spool writer failed (%s); the buffer stopped", type(exc).__name__)
 
     def _close_spool(self) -> None:
         spool = self._spool
         if spool is None:
             return
-        with self._lock:
-            self._spool_stop = True
-            self._spool_wakeup.notify_all()
-        if self._spooler is not None:
-            self._spooler.join()
-        spool.close(lambda: self._journal_new_events(spool))
-
-
-# --- process-wide hooks -------------------------------------------------------------------
-
-
-def _warn(message: str) -> None:
-    """One warning line on stderr (logging may be shut down at exit)."""
-    try:
-        sys.stderr.write(f"patientkit: warning: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # stderr closed: nowhere left to say it
-        pass
-
-
-def _fork_child_hook() -> None:
-    for buffer in list(_LIVE):
-        try:
-            buffer._after_fork_in_child()
-        except Exception as exc:  # a hook must not break fork for the rest of the process
-            _warn(f"a delivery buffer could not be renewed after fork ({type(exc).__name__})")
-
-
-def _exit_hook() -> None:
-    for buffer in list(_LIVE):
-        try:
-            buffer._close_at_exit()
-        except Exception as exc:
-            _warn(f"a delivery buffer could not be closed at exit ({type(exc).__name__}: {exc})")
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fork_child_hook)
-atexit.register(_exit_hook)
+        if self._syncer is not None:
+            self._syncer.stop()
+        spool.close(lambda: journal_new_events(self, spool))

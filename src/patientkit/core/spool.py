@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -34,9 +35,13 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from patientkit.core.clock import Clock
 from patientkit.errors import PatientkitError, UsageError
+
+if TYPE_CHECKING:
+    from patientkit.core.buffer import BatchBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -387,3 +392,76 @@ class SpoolWriter(Generic[E]):
     def forget(self) -> None:
         """In a forked child: let go of the parent's descriptors (see `Journal.forget`)."""
         self.journal.forget()
+
+
+class SpoolSyncer:
+    """A daemon thread that calls `sync()` every `interval` seconds (by `clock`) until
+    `stop()`, so that the durability of tracked events does not wait for a slow sink. When
+    `sync` raises, it calls `failed(exc)` and ends."""
+
+    def __init__(
+        self,
+        sync: Callable[[], None],
+        interval: float,
+        clock: Clock,
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        self._sync, self._interval, self._clock, self._failed = sync, interval, clock, failed
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._run, name="patientkit-buffer-spool", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread and wait for it (a `sync` under way finishes first)."""
+        with self._lock:
+            self._stopped = True
+            self._wakeup.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    deadline = self._clock.now() + self._interval
+                    while not self._stopped and self._clock.now() < deadline:
+                        self._clock.wait(self._wakeup, deadline)
+                    if self._stopped:
+                        return
+                self._sync()
+        except BaseException as exc:
+            self._failed(exc)
+
+
+# --- the buffer's side: what of its queue is journaled -----------------------------------
+# These reach into `BatchBuffer`'s queue (under its lock): the seq of the first event not
+# journaled yet (`_journaled_upto`), and the events `encode` failed on (`_unencodable`).
+
+
+def journal_new_events(buffer: BatchBuffer[E], spool: SpoolWriter[E]) -> None:
+    """Journal the events `buffer` tracked and did not journal yet (spool lock held)."""
+    with buffer._lock:
+        start = max(buffer._journaled_upto, buffer._taken)
+        snapshot = buffer._pending.copy()  # atomic, unlike iterating a deque others append to
+        events = list(itertools.islice(snapshot, start - buffer._taken, None))
+    if not events:
+        return
+    unencodable = spool.append(start, events)
+    with buffer._lock:  # together: the flusher must see both or neither
+        buffer._unencodable.update(unencodable)
+        buffer._journaled_upto = start + len(events)
+
+
+def live_pairs(buffer: BatchBuffer[E]) -> list[tuple[int, E]]:
+    """Every journaled, unsettled (seq, event) of `buffer`, for a compaction (spool lock
+    held)."""
+    with buffer._lock:
+        pairs = [pair for unit in buffer._work for pair in unit.pairs()]
+        journaled_count = max(0, buffer._journaled_upto - buffer._taken)
+        journaled = itertools.islice(buffer._pending.copy(), journaled_count)
+        pairs.extend(enumerate(journaled, start=buffer._taken))
+        unencodable = set(buffer._unencodable)
+    return [(seq, event) for seq, event in pairs if seq not in unencodable]
