@@ -5,7 +5,7 @@ Every record read ends in exactly one of created, duplicate, invalid, rejected o
 * invalid: it could not be read, or breaks SPEC.md's rules (`record_problem`, the
   server's own check): reported with file:line and reason, never sent;
 * to the store (`StoreTarget`): batches through the delivery buffer, one transaction
-  each; `Store.add_records` says which were created and which duplicates (a test_id
+  each; the store's `add_records` says which were created and which duplicates (a test_id
   already stored, or earlier in the input: the first one wins); a record the store can
   never take (a value it cannot bind or hold) is isolated by the buffer (`PoisonError`:
   the batch is bisected) and rejected with the store's reason, the rest are stored;
@@ -51,11 +51,12 @@ from patientkit.core.buffer import (
     PoisonError,
     RetryPolicy,
 )
-from patientkit.core.storage import RECORD_FIELDS, Store
+from patientkit.core.model import RECORD_FIELDS
 from patientkit.core.validation import all_records_valid, record_problem
 from patientkit.errors import PatientkitError, RemoteError
 from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
+from patientkit.stores import open_store
 from patientkit.writer import DATA_ERRORS, refusal
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
@@ -194,16 +195,18 @@ _value = operator.itemgetter(2)  # an Item's value
 
 
 class StoreTarget:
-    """Batches of valid records into the SQLite store, one transaction per batch, through
+    """Batches of valid records into the store (`open_store`), one transaction per batch, through
     the delivery buffer (its flusher thread writes while the main thread reads and
     parses; SQLite works without the GIL, so both cores are busy)."""
 
-    def __init__(self, path: Path, tally: Tally, report: Report, batch: int = STORE_BATCH) -> None:
+    def __init__(
+        self, target: str | Path, tally: Tally, report: Report, batch: int = STORE_BATCH
+    ) -> None:
         self.tally, self.report = tally, report
         self.error: PatientkitError | None = None
         self._lock = threading.Lock()
         self._abandoned = False
-        self.store = Store(path)
+        self.store = open_store(target)
         self.buffer: BatchBuffer[Item] = BatchBuffer(
             self._sink,
             max_batch=batch,

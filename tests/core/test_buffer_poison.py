@@ -25,7 +25,7 @@ from patientkit.core.buffer import (
     SinkResult,
 )
 from patientkit.core.spool import _recover
-from patientkit.core.storage import Store
+from patientkit.core.storage import SQLiteStore
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item
 from patientkit.rejects import Rejects
@@ -256,7 +256,7 @@ def test_replay_store_sink_dead_letters_the_refused_reading_and_stores_the_rest(
     assert [(e[1], e[2]) for e, _ in letters] == [("in.ndjson", 7)]
     assert letters[0][1] == "refused by the store: UnicodeEncodeError: surrogates not allowed"
     assert buf.stats().delivered == 9 and buf.stats().consecutive_failures == 0
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         assert store.reading_totals() == (1, 9, 9)
 
 
@@ -281,7 +281,7 @@ def test_submit_store_target_rejects_the_refused_record_and_stores_the_rest(tmp_
         target.finish()
     assert problems == [(4, "refused by the store: UnicodeEncodeError: surrogates not allowed")]
     assert (tally.created, tally.rejected, tally.failed, tally.read) == (7, 1, 0, 8)
-    with Store(tmp_path / "r.db") as store:
+    with SQLiteStore(tmp_path / "r.db") as store:
         assert sorted(r["test_id"] for r in store.records_for_clinic("c-1")) == [
             f"t-{i}" for i in range(8) if i != 3
         ]

@@ -152,7 +152,7 @@ def replay(
 
 
 def _device_total(
-    ctx: typer.Context, device_id: str, db: Path, to: str | None, key: str, method: str
+    ctx: typer.Context, device_id: str, db: str, to: str | None, key: str, method: str
 ) -> None:
     """Print {"device_id", key: the store's or the API's `method`(device_id)}."""
     from patientkit.core import validation
@@ -167,12 +167,10 @@ def _device_total(
         with ReadingsClient(to) as client:
             value = getattr(client, method)(device_id)
     else:
-        from patientkit.core.storage import Store
         from patientkit.errors import PatientkitError
+        from patientkit.stores import open_existing
 
-        if not db.exists():
-            raise UsageError(f"{db}: no such store")
-        with Store(db) as store:
+        with open_existing(db) as store:
             value = getattr(store, method)(device_id)
         if value is None:  # a device id is not health data: it may be named
             raise PatientkitError(f"no readings for device {device_id}")

@@ -183,11 +183,9 @@ def list_records(
         with RecordsClient(to) as client:
             emit_records(client.clinic_records(clinic, retrying), fmt)
     else:
-        from patientkit.core.storage import Store
+        from patientkit.stores import open_existing
 
-        if not db.is_file():
-            raise UsageError(f"the store {db} does not exist")
-        with Store(db) as store:
+        with open_existing(db, "the store {target} does not exist") as store:
             emit_records(store.records_for_clinic(clinic), fmt)
 
 

@@ -81,6 +81,7 @@ def serve(
     from patientkit.server import logs
     from patientkit.server.app import build_app
     from patientkit.server.middleware import QuietCuts
+    from patientkit.stores import shown
 
     if log_format is None:
         log_format = LogFormat.text if sys.stderr.isatty() else LogFormat.json
@@ -94,7 +95,7 @@ def serve(
     where = str(exports) if exports else None
 
     def ready() -> None:
-        logs.log("serving", url=url, db=str(db), exports=where, chaos=chaos)
+        logs.log("serving", url=url, db=shown(db), exports=where, chaos=chaos)
 
     _server_class(ready)(config).run(sockets=[sock])
     logs.log("stopped", url=url)

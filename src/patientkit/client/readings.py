@@ -15,7 +15,7 @@ from patientkit.client.http import (
     retry_after,
 )
 from patientkit.core import validation
-from patientkit.core.storage import Reading
+from patientkit.core.model import Reading
 from patientkit.errors import PatientkitError, RemoteError, UsageError
 
 CREATE = "/api/device-readings/create"

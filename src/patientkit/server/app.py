@@ -21,7 +21,7 @@ def ping(request: Request) -> Response:
 
 
 def build_app(
-    db: Path,
+    db: str | Path,
     exports_dir: Path | None = None,
     chaos: float = 0.0,
     chaos_seed: int | None = None,
@@ -29,7 +29,8 @@ def build_app(
     bulk: bool = True,
 ) -> ASGIApp:
     """The application; without `bulk` it has no `POST /tests/batch` (404 there, like the
-    original records server), for testing clients that fall back to single POSTs."""
+    original records server), for testing clients that fall back to single POSTs. `db`
+    is the store's target (a SQLite path or a PostgreSQL URL: `patientkit.stores`)."""
     stores = Stores(db)
     routes = [
         Route("/api/ping", ping),
