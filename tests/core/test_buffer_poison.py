@@ -29,8 +29,8 @@ from patientkit.core.storage import SQLiteStore
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item
 from patientkit.rejects import Rejects
-from patientkit.submit import Report, StoreTarget, Tally
-from patientkit.writer import StoreProcess, StoreRefused
+from patientkit.workflows.store_process import StoreProcess, StoreRefused
+from patientkit.workflows.submit import Report, StoreTarget, Tally
 
 WAIT = 10.0
 
@@ -240,7 +240,7 @@ def test_the_store_process_refuses_a_value_it_can_never_hold(tmp_path):
 
 
 def test_replay_store_sink_dead_letters_the_refused_reading_and_stores_the_rest(tmp_path):
-    from patientkit.replay import StoreSink
+    from patientkit.workflows.replay import StoreSink
 
     good = "0a1b2c3d-0000-4000-8000-000000000001"
     events = [(reading(good, 1, s), "in.ndjson", s + 1) for s in range(10)]
@@ -289,7 +289,7 @@ def test_submit_store_target_rejects_the_refused_record_and_stores_the_rest(tmp_
 
 def test_replay_api_sink_rejects_a_reading_it_cannot_encode_and_sends_the_rest(serve, tmp_path):
     from patientkit.client.readings import ReadingsClient
-    from patientkit.replay import ApiSink
+    from patientkit.workflows.replay import ApiSink
 
     server = serve("--db", str(tmp_path / "api.db"))
     device = "0a1b2c3d-0000-4000-8000-000000000002"

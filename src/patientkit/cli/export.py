@@ -105,8 +105,8 @@ def aggregate(
 
         patientkit export aggregate demo --format table
     """
-    from patientkit.aggregate import Events, aggregate_export
     from patientkit.client.http import Backoff
+    from patientkit.workflows.aggregate import Events, aggregate_export
 
     with interruptible("nothing was counted"), Meter(f"export {export_id}") as meter:
         counts = aggregate_export(
@@ -179,7 +179,7 @@ def _start(meter: Meter, paths: list[str], stdin: bool) -> None:
     if not output.show_progress():
         return  # nothing drawn: no need to look at the files twice
     from patientkit.core.parallel import expand_paths, is_gzip
-    from patientkit.generate import expected_rows
+    from patientkit.samples.exports import expected_rows
 
     files = expand_paths(paths)
     rows = [expected_rows(Path(f)) for f in files]
@@ -196,7 +196,7 @@ def _listed(problems: list[str], most: int = 5) -> str:
 
 def _check_folders(paths: list[str]) -> None:
     """Refuse a folder whose metadata names downloads that are missing or unfinished."""
-    from patientkit.generate import folder_problems
+    from patientkit.samples.exports import folder_problems
 
     for given in paths:
         folder = Path(given)
@@ -212,7 +212,7 @@ def _check_folders(paths: list[str]) -> None:
 
 def _check_rows(each: dict[str, Counts]) -> None:
     """Refuse files whose rows differ from their metadata's `rows`."""
-    from patientkit.generate import expected_rows
+    from patientkit.samples.exports import expected_rows
 
     wrong = []
     for path, counts in each.items():
@@ -242,7 +242,7 @@ def generate(
 
         patientkit export generate demo exports && patientkit serve --exports exports
     """
-    from patientkit.generate import generate_export, plan_export
+    from patientkit.samples.exports import generate_export, plan_export
 
     plans = plan_export(export.value, seed)
     folder = directory / export.value

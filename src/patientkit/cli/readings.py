@@ -10,8 +10,8 @@ import typer
 from patientkit.cli import output, samples
 from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
 from patientkit.cli.progress import Meter
-from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
+from patientkit.workflows.signals import stop_requests
 
 DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
 
@@ -84,8 +84,8 @@ def replay(
     from patientkit.client.readings import ReadingsClient
     from patientkit.inputs import check_paths
     from patientkit.rejects import Rejects
-    from patientkit.replay import ApiSink, Replay, StoreSink
-    from patientkit.writer import StoreProcess
+    from patientkit.workflows.replay import ApiSink, Replay, StoreSink
+    from patientkit.workflows.store_process import StoreProcess
 
     _one_destination(ctx, to)
     check_paths(paths)

@@ -92,8 +92,15 @@ def submit(
     """
     from patientkit.inputs import check_paths
     from patientkit.rejects import Rejects
-    from patientkit.submit import BulkTarget, HttpTarget, Report, Source, StoreTarget, Tally
-    from patientkit.submit import submit as run
+    from patientkit.workflows.submit import (
+        BulkTarget,
+        HttpTarget,
+        Report,
+        Source,
+        StoreTarget,
+        Tally,
+    )
+    from patientkit.workflows.submit import submit as run
 
     _db_or_to(ctx, to)
     check_paths(paths)
@@ -105,7 +112,7 @@ def submit(
         report = Report(rejects_file, _problem)
         if to is not None:
             from patientkit.client.http import Backoff
-            from patientkit.submit import http_target
+            from patientkit.workflows.submit import http_target
 
             target: HttpTarget | BulkTarget | StoreTarget = http_target(
                 to, concurrency, tally, report, Backoff(attempts=attempts), batch, batch_size

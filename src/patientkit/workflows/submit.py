@@ -57,7 +57,7 @@ from patientkit.errors import PatientkitError, RemoteError
 from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
 from patientkit.stores import open_store
-from patientkit.writer import DATA_ERRORS, refusal
+from patientkit.workflows.store_process import DATA_ERRORS, refusal
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.http import Backoff

@@ -45,7 +45,7 @@ from patientkit.core.storage import Reading
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects, entry_line
-from patientkit.writer import StoreProcess, StoreRefused, StoreUnavailable
+from patientkit.workflows.store_process import StoreProcess, StoreRefused, StoreUnavailable
 
 CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
@@ -163,7 +163,7 @@ def _count_reason(count: object) -> str:
 
 
 class StoreSink:
-    """Each batch in one transaction, written by the store's own process (see writer.py);
+    """Each batch in one transaction, written by the store's own process (see store_process.py);
     counts the duplicates the store ignored. A failing store (full disk, I/O error, a
     crashed writer) is retried by the buffer; a batch the store refuses for good (its
     transaction rolled back) is a `PoisonError`, which the buffer bisects."""
