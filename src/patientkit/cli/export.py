@@ -63,10 +63,6 @@ def interruptible(hint: str) -> Iterator[None]:
         signal.signal(sig, old)
 
 
-def warn_retry(what: str, attempt: int, reason: str, delay: float) -> None:
-    output.warn(f"{what}: attempt {attempt} failed ({reason}); retrying in {delay:.1f}s")
-
-
 @app.command("list")
 def list_exports(server: Server = DEFAULT_SERVER) -> None:
     """List the exports a server offers, as JSON.
@@ -78,7 +74,7 @@ def list_exports(server: Server = DEFAULT_SERVER) -> None:
     from patientkit.client.exports import ExportClient
 
     with ExportClient(server) as client:
-        ids = client.export_ids(lambda n, why, wait: warn_retry("export list", n, why, wait))
+        ids = client.export_ids(lambda n, why, wait: output.warn_retry("export list", n, why, wait))
     output.emit_json({"export_ids": ids})
 
 
@@ -117,7 +113,7 @@ def aggregate(
             Events(
                 on_start=meter.start,
                 on_progress=meter.advance,
-                on_retry=warn_retry,
+                on_retry=output.warn_retry,
                 on_done=lambda download_id, rows: meter.part_done(),
             ),
         )

@@ -98,6 +98,16 @@ def db_given(ctx: typer.Context) -> bool:
     return db_source(ctx) == "COMMANDLINE"
 
 
+def one_destination(ctx: typer.Context, to: str | None, message: str) -> None:
+    """The check of every command with `--db` and `--to`: both on the command line is a
+    UsageError with `message` (each command group's words, SPEC.md); PATIENTKIT_DB or
+    the default --db beside --to is fine (--to wins)."""
+    from patientkit.errors import UsageError
+
+    if to is not None and db_given(ctx):
+        raise UsageError(message)
+
+
 Append = Annotated[
     bool,
     typer.Option(

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output, samples
-from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, one_destination
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
-from patientkit.workflows.signals import stop_requests
 
 DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
+ONE_DESTINATION = "give --db or --to, not both"  # SPEC.md's words for this group
 
 app = typer.Typer(
     help="Replay device readings into the store or a readings API, and read a device's totals.",
@@ -23,12 +23,6 @@ app = typer.Typer(
     "  patientkit readings total d042a946-84bd-4bf2-bd00-3fc3a49785ea --db readings.db",
     no_args_is_help=True,
 )
-
-
-def _one_destination(ctx: typer.Context, to: str | None) -> None:
-    """--db and --to together is a usage error (PATIENTKIT_DB alone does not count)."""
-    if to is not None and db_given(ctx):
-        raise UsageError("give --db or --to, not both")
 
 
 @app.command()
@@ -81,48 +75,24 @@ def replay(
 
         patientkit readings replay readings.csv --to http://127.0.0.1:8000 --speed 60
     """
-    from patientkit.client.readings import ReadingsClient
-    from patientkit.inputs import check_paths
-    from patientkit.rejects import Rejects
-    from patientkit.workflows.replay import ApiSink, Replay, StoreSink
-    from patientkit.workflows.store_process import StoreProcess
+    from patientkit.workflows.replay import run_replay
 
-    _one_destination(ctx, to)
-    check_paths(paths)
-    destination: ReadingsClient | StoreProcess
-    if to is not None:
-        destination = ReadingsClient(to)
-        destination.ping()
-        batch_size = batch_size or 5_000
-        sink: StoreSink | ApiSink = ApiSink(destination, batch_size, concurrency)
-        max_batch = min(batch_size * 32, 50_000)  # room to group many devices' readings
-    else:
-        destination = StoreProcess(db)  # before the buffer's threads: it forks
-        sink = StoreSink(destination)
-        max_batch = batch_size or 20_000
-    with (
-        Rejects(dead_letter, append=append, inputs=paths) as rejects,
-        Meter("replaying", unit="readings") as meter,
-    ):
-        run = Replay(
-            sink,
-            rejects,
-            max_batch=max_batch,
+    one_destination(ctx, to, ONE_DESTINATION)
+    with Meter("replaying", unit="readings") as meter:
+        run = run_replay(
+            paths,
+            db=db,
+            to=to,
+            batch_size=batch_size,
             flush_interval=flush_interval,
             speed=speed,
+            dead_letter=dead_letter,
+            append=append,
+            concurrency=concurrency,
             on_invalid=lambda source, line, reason: output.warn(f"{source}:{line}: {reason}"),
             on_progress=lambda read: meter.advance(read - meter.rows, 0),
         )
-        with stop_requests(run.stop):
-            try:
-                summary = run.run(paths)
-            finally:  # a second Ctrl-C stops waiting for the store or the API
-                if isinstance(destination, StoreProcess):
-                    destination.close(timeout=1.0 if run.abandoned else 30.0)
-                else:
-                    destination.close()
-                if isinstance(sink, ApiSink):
-                    sink.close(wait=not run.abandoned)
+    summary = run.summary
     output.emit_json(summary.as_dict())
     if run.stop_reason:
         where = f"written to {dead_letter}" if dead_letter else "not saved (no --dead-letter)"
@@ -157,7 +127,7 @@ def _device_total(
     """Print {"device_id", key: the store's or the API's `method`(device_id)}."""
     from patientkit.core import validation
 
-    _one_destination(ctx, to)
+    one_destination(ctx, to, ONE_DESTINATION)
     if not validation.is_device_id(device_id):
         raise UsageError(validation.BAD_DEVICE_ID)
     value: object

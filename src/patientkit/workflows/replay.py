@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from patientkit.client.readings import Answer, ReadingsClient
@@ -41,7 +42,7 @@ from patientkit.core.buffer import (
     RetryableError,
     SinkResult,
 )
-from patientkit.core.storage import Reading
+from patientkit.core.model import Reading
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects, entry_line
@@ -53,6 +54,9 @@ _DIGITS = re.compile(r"[0-9]+")
 UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
 ROOM_WAIT = 0.1  # seconds a reading waits for room in a full buffer before a Ctrl-C is seen
 INTERRUPTED_CLOSE = 1.0  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
+API_BATCH = 5_000  # readings in one create request, by default
+API_MOST_BATCH = 50_000  # readings in one buffer batch to an API (many devices' requests)
+STORE_BATCH = 20_000  # readings in one store transaction, by default
 
 
 @dataclass
@@ -130,7 +134,7 @@ class Parser:
             return validation.ID_REQUIRED
         if not validation.is_device_id(device_id):
             return validation.BAD_DEVICE_ID
-        self.devices[device_id] = device_id  # type: ignore[index]
+        self.devices[device_id] = device_id  # type: ignore[index, assignment]  # a str now
         return ""
 
     def _reading(self, device_id: Any, one: Any, record: Any) -> tuple[Reading | None, str, Any]:
@@ -396,7 +400,12 @@ class Replay:
                         instant = instant_of(timestamp)
                         if instant is not None:
                             summary.read += 1
-                            event = ((device_id, count, timestamp, instant), item.source, item.line)
+                            # a plain tuple where a Reading is declared: it pickles faster
+                            event: Event = (
+                                (device_id, count, timestamp, instant),  # type: ignore[assignment]
+                                item.source,
+                                item.line,
+                            )
                             try:
                                 track(event, ROOM_WAIT)
                             except BufferFull:
@@ -459,3 +468,67 @@ class _Pace:
         delay = due - time.monotonic()
         if delay > 0:
             self.stopping.wait(delay)
+
+
+def run_replay(
+    paths: list[str],
+    *,
+    db: str | Path,
+    to: str | None = None,
+    batch_size: int | None = None,
+    flush_interval: float = 1.0,
+    speed: float | None = None,
+    dead_letter: Path | None = None,
+    append: bool = False,
+    concurrency: int = 4,
+    on_invalid: Callable[[str, int, str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Replay:
+    """`readings replay` (SPEC.md): replay the readings of `paths` into the store `db`
+    (`open_store`'s target, written from a child process) or, with `to`, the readings API
+    at that base URL; readings not delivered go to `dead_letter` (NDJSON; `append` adds to
+    it). `batch_size` is the most readings in one create request (default API_BATCH) or
+    one store transaction (default STORE_BATCH); `concurrency` devices' requests are in
+    flight at once. The first Ctrl-C or SIGTERM stops reading (what was read is still
+    delivered), a second stops waiting.
+
+    Returns the finished run: its `tally`, `stop_reason`, `interrupted`, `error` (an
+    input unreadable part way). Raises UsageError for an input or dead-letter file that
+    cannot be opened or a store that cannot be; RemoteError (NoServer) when `to` does
+    not answer."""
+    from patientkit.inputs import check_paths
+    from patientkit.workflows.signals import stop_requests
+
+    check_paths(paths)
+    destination: ReadingsClient | StoreProcess
+    if to is not None:
+        destination = ReadingsClient(to)
+        destination.ping()
+        batch_size = batch_size or API_BATCH
+        sink: StoreSink | ApiSink = ApiSink(destination, batch_size, concurrency)
+        max_batch = min(batch_size * 32, API_MOST_BATCH)  # room to group many devices
+    else:
+        destination = StoreProcess(db)  # before the buffer's threads: it forks
+        sink = StoreSink(destination)
+        max_batch = batch_size or STORE_BATCH
+    with Rejects(dead_letter, append=append, inputs=paths) as rejects:
+        run = Replay(
+            sink,
+            rejects,
+            max_batch=max_batch,
+            flush_interval=flush_interval,
+            speed=speed,
+            on_invalid=on_invalid,
+            on_progress=on_progress,
+        )
+        with stop_requests(run.stop):
+            try:
+                run.run(paths)
+            finally:  # a second Ctrl-C stops waiting for the store or the API
+                if isinstance(destination, StoreProcess):
+                    destination.close(timeout=1.0 if run.abandoned else 30.0)
+                else:
+                    destination.close()
+                if isinstance(sink, ApiSink):
+                    sink.close(wait=not run.abandoned)
+    return run

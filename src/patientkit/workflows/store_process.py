@@ -108,7 +108,7 @@ class StoreProcess:
         self._start()
 
     def _start(self) -> None:
-        context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+        context = get_context("fork") if "fork" in get_all_start_methods() else get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(
             target=_serve,

@@ -638,3 +638,46 @@ def submit(
     result.error = source.error or target.error
     result.seconds = time.perf_counter() - started
     return result
+
+
+def run_submit(
+    paths: list[str],
+    *,
+    db: str | Path,
+    to: str | None = None,
+    concurrency: int = 4,
+    rejects: Path | None = None,
+    append: bool = False,
+    attempts: int = 8,
+    batch: bool = True,
+    batch_size: int = HTTP_BATCH,
+    on_problem: OnProblem = lambda source, line, reason: None,
+    on_progress: Callable[[int], None] = lambda read: None,
+    on_interrupt: Callable[[int], None] = lambda in_flight: None,
+) -> Result:
+    """`records submit` (SPEC.md): validate the records of `paths` and submit them to the
+    store `db` (`open_store`'s target) or, with `to`, the records API at that base URL
+    (`batch`: POST /tests/batch in batches of `batch_size` when the server has it, else
+    one POST per record; `concurrency` requests in flight; `attempts` tries each). Every
+    invalid, rejected or failed record goes to on_problem(source, line, reason) and to
+    the `rejects` file (NDJSON; `append` adds to it). on_progress(read) follows reading;
+    on_interrupt(in_flight) is called on the first Ctrl-C.
+
+    Returns the `Result` (its tally, seconds, interrupted, abandoned, error). Raises
+    UsageError for an input or rejects file that cannot be opened or a store that cannot
+    be; RemoteError (NoServer) when `to` does not answer."""
+    from patientkit.inputs import check_paths
+
+    check_paths(paths)
+    tally = Tally()
+    with Rejects(rejects, append=append, inputs=paths) as rejects_file:
+        report = Report(rejects_file, on_problem)
+        target: Target
+        if to is not None:
+            from patientkit.client.http import Backoff
+
+            backoff = Backoff(attempts=attempts)
+            target = http_target(to, concurrency, tally, report, backoff, batch, batch_size)
+        else:
+            target = StoreTarget(db, tally, report)
+        return submit(Source(paths, tally, report, on_progress), target, on_interrupt)
