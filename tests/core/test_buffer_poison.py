@@ -30,7 +30,7 @@ from patientkit.errors import PatientkitError
 from patientkit.inputs import Item
 from patientkit.rejects import Rejects
 from patientkit.workflows.store_process import StoreProcess, StoreRefused
-from patientkit.workflows.submit import Report, StoreTarget, Tally
+from patientkit.workflows.submit import Report, StoreTarget, SubmitTally
 
 WAIT = 10.0
 
@@ -272,7 +272,7 @@ def test_submit_store_target_rejects_the_refused_record_and_stores_the_rest(tmp_
         for i in range(8)
     ]
     problems: list = []
-    tally = Tally()
+    tally = SubmitTally()
     with Rejects(None) as rejects:
         report = Report(rejects, lambda source, line, reason: problems.append((line, reason)))
         target = StoreTarget(tmp_path / "r.db", tally, report, batch=8)

@@ -31,7 +31,10 @@ app = typer.Typer(
 )
 
 
-class Shape(StrEnum):
+class ReferenceExport(StrEnum):
+    """The reference exports of SPEC.md that `export generate` makes (their sizes:
+    `samples.exports.SHAPES`)."""
+
     demo = "demo"
     small = "small"
     large = "large"
@@ -102,7 +105,7 @@ def aggregate(
         patientkit export aggregate demo --format table
     """
     from patientkit.client.http import Backoff
-    from patientkit.workflows.aggregate import Events, aggregate_export
+    from patientkit.workflows.aggregate import AggregateHooks, aggregate_export
 
     with interruptible("nothing was counted"), Meter(f"export {export_id}") as meter:
         counts = aggregate_export(
@@ -110,7 +113,7 @@ def aggregate(
             export_id,
             concurrency or cpu_count(),
             Backoff(attempts=attempts),
-            Events(
+            AggregateHooks(
                 on_start=meter.start,
                 on_progress=meter.advance,
                 on_retry=output.warn_retry,
@@ -225,7 +228,7 @@ def _check_rows(each: dict[str, Counts]) -> None:
 
 @app.command()
 def generate(
-    export: Annotated[Shape, typer.Argument(help="Which reference shape to generate.")],
+    export: Annotated[ReferenceExport, typer.Argument(help="Which reference shape to generate.")],
     directory: Annotated[Path, typer.Argument(help="Folder to write DIR/<export>/<uuid>.csv")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:

@@ -92,8 +92,8 @@ def replay(
             on_invalid=lambda source, line, reason: output.warn(f"{source}:{line}: {reason}"),
             on_progress=lambda read: meter.advance(read - meter.rows, 0),
         )
-    summary = run.summary
-    output.emit_json(summary.as_dict())
+    tally = run.tally
+    output.emit_json(tally.summary())
     if run.stop_reason:
         where = f"written to {dead_letter}" if dead_letter else "not saved (no --dead-letter)"
         output.error(f"{run.stop_reason}; the readings not delivered are {where}")
@@ -102,20 +102,20 @@ def replay(
         raise typer.Exit(130)
     if run.error is not None:
         raise run.error  # one line naming the input; exit 1
-    delivered = [(summary.delivered, "delivered")]
-    if summary.duplicates is not None:
-        delivered.append((summary.duplicates, "duplicates"))
-    delivered.append((summary.devices, "devices"))
+    delivered = [(tally.delivered, "delivered")]
+    if tally.duplicates is not None:
+        delivered.append((tally.duplicates, "duplicates"))
+    delivered.append((tally.devices, "devices"))
     if output.job_summary(
         "replayed",
         "readings",
-        summary.read,
+        tally.read,
         delivered,
         [  # the dead-letter file holds the invalid readings and those not delivered
-            (summary.invalid, "invalid"),
-            (max(0, summary.dead_lettered - summary.invalid), "not delivered"),
+            (tally.invalid, "invalid"),
+            (max(0, tally.dead_lettered - tally.invalid), "not delivered"),
         ],
-        summary.seconds,
+        tally.seconds,
         dead_letter,
     ):
         raise typer.Exit(1)

@@ -27,6 +27,8 @@ Examples:
 
 
 class LogFormat(StrEnum):
+    """`serve --log-format`: one JSON object a line, or text for people."""
+
     text = "text"
     json = "json"
 
@@ -110,6 +112,8 @@ def _server_class(on_ready: Callable[[], None]) -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
+        """uvicorn's server, telling `on_ready` once it listens."""
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:

@@ -25,6 +25,9 @@ OnRetry = Callable[[int, str, float], None]
 
 
 class ExportClient(ApiClient):
+    """The export API (SPEC.md: exports): export and download ids, metadata, and each
+    download streamed and counted; failed attempts retried with `backoff`."""
+
     def __init__(
         self, server: str, backoff: Backoff = DEFAULT_BACKOFF, first_contact: bool = True
     ) -> None:

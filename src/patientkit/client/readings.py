@@ -50,6 +50,8 @@ def error_message(response: httpx.Response) -> str:
 
 
 class ReadingsClient(ApiClient):
+    """The device readings API (SPEC.md: readings): create requests and a device's totals."""
+
     def ping(self) -> None:
         """Fail with RemoteError (exit 2) unless the server answers its ping."""
         try:

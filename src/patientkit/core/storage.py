@@ -458,11 +458,8 @@ def _insert_rows(
     how many were new. (A trigger's changes are not counted: readings' trigger keeps
     `devices`.)
 
-    Up to `most` rows a statement, fewer if SQLite allows fewer variables (32766 since
-    SQLite 3.32, 999 before): each statement is one call into SQLite, its parameters bound
-    at once and its rows inserted without the GIL. (Row by row, or with `executemany`,
-    every call gives the GIL away and, next to a thread that parses input, waits up to the
-    interpreter's switch interval to get it back: inserts crawl.)"""
+    Up to `most` rows a statement, fewer if SQLite allows fewer variables (why multi-row
+    statements: docs/performance.md)."""
     width = len(columns)
     per_statement = min(most, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     head = f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES "

@@ -38,7 +38,10 @@ VALUE_RANGES = {  # plausible readings per event type, inclusive
 
 
 @dataclass(frozen=True)
-class Shape:
+class ExportShape:
+    """The size of a reference export: downloads, rows per download (a range), event
+    types and patients."""
+
     downloads: int
     min_rows: int
     max_rows: int
@@ -51,9 +54,9 @@ def _patients(prefix: str, n: int) -> tuple[str, ...]:
 
 
 SHAPES = {
-    "demo": Shape(2, 5_000, 10_000, ("bp_sys", "bp_dia"), _patients("P", 4)),
-    "small": Shape(10, 500_000, 1_000_000, ("heart_rate", "spo2"), _patients("S", 6)),
-    "large": Shape(
+    "demo": ExportShape(2, 5_000, 10_000, ("bp_sys", "bp_dia"), _patients("P", 4)),
+    "small": ExportShape(10, 500_000, 1_000_000, ("heart_rate", "spo2"), _patients("S", 6)),
+    "large": ExportShape(
         20, 5_000_000, 10_000_000, ("heart_rate", "spo2", "bp_sys", "bp_dia"), _patients("L", 20)
     ),
 }
@@ -61,6 +64,8 @@ SHAPES = {
 
 @dataclass(frozen=True)
 class DownloadPlan:
+    """One download of a generated export, decided from the seed before any row is written."""
+
     export_id: str
     index: int
     download_id: str

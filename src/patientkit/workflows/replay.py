@@ -60,7 +60,10 @@ STORE_BATCH = 20_000  # readings in one store transaction, by default
 
 
 @dataclass
-class Summary:
+class ReplayTally:
+    """The counts of a replay (SPEC.md: `readings replay`'s JSON summary): `summary()` is
+    what the command prints."""
+
     read: int = 0
     delivered: int = 0
     duplicates: int | None = 0  # None when the destination is an API (it does not say)
@@ -70,7 +73,7 @@ class Summary:
     devices: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
@@ -82,9 +85,8 @@ def record_of(reading: Reading) -> dict[str, Any]:
 
 def _leftover_lines(events: list[Event], reason: str) -> list[str]:
     """The dead-letter lines of readings not delivered, as `rejects.entry_line` writes
-    them, made by formatting: after Ctrl-C there may be 250,000 to write within a second,
-    and each is a valid reading (its id a UUID, its count an int, its timestamp checked),
-    so only the source and the reason need JSON's escaping."""
+    them, made by string formatting (each is a valid reading: only the source and the
+    reason need JSON's escaping; why: docs/performance.md)."""
     why = entry_line({"reason": reason}, None)[len('{"reason": ') : -len(', "record": null}\n')]
     names: dict[str, str] = {}
     lines = []
@@ -102,8 +104,8 @@ def _leftover_lines(events: list[Event], reason: str) -> list[str]:
 
 
 class Parser:
-    """Input items to readings, with SPEC.md's messages for the invalid ones. Device ids
-    and timestamps recur across readings, so their checks are cached."""
+    """Input items to readings, with SPEC.md's messages for the invalid ones; the checks
+    of device ids and timestamps are cached."""
 
     def __init__(self) -> None:
         self.devices: dict[str, str] = {}  # each valid id, to its one shared str object
@@ -277,7 +279,7 @@ class ApiSink:
 
 @dataclass
 class Replay:
-    """One replay run: feed it paths, then read its summary."""
+    """One replay run: feed it paths, then read its tally."""
 
     sink: StoreSink | ApiSink
     rejects: Rejects
@@ -286,7 +288,7 @@ class Replay:
     speed: float | None = None
     on_invalid: Callable[[str, int, str], None] | None = None
     on_progress: Callable[[int], None] | None = None
-    summary: Summary = field(default_factory=Summary)
+    tally: ReplayTally = field(default_factory=ReplayTally)
     stop_reason: str = ""  # why delivery stopped early, if it did
     interrupted: bool = False  # stop() was called: reading stopped early
     abandoned: bool = False  # a second Ctrl-C: the job stopped waiting for delivery
@@ -300,7 +302,7 @@ class Replay:
         self.interrupted = True
         self._stopping.set()
 
-    def run(self, paths: Iterable[str]) -> Summary:
+    def run(self, paths: Iterable[str]) -> ReplayTally:
         """Read, check and deliver every reading; close the buffer, delivering what is
         pending; write what could not be delivered to the dead-letter file.
 
@@ -308,7 +310,7 @@ class Replay:
         or when an input cannot be read to its end (`error` holds why; what was read is
         delivered). A KeyboardInterrupt (a second Ctrl-C) while reading or delivering
         stops waiting at once (`abandoned`): what the store has not confirmed is left to
-        the next run, which stores it. Returns the summary in every one of these cases."""
+        the next run, which stores it. Returns the tally in every one of these cases."""
         started = time.perf_counter()
         buffer: BatchBuffer[Event] = BatchBuffer(
             self.sink,
@@ -342,17 +344,17 @@ class Replay:
         except KeyboardInterrupt:
             self.interrupted = self.abandoned = True
         stats = buffer.stats()
-        summary = self.summary
-        summary.delivered = stats.delivered
-        summary.retries = stats.retried
-        summary.dead_lettered = self.rejects.count
-        summary.devices = len(self.sink.devices)
-        summary.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
-        summary.seconds = time.perf_counter() - started
+        tally = self.tally
+        tally.delivered = stats.delivered
+        tally.retries = stats.retried
+        tally.dead_lettered = self.rejects.count
+        tally.devices = len(self.sink.devices)
+        tally.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
+        tally.seconds = time.perf_counter() - started
         self.stop_reason = stop_reason
         if failure is not None:
             raise failure
-        return summary
+        return tally
 
     def _close(self, buffer: BatchBuffer[Event]) -> list[Event] | str:
         """Close the buffer: the events not delivered, or why the buffer stopped. After
@@ -382,7 +384,7 @@ class Replay:
         # one str object a device: batches pickled for the store process carry it once
         known_device, instant_of = parser.devices.get, parser.instants.of
         largest = validation.MAX_COUNT
-        summary = self.summary
+        tally = self.tally
         track = buffer.track  # with ROOM_WAIT: a full buffer is waited on in slices
         pace = _Pace(self.speed, self._stopping) if self.speed else None
         for path in paths:
@@ -399,7 +401,7 @@ class Replay:
                         timestamp = value.get("timestamp")
                         instant = instant_of(timestamp)
                         if instant is not None:
-                            summary.read += 1
+                            tally.read += 1
                             # a plain tuple where a Reading is declared: it pickles faster
                             event: Event = (
                                 (device_id, count, timestamp, instant),  # type: ignore[assignment]
@@ -413,9 +415,9 @@ class Replay:
                                     return
                             continue
                 for reading, reason, record in parser.readings(item):
-                    summary.read += 1
+                    tally.read += 1
                     if reading is None:
-                        summary.invalid += 1
+                        tally.invalid += 1
                         self.rejects.write(item.source, item.line, reason, record)
                         if self.on_invalid is not None:
                             self.on_invalid(item.source, item.line, reason)
@@ -428,7 +430,7 @@ class Replay:
                         if not self._track_slowly(buffer, (reading, item.source, item.line)):
                             return
                 if self.on_progress is not None and not item.line % 4096:
-                    self.on_progress(summary.read)
+                    self.on_progress(tally.read)
 
     def _track_slowly(self, buffer: BatchBuffer[Event], event: Event) -> bool:
         """Track an event the full buffer had no room for within ROOM_WAIT seconds: wait
@@ -442,7 +444,7 @@ class Replay:
                 return True
             except BufferFull:
                 continue
-        self.summary.read -= 1
+        self.tally.read -= 1
         return False
 
     def _dead_letter(self, event: Event, reason: str) -> None:

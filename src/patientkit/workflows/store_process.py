@@ -1,7 +1,6 @@
 """The store in a child process, for jobs that parse input on one core and write on the
-other: a `Store` method (`patientkit.core.store`) called through a pipe. In the same
-process the two would share one GIL, and every SQLite step would wait for the parsing
-thread to give it back.
+other (why: docs/performance.md): a `Store` method (`patientkit.core.store`) called
+through a pipe.
 
     with StoreProcess(target) as writer:
         new = writer.call("add_readings", readings)   # runs in the child, one transaction

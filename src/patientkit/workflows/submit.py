@@ -72,7 +72,7 @@ OnProblem = Callable[[str, int, str], None]
 
 
 @dataclass
-class Tally:
+class SubmitTally:
     """The counts of a submission; `read` is the sum of the other five."""
 
     created: int = 0
@@ -92,7 +92,10 @@ class Tally:
 
 @dataclass
 class Result:
-    tally: Tally
+    """How a submission ended: its tally and seconds, whether Ctrl-C stopped it, how many
+    records a second Ctrl-C left in flight, and the error that stopped it early."""
+
+    tally: SubmitTally
     seconds: float
     interrupted: bool = False
     abandoned: int = 0  # records given up in flight by a second Ctrl-C
@@ -123,7 +126,7 @@ class Source:
     def __init__(
         self,
         paths: list[str],
-        tally: Tally,
+        tally: SubmitTally,
         report: Report,
         on_progress: Callable[[int], None] = lambda read: None,
     ) -> None:
@@ -195,12 +198,12 @@ _value = operator.itemgetter(2)  # an Item's value
 
 
 class StoreTarget:
-    """Batches of valid records into the store (`open_store`), one transaction per batch, through
-    the delivery buffer (its flusher thread writes while the main thread reads and
-    parses; SQLite works without the GIL, so both cores are busy)."""
+    """Batches of valid records into the store (`open_store`), one transaction per batch,
+    through the delivery buffer: its flusher thread writes while the calling thread
+    reads and parses."""
 
     def __init__(
-        self, target: str | Path, tally: Tally, report: Report, batch: int = STORE_BATCH
+        self, target: str | Path, tally: SubmitTally, report: Report, batch: int = STORE_BATCH
     ) -> None:
         self.tally, self.report = tally, report
         self.error: PatientkitError | None = None
@@ -283,21 +286,17 @@ class HttpTarget:
     """`concurrency` worker threads, each with one request in flight on its own
     keep-alive connection, each pulling the next record from the source itself.
 
-    A plain pool rather than the batch buffer: records are independent requests, so a
-    record waiting out its retry backoff must hold up only its own worker, not a whole
-    batch (the buffer settles a batch before anything newer). The workers read the input
-    themselves, under one lock, rather than being handed records by a reader thread: on
-    this kind of machine every hand-off between threads (a wake-up, then the GIL) costs
-    more than parsing the record does, and with `--concurrency 1` there is no hand-off at
-    all. Two records with the same test_id are never in flight together: the later one is
-    parked until the earlier is settled, then sent by the same worker, so the first in the
-    input is the one created (as with the store) and the second gets its 409."""
+    A plain pool rather than the batch buffer, the workers reading the input themselves
+    under one lock (why: docs/performance.md). Two records with the same test_id are
+    never in flight together: the later one is parked until the earlier is settled, then
+    sent by the same worker, so the first in the input is the one created (as with the
+    store) and the second gets its 409."""
 
     def __init__(
         self,
         server: str,
         concurrency: int,
-        tally: Tally,
+        tally: SubmitTally,
         report: Report,
         backoff: Backoff,
     ) -> None:
@@ -444,7 +443,7 @@ class BulkTarget:
         self,
         client: Any,
         concurrency: int,
-        tally: Tally,
+        tally: SubmitTally,
         report: Report,
         batch: int = HTTP_BATCH,
     ) -> None:
@@ -563,7 +562,7 @@ class BulkTarget:
         return unconfirmed
 
 
-def _count(tally: Tally, api: Any, outcome: Outcome) -> None:
+def _count(tally: SubmitTally, api: Any, outcome: Outcome) -> None:
     """Count one record's outcome (the caller holds the lock guarding `tally`)."""
     if outcome.kind == api.CREATED:
         tally.created += 1
@@ -584,7 +583,7 @@ Target = StoreTarget | HttpTarget | BulkTarget
 def http_target(
     server: str,
     concurrency: int,
-    tally: Tally,
+    tally: SubmitTally,
     report: Report,
     backoff: Backoff,
     batch: bool = True,
@@ -669,7 +668,7 @@ def run_submit(
     from patientkit.inputs import check_paths
 
     check_paths(paths)
-    tally = Tally()
+    tally = SubmitTally()
     with Rejects(rejects, append=append, inputs=paths) as rejects_file:
         report = Report(rejects_file, on_problem)
         target: Target
