@@ -86,9 +86,9 @@ def _postgres(url: str) -> Store:
     try:  # by name: the module is optional, and imports psycopg at once
         module = importlib.import_module("patientkit.postgres")
     except ModuleNotFoundError as exc:
+        missing = "" if (exc.name or "").startswith("patientkit") else f" ({exc.name} is missing)"
         raise UsageError(
-            f"{shown(url)}: a PostgreSQL store needs the postgres extra ({exc.name} is not "
-            f"installed): {POSTGRES_EXTRA}"
+            f"{shown(url)}: a PostgreSQL store needs the postgres extra{missing}: {POSTGRES_EXTRA}"
         ) from None
     store: Store = module.PostgresStore(url)
     return store
