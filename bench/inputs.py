@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common import WORK, save, summary
 from patientkit import inputs
-from patientkit.generate import generate_readings
+from patientkit.samples.inputs import generate_readings
 
 
 def with_read_items(path: Path) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import PATIENTKIT, WORK, run_timed, save
 from export_http import start_server
-from patientkit.generate import generate_readings
+from patientkit.samples.inputs import generate_readings
 
 NAIVE = """
 import json, sys, httpx

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from patientkit.generate import generate_export
+from patientkit.samples.exports import generate_export
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -147,7 +147,7 @@ def test_the_rejects_file_takes_such_an_entry(tmp_path):
 def test_the_leftover_lines_of_a_replay_read_as_entry_line_writes_them(source, reason, line, count):
     """replay writes the readings handed back after Ctrl-C by formatting (fast); each line
     is the same JSON entry as `entry_line` makes, and valid UTF-8."""
-    from patientkit.replay import _leftover_lines, record_of
+    from patientkit.workflows.replay import _leftover_lines, record_of
 
     reading = ("55555555-5555-4555-8555-555555555555", count, "2021-09-29T16:09:15+01:00", 0)
     (made,) = _leftover_lines([(reading, source, line)], reason)

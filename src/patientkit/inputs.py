@@ -56,6 +56,9 @@ REST_UNREAD = "; the rest of the array is unread"
 
 
 class Item(NamedTuple):
+    """One entry of an input: where it is (source, line), its value, and why it could not
+    be read (None when it could)."""
+
     source: str
     line: int
     value: Any  # a JSON value, or a dict of strings for a CSV row

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from patientkit.generate import plan_export
+from patientkit.samples.exports import plan_export
 from tests.conftest import ROOT, cli_env, run_cli
 
 

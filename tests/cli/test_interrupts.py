@@ -14,7 +14,7 @@ from typing import IO
 
 import pytest
 
-from patientkit.generate import generate_readings
+from patientkit.samples.inputs import generate_readings
 from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
 from tests.conftest import cli_env, run_cli

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patientkit.errors import ReadError
-from patientkit.generate import generate_readings
 from patientkit.inputs import read_items
+from patientkit.samples.inputs import generate_readings
 from tests.conftest import run_cli
 
 CASE = Path(__file__).resolve().parents[1] / "cases" / "08-truncated-gzip"

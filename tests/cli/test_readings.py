@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from patientkit.generate import generate_readings
+from patientkit.samples.inputs import generate_readings
 from tests.conftest import run_cli
 
 A = "063c5957-8905-45f9-bfe3-960713788919"

@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patientkit.core import validation
-from patientkit.generate import (
+from patientkit.inputs import read_items
+from patientkit.samples.inputs import (
     READING_FAULTS,
     RECORD_FAULTS,
     generate_readings,
     generate_records,
 )
-from patientkit.inputs import read_items
-from patientkit.replay import CSV_FIELDS, Parser
+from patientkit.workflows.replay import CSV_FIELDS, Parser
 from tests.conftest import run_cli
 
 FORMATS = [

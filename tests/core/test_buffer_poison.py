@@ -21,12 +21,12 @@ from patientkit.core.clock import FakeClock
 from patientkit.core.delivery import BufferStopped
 from patientkit.core.sinks import PoisonError, RetryableError, SinkResult
 from patientkit.core.spool import _recover
-from patientkit.core.storage import Store
+from patientkit.core.storage import SQLiteStore
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item
 from patientkit.rejects import Rejects
-from patientkit.submit import Report, StoreTarget, Tally
-from patientkit.writer import StoreProcess, StoreRefused
+from patientkit.workflows.store_process import StoreProcess, StoreRefused
+from patientkit.workflows.submit import Report, StoreTarget, SubmitTally
 
 WAIT = 10.0
 
@@ -236,7 +236,7 @@ def test_the_store_process_refuses_a_value_it_can_never_hold(tmp_path):
 
 
 def test_replay_store_sink_dead_letters_the_refused_reading_and_stores_the_rest(tmp_path):
-    from patientkit.replay import StoreSink
+    from patientkit.workflows.replay import StoreSink
 
     good = "0a1b2c3d-0000-4000-8000-000000000001"
     events = [(reading(good, 1, s), "in.ndjson", s + 1) for s in range(10)]
@@ -252,7 +252,7 @@ def test_replay_store_sink_dead_letters_the_refused_reading_and_stores_the_rest(
     assert [(e[1], e[2]) for e, _ in letters] == [("in.ndjson", 7)]
     assert letters[0][1] == "refused by the store: UnicodeEncodeError: surrogates not allowed"
     assert buf.stats().delivered == 9 and buf.stats().consecutive_failures == 0
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         assert store.reading_totals() == (1, 9, 9)
 
 
@@ -268,7 +268,7 @@ def test_submit_store_target_rejects_the_refused_record_and_stores_the_rest(tmp_
         for i in range(8)
     ]
     problems: list = []
-    tally = Tally()
+    tally = SubmitTally()
     with Rejects(None) as rejects:
         report = Report(rejects, lambda source, line, reason: problems.append((line, reason)))
         target = StoreTarget(tmp_path / "r.db", tally, report, batch=8)
@@ -277,7 +277,7 @@ def test_submit_store_target_rejects_the_refused_record_and_stores_the_rest(tmp_
         target.finish()
     assert problems == [(4, "refused by the store: UnicodeEncodeError: surrogates not allowed")]
     assert (tally.created, tally.rejected, tally.failed, tally.read) == (7, 1, 0, 8)
-    with Store(tmp_path / "r.db") as store:
+    with SQLiteStore(tmp_path / "r.db") as store:
         assert sorted(r["test_id"] for r in store.records_for_clinic("c-1")) == [
             f"t-{i}" for i in range(8) if i != 3
         ]
@@ -285,7 +285,7 @@ def test_submit_store_target_rejects_the_refused_record_and_stores_the_rest(tmp_
 
 def test_replay_api_sink_rejects_a_reading_it_cannot_encode_and_sends_the_rest(serve, tmp_path):
     from patientkit.client.readings import ReadingsClient
-    from patientkit.replay import ApiSink
+    from patientkit.workflows.replay import ApiSink
 
     server = serve("--db", str(tmp_path / "api.db"))
     device = "0a1b2c3d-0000-4000-8000-000000000002"

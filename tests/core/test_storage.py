@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patientkit.core.storage import SCHEMA_VERSION, Reading, RecordAnswer, Store
+from patientkit.core.storage import SCHEMA_VERSION, Reading, RecordAnswer, SQLiteStore
 from patientkit.errors import UsageError
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
@@ -20,7 +20,7 @@ def reading(count: int, timestamp: str, instant: int, device: str = DEVICE) -> R
 
 
 def test_first_reading_at_an_instant_wins_whatever_its_offset(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         assert (
             store.add_readings(
                 [
@@ -40,14 +40,14 @@ def test_first_reading_at_an_instant_wins_whatever_its_offset(tmp_path):
 
 
 def test_latest_is_the_latest_instant_in_its_own_offset(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.add_readings([reading(1, "2021-09-29T10:00:00-05:00", 1632927600)])  # 15:00 UTC
         store.add_readings([reading(1, "2021-09-29T16:30:00+02:00", 1632925800)])  # 14:30 UTC
         assert store.latest_timestamp(DEVICE) == "2021-09-29T10:00:00-0500"
 
 
 def test_one_batch_sets_totals_from_its_latest_reading_whatever_the_order(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.add_readings(
             [
                 reading(1, "2021-09-29T12:00:00+00:00", 1632916800),
@@ -64,7 +64,7 @@ def test_one_batch_sets_totals_from_its_latest_reading_whatever_the_order(tmp_pa
 
 
 def test_a_batch_larger_than_sqlite_allows_in_one_statement(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 42)  # 10 readings a statement
         batch = [reading(1, "2021-09-29T16:09:15+01:00", 1632928155 + n) for n in range(25)]
         assert store.add_readings([*batch, batch[3]]) == 25
@@ -82,7 +82,7 @@ def test_schema_version_and_migrations(tmp_path):
         "PRAGMA user_version = 1;"
     )
     db.close()
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         assert store.schema_version() == SCHEMA_VERSION == 3
         assert store.add_records(
             [{"test_id": "t", "patient_id": "p", "clinic_id": "c", "test_type": "x", "result": "r"}]
@@ -92,7 +92,7 @@ def test_schema_version_and_migrations(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(UsageError, match="schema version 99, newer than"):
-        Store(path)
+        SQLiteStore(path)
 
 
 def test_records_are_never_overwritten_and_listed_by_clinic(tmp_path):
@@ -105,7 +105,7 @@ def test_records_are_never_overwritten_and_listed_by_clinic(tmp_path):
             "result": result,
         }
 
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         assert store.add_records(
             [record("t1", "A"), record("t2", "B"), record("t1", "A", "new")]
         ) == [True, True, False]
@@ -127,7 +127,7 @@ def test_a_retried_request_gets_its_first_answer(tmp_path):
         answers.append(created)
         return RecordAnswer(200 if created else 409, json.dumps({"created": created}))
 
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         first = store.add_record_once(record, "req-1", answer)
         again = store.add_record_once(record, "req-1", answer)
         other = store.add_record_once(record, "req-2", answer)
@@ -138,9 +138,9 @@ def test_a_retried_request_gets_its_first_answer(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from patientkit.core.storage import Reading, Store
+    from patientkit.core.storage import Reading, SQLiteStore
     path, worker = sys.argv[1], int(sys.argv[2])
-    store = Store(path)
+    store = SQLiteStore(path)
     for batch in range(40):
         readings = [Reading(f"00000000-0000-4000-8000-{device:012d}", 1, "t", batch * 1000 + i)
                     for device in range(5) for i in range(50)]
@@ -153,14 +153,14 @@ WRITER = textwrap.dedent("""
 
 def test_several_processes_write_one_file_without_loss_or_lock_errors(tmp_path):
     path = tmp_path / "shared.db"
-    Store(path).close()
+    SQLiteStore(path).close()
     workers = [
         subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n)], stderr=subprocess.PIPE)
         for n in range(6)
     ]
     errors = [w.communicate(timeout=300)[1].decode() for w in workers]
     assert [w.returncode for w in workers] == [0] * 6, errors
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         shared = 5 * 40 * 50
         own = 6 * 40 * 50
         assert store.reading_totals() == (5 + 6, shared + own, shared + own * 2)
@@ -174,7 +174,7 @@ MAX = 2**63 - 1
 
 
 def test_totals_past_int64_are_exact(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.add_readings([reading(MAX, "2021-09-29T16:09:15+01:00", 1632928155)])
         store.add_readings([reading(MAX, "2021-09-29T16:09:16+01:00", 1632928156)])
         assert store.cumulative_count(DEVICE) == 18446744073709551614
@@ -194,7 +194,7 @@ def test_totals_past_int64_are_exact(tmp_path):
 @given(st.lists(st.integers(1, MAX), min_size=1, max_size=40), st.integers(1, 7))
 def test_any_counts_sum_exactly_whatever_the_batches(tmp_path_factory, counts, per_batch):
     path = tmp_path_factory.mktemp("exact") / "s.db"
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         batch = [
             reading(c, "2021-09-29T16:09:15+01:00", 1632928155 + n) for n, c in enumerate(counts)
         ]
@@ -239,7 +239,7 @@ def test_migration_3_sums_totals_again_exactly(tmp_path):
         [(DEVICE, 1.8446744073709552e19, 3, "2021-09-29T16:09:17+01:00"), (OTHER, 5, 1, "t")],
     )
     db.close()
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         assert store.schema_version() == 3
         assert store.cumulative_count(DEVICE) == 2 * MAX + 7
         assert store.cumulative_count(OTHER) == 5

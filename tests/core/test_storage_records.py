@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from patientkit.core import storage
-from patientkit.core.storage import RecordAnswer, Store
+from patientkit.core.storage import RecordAnswer, SQLiteStore
 
 
 def record(test_id, clinic="C1", result="5.1", patient="P1"):
@@ -28,7 +28,7 @@ def rows(store):
 
 
 def test_created_flags_duplicates_in_the_batch_and_in_the_store(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         assert store.add_records([record("A"), record("B")]) == [True, True]
         flags = store.add_records(
             [record("C"), record("A", result="changed"), record("C", result="second"), record("D")]
@@ -45,7 +45,7 @@ def test_created_flags_duplicates_in_the_batch_and_in_the_store(tmp_path):
 )
 def test_batches_larger_than_one_statement(tmp_path, most, limit, monkeypatch):
     monkeypatch.setattr(storage, "RECORDS_PER_STATEMENT", most)
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
         store.add_records([record(f"T{i:03d}") for i in range(0, 30, 2)])
         batch = [record(f"T{i:03d}") for i in range(30)] + [record("T001", result="late")]
@@ -56,7 +56,7 @@ def test_batches_larger_than_one_statement(tmp_path, most, limit, monkeypatch):
 
 
 def test_every_record_gets_a_utc_created_at(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.add_records([record("A")])
         (created_at,) = store.db.execute("SELECT created_at FROM test_records").fetchone()
     assert len(created_at) == len("2025-01-02T03:04:05.123456Z") and created_at.endswith("Z")
@@ -66,7 +66,7 @@ def test_a_repeated_request_id_gets_the_first_answer(tmp_path):
     def answer(created):
         return RecordAnswer(200 if created else 409, "created" if created else "conflict")
 
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         assert store.add_record_once(record("A"), "r1", answer) == RecordAnswer(200, "created")
         assert store.add_record_once(record("A"), "r1", answer) == RecordAnswer(200, "created")
         assert store.add_record_once(record("A"), "r2", answer) == RecordAnswer(409, "conflict")
@@ -75,7 +75,7 @@ def test_a_repeated_request_id_gets_the_first_answer(tmp_path):
 
 
 def test_records_of_a_clinic_in_pages_oldest_first(tmp_path):
-    with Store(tmp_path / "s.db") as store:
+    with SQLiteStore(tmp_path / "s.db") as store:
         store.add_records([record(f"X{i:04d}", clinic="C1" if i % 3 else "C2") for i in range(50)])
         store.add_records([record("A-late", clinic="C1")])
         listed = list(store.records_for_clinic("C1", page=7))
@@ -101,11 +101,11 @@ def test_records_of_a_clinic_in_pages_oldest_first(tmp_path):
 
 def test_threads_with_their_own_connections_lose_and_double_nothing(tmp_path):
     path = tmp_path / "s.db"
-    Store(path).close()
+    SQLiteStore(path).close()
     created = []
 
     def work(n):
-        with Store(path) as store:
+        with SQLiteStore(path) as store:
             for start in range(0, 400, 40):
                 batch = [record(f"T{(n * 100 + i) % 1000:04d}") for i in range(start, start + 40)]
                 created.append(sum(store.add_records(batch)))
@@ -116,5 +116,5 @@ def test_threads_with_their_own_connections_lose_and_double_nothing(tmp_path):
     for thread in threads:
         thread.join()
     unique = {(n * 100 + i) % 1000 for n in range(6) for i in range(400)}
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         assert store.record_count() == len(unique) == sum(created)

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from patientkit.generate import plan_export
+from patientkit.samples.exports import plan_export
 
 
 def test_lists_exports_and_downloads(demo_server, exports_dir):

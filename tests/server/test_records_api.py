@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from patientkit.core.storage import Store
+from patientkit.core.storage import SQLiteStore
 from tests.server.conftest import record
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
@@ -92,7 +92,7 @@ def test_nothing_invalid_is_stored(serve, tmp_path):
     server = serve("--db", str(tmp_path / "invalid.db"))
     for body, _ in INVALID:
         post(server, None, raw=body if isinstance(body, bytes) else body.encode())
-    with Store(tmp_path / "invalid.db") as store:
+    with SQLiteStore(tmp_path / "invalid.db") as store:
         assert store.record_count() == 0
 
 
@@ -141,7 +141,7 @@ def test_listing_a_clinic_oldest_first_with_created_at(api, ids):
 
 
 def test_a_long_listing_is_complete_across_pages(api, ids):
-    with Store(api.db) as store:  # faster than 1,234 POSTs; the server's own file
+    with SQLiteStore(api.db) as store:  # faster than 1,234 POSTs; the server's own file
         store.add_records([record(f"{ids}-R{n:05d}", clinic=f"{ids}-BIG") for n in range(1234)])
         store.add_records([record(f"{ids}-Z-other", clinic=f"{ids}-OTHER")])
     found = listing(api, f"{ids}-BIG")
@@ -185,7 +185,7 @@ def test_retries_through_chaos_create_each_record_exactly_once(serve, tmp_path):
                     break
             assert response.status_code == 200, n
     assert lost > 0  # some answers were cut after the record was stored
-    with Store(tmp_path / "chaos.db") as store:
+    with SQLiteStore(tmp_path / "chaos.db") as store:
         assert sorted(r["test_id"] for r in store.records_for_clinic("C1")) == sorted(
             f"T{n}" for n in range(40)
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from patientkit.generate import generate_export
+from patientkit.samples.exports import generate_export
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 COPIES = 40  # the big download: the demo export's first file, its rows repeated

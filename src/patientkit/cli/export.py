@@ -31,7 +31,10 @@ app = typer.Typer(
 )
 
 
-class Shape(StrEnum):
+class ReferenceExport(StrEnum):
+    """The reference exports of SPEC.md that `export generate` makes (their sizes:
+    `samples.exports.SHAPES`)."""
+
     demo = "demo"
     small = "small"
     large = "large"
@@ -63,10 +66,6 @@ def interruptible(hint: str) -> Iterator[None]:
         signal.signal(sig, old)
 
 
-def warn_retry(what: str, attempt: int, reason: str, delay: float) -> None:
-    output.warn(f"{what}: attempt {attempt} failed ({reason}); retrying in {delay:.1f}s")
-
-
 @app.command("list")
 def list_exports(server: Server = DEFAULT_SERVER) -> None:
     """List the exports a server offers, as JSON.
@@ -78,7 +77,7 @@ def list_exports(server: Server = DEFAULT_SERVER) -> None:
     from patientkit.client.exports import ExportClient
 
     with ExportClient(server) as client:
-        ids = client.export_ids(lambda n, why, wait: warn_retry("export list", n, why, wait))
+        ids = client.export_ids(lambda n, why, wait: output.warn_retry("export list", n, why, wait))
     output.emit_json({"export_ids": ids})
 
 
@@ -107,8 +106,8 @@ def aggregate(
     """
     from dataclasses import replace
 
-    from patientkit.aggregate import Events, aggregate_export
     from patientkit.client.http import DEFAULT_RETRY
+    from patientkit.workflows.aggregate import AggregateHooks, aggregate_export
 
     with interruptible("nothing was counted"), Meter(f"export {export_id}") as meter:
         counts = aggregate_export(
@@ -116,10 +115,10 @@ def aggregate(
             export_id,
             concurrency or cpu_count(),
             replace(DEFAULT_RETRY, attempts=attempts),
-            Events(
+            AggregateHooks(
                 on_start=meter.start,
                 on_progress=meter.advance,
-                on_retry=warn_retry,
+                on_retry=output.warn_retry,
                 on_done=lambda download_id, rows: meter.part_done(),
             ),
         )
@@ -181,7 +180,7 @@ def _start(meter: Meter, paths: list[str], stdin: bool) -> None:
     if not output.show_progress():
         return  # nothing drawn: no need to look at the files twice
     from patientkit.core.parallel import expand_paths, is_gzip
-    from patientkit.generate import expected_rows
+    from patientkit.samples.exports import expected_rows
 
     files = expand_paths(paths)
     rows = [expected_rows(Path(f)) for f in files]
@@ -198,7 +197,7 @@ def _listed(problems: list[str], most: int = 5) -> str:
 
 def _check_folders(paths: list[str]) -> None:
     """Refuse a folder whose metadata names downloads that are missing or unfinished."""
-    from patientkit.generate import folder_problems
+    from patientkit.samples.exports import folder_problems
 
     for given in paths:
         folder = Path(given)
@@ -214,7 +213,7 @@ def _check_folders(paths: list[str]) -> None:
 
 def _check_rows(each: dict[str, Counts]) -> None:
     """Refuse files whose rows differ from their metadata's `rows`."""
-    from patientkit.generate import expected_rows
+    from patientkit.samples.exports import expected_rows
 
     wrong = []
     for path, counts in each.items():
@@ -231,7 +230,7 @@ def _check_rows(each: dict[str, Counts]) -> None:
 
 @app.command()
 def generate(
-    export: Annotated[Shape, typer.Argument(help="Which reference shape to generate.")],
+    export: Annotated[ReferenceExport, typer.Argument(help="Which reference shape to generate.")],
     directory: Annotated[Path, typer.Argument(help="Folder to write DIR/<export>/<uuid>.csv")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
 ) -> None:
@@ -244,7 +243,7 @@ def generate(
 
         patientkit export generate demo exports && patientkit serve --exports exports
     """
-    from patientkit.generate import generate_export, plan_export
+    from patientkit.samples.exports import generate_export, plan_export
 
     plans = plan_export(export.value, seed)
     folder = directory / export.value

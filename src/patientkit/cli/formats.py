@@ -33,12 +33,16 @@ WIDEST_TABLE = 1_000  # characters at least: a table is drawn at its natural wid
 
 
 class ReportFormat(StrEnum):
+    """`--format` of a report of counts: JSON (default), a rich table, or CSV rows."""
+
     json = "json"
     table = "table"
     csv = "csv"
 
 
 class RecordFormat(StrEnum):
+    """`--format` of `records list`: NDJSON (default, streamed), CSV, or a rich table."""
+
     ndjson = "ndjson"
     csv = "csv"
     table = "table"

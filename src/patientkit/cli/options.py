@@ -35,32 +35,36 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def store_folder(ctx: typer.Context, db: Path) -> Path:
-    """The --db callback of every command: a store whose folder does not exist (or is
-    not a folder) is a UsageError naming both, before the command starts, whether it
+def store_folder(ctx: typer.Context, db: str) -> str:
+    """The --db callback of every command: a SQLite store whose folder does not exist (or
+    is not a folder) is a UsageError naming both, before the command starts, whether it
     would read the store or create it. Where the value came from (--db, PATIENTKIT_DB)
-    is said too."""
+    is said too. A PostgreSQL URL is passed on as it is (text: a Path would fold its
+    `//`)."""
     from patientkit.errors import UsageError
+    from patientkit.stores import is_url
 
-    folder = db.parent
-    if folder.is_dir():
+    if is_url(db):
         return db
+    path = Path(db)
+    if path.parent.is_dir():
+        return str(path)
     where = "PATIENTKIT_DB" if db_source(ctx) == "ENVIRONMENT" else "--db"
-    why = "is not a folder" if folder.exists() else "does not exist"
-    raise UsageError(f"{where} {db}: the folder {folder} {why}")
+    why = "is not a folder" if path.parent.exists() else "does not exist"
+    raise UsageError(f"{where} {path}: the folder {path.parent} {why}")
 
 
 Db = Annotated[
-    Path,
+    str,
     typer.Option(
         "--db",
         envvar="PATIENTKIT_DB",
-        help="The SQLite store.",
+        help="The store: a SQLite file, or a PostgreSQL URL (postgresql://…).",
         show_default=True,
         callback=store_folder,
     ),
 ]
-DEFAULT_DB = Path("patientkit.db")
+DEFAULT_DB = "patientkit.db"
 
 To = Annotated[
     str | None,
@@ -92,6 +96,16 @@ def db_source(ctx: typer.Context) -> str | None:
 def db_given(ctx: typer.Context) -> bool:
     """--db was on the command line (PATIENTKIT_DB or the default do not count)."""
     return db_source(ctx) == "COMMANDLINE"
+
+
+def one_destination(ctx: typer.Context, to: str | None, message: str) -> None:
+    """The check of every command with `--db` and `--to`: both on the command line is a
+    UsageError with `message` (each command group's words, SPEC.md); PATIENTKIT_DB or
+    the default --db beside --to is fine (--to wins)."""
+    from patientkit.errors import UsageError
+
+    if to is not None and db_given(ctx):
+        raise UsageError(message)
 
 
 Append = Annotated[

@@ -49,6 +49,12 @@ def warn(message: str) -> None:
         err_console().print(f"warning: {message}", style="yellow", markup=False)
 
 
+def warn_retry(what: str, attempt: int, reason: str, delay: float) -> None:
+    """The one warning line for a failed attempt that will be retried in `delay` seconds
+    (every command that retries says it this way)."""
+    warn(f"{what}: attempt {attempt} failed ({reason}); retrying in {delay:.1f}s")
+
+
 def error(message: str) -> None:
     err_console().print(f"error: {message}", style="bold red", markup=False)
 

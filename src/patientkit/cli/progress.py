@@ -18,6 +18,8 @@ def _rate() -> ProgressColumn:
     from rich.text import Text
 
     class Rate(ProgressColumn):
+        """A progress column: rows and MB so far and their rates."""
+
         def render(self, task: Task) -> Text:
             elapsed = task.elapsed or 0.0
             nbytes = task.fields.get("bytes", 0)

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from patientkit.cli import output, samples
-from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, one_destination
 from patientkit.cli.progress import Meter
-from patientkit.cli.signals import stop_requests
 from patientkit.errors import UsageError
 
 DeviceId = Annotated[str, typer.Argument(help="The device's UUID4.")]
+ONE_DESTINATION = "give --db or --to, not both"  # SPEC.md's words for this group
 
 app = typer.Typer(
     help="Replay device readings into the store or a readings API, and read a device's totals.",
@@ -23,12 +23,6 @@ app = typer.Typer(
     "  patientkit readings total d042a946-84bd-4bf2-bd00-3fc3a49785ea --db readings.db",
     no_args_is_help=True,
 )
-
-
-def _one_destination(ctx: typer.Context, to: str | None) -> None:
-    """--db and --to together is a usage error (PATIENTKIT_DB alone does not count)."""
-    if to is not None and db_given(ctx):
-        raise UsageError("give --db or --to, not both")
 
 
 @app.command()
@@ -81,49 +75,25 @@ def replay(
 
         patientkit readings replay readings.csv --to http://127.0.0.1:8000 --speed 60
     """
-    from patientkit.client.readings import ReadingsClient
-    from patientkit.inputs import check_paths
-    from patientkit.rejects import Rejects
-    from patientkit.replay import ApiSink, Replay, StoreSink
-    from patientkit.writer import StoreProcess
+    from patientkit.workflows.replay import run_replay
 
-    _one_destination(ctx, to)
-    check_paths(paths)
-    destination: ReadingsClient | StoreProcess
-    if to is not None:
-        destination = ReadingsClient(to)
-        destination.ping()
-        batch_size = batch_size or 5_000
-        sink: StoreSink | ApiSink = ApiSink(destination, batch_size, concurrency)
-        max_batch = min(batch_size * 32, 50_000)  # room to group many devices' readings
-    else:
-        destination = StoreProcess(db)  # before the buffer's threads: it forks
-        sink = StoreSink(destination)
-        max_batch = batch_size or 20_000
-    with (
-        Rejects(dead_letter, append=append, inputs=paths) as rejects,
-        Meter("replaying", unit="readings") as meter,
-    ):
-        run = Replay(
-            sink,
-            rejects,
-            max_batch=max_batch,
+    one_destination(ctx, to, ONE_DESTINATION)
+    with Meter("replaying", unit="readings") as meter:
+        run = run_replay(
+            paths,
+            db=db,
+            to=to,
+            batch_size=batch_size,
             flush_interval=flush_interval,
             speed=speed,
+            dead_letter=dead_letter,
+            append=append,
+            concurrency=concurrency,
             on_invalid=lambda source, line, reason: output.warn(f"{source}:{line}: {reason}"),
             on_progress=lambda read: meter.advance(read - meter.rows, 0),
         )
-        with stop_requests(run.stop):
-            try:
-                summary = run.run(paths)
-            finally:  # a second Ctrl-C stops waiting for the store or the API
-                if isinstance(destination, StoreProcess):
-                    destination.close(timeout=1.0 if run.abandoned else 30.0)
-                else:
-                    destination.close()
-                if isinstance(sink, ApiSink):
-                    sink.close(wait=not run.abandoned)
-    output.emit_json(summary.as_dict())
+    tally = run.tally
+    output.emit_json(tally.summary())
     if run.stop_reason:
         where = f"written to {dead_letter}" if dead_letter else "not saved (no --dead-letter)"
         output.error(f"{run.stop_reason}; the readings not delivered are {where}")
@@ -132,32 +102,32 @@ def replay(
         raise typer.Exit(130)
     if run.error is not None:
         raise run.error  # one line naming the input; exit 1
-    delivered = [(summary.delivered, "delivered")]
-    if summary.duplicates is not None:
-        delivered.append((summary.duplicates, "duplicates"))
-    delivered.append((summary.devices, "devices"))
+    delivered = [(tally.delivered, "delivered")]
+    if tally.duplicates is not None:
+        delivered.append((tally.duplicates, "duplicates"))
+    delivered.append((tally.devices, "devices"))
     if output.job_summary(
         "replayed",
         "readings",
-        summary.read,
+        tally.read,
         delivered,
         [  # the dead-letter file holds the invalid readings and those not delivered
-            (summary.invalid, "invalid"),
-            (max(0, summary.dead_lettered - summary.invalid), "not delivered"),
+            (tally.invalid, "invalid"),
+            (max(0, tally.dead_lettered - tally.invalid), "not delivered"),
         ],
-        summary.seconds,
+        tally.seconds,
         dead_letter,
     ):
         raise typer.Exit(1)
 
 
 def _device_total(
-    ctx: typer.Context, device_id: str, db: Path, to: str | None, key: str, method: str
+    ctx: typer.Context, device_id: str, db: str, to: str | None, key: str, method: str
 ) -> None:
     """Print {"device_id", key: the store's or the API's `method`(device_id)}."""
     from patientkit.core import validation
 
-    _one_destination(ctx, to)
+    one_destination(ctx, to, ONE_DESTINATION)
     if not validation.is_device_id(device_id):
         raise UsageError(validation.BAD_DEVICE_ID)
     value: object
@@ -167,12 +137,10 @@ def _device_total(
         with ReadingsClient(to) as client:
             value = getattr(client, method)(device_id)
     else:
-        from patientkit.core.storage import Store
         from patientkit.errors import PatientkitError
+        from patientkit.stores import open_existing
 
-        if not db.exists():
-            raise UsageError(f"{db}: no such store")
-        with Store(db) as store:
+        with open_existing(db) as store:
             value = getattr(store, method)(device_id)
         if value is None:  # a device id is not health data: it may be named
             raise PatientkitError(f"no readings for device {device_id}")

@@ -9,7 +9,7 @@ import typer
 
 from patientkit.cli import output, samples
 from patientkit.cli.formats import RecordFormat, RecordFormatOption, emit_records
-from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, db_given
+from patientkit.cli.options import DEFAULT_DB, Append, Db, ReadFrom, To, one_destination
 from patientkit.cli.progress import Meter
 from patientkit.errors import UsageError
 
@@ -22,11 +22,7 @@ app = typer.Typer(
 )
 
 DEFAULT_REQUESTS = 4  # requests in flight: more contend for the client's GIL on 2 cores
-
-
-def _db_or_to(ctx: typer.Context, to: str | None) -> None:
-    if to is not None and db_given(ctx):
-        raise UsageError("--db and --to cannot be used together: give the store or the API")
+ONE_DESTINATION = "--db and --to cannot be used together: give the store or the API"
 
 
 @app.command()
@@ -90,43 +86,32 @@ def submit(
 
         zcat tests.csv.gz | patientkit records submit - --to http://127.0.0.1:8000
     """
-    from patientkit.inputs import check_paths
-    from patientkit.rejects import Rejects
-    from patientkit.submit import BulkTarget, HttpTarget, Report, Source, StoreTarget, Tally
-    from patientkit.submit import submit as run
+    from patientkit.workflows.submit import run_submit
 
-    _db_or_to(ctx, to)
-    check_paths(paths)
-    tally = Tally()
-    with (
-        Rejects(rejects, append=append, inputs=paths) as rejects_file,
-        Meter("submitting", unit="records") as meter,
-    ):
-        report = Report(rejects_file, _problem)
-        if to is not None:
-            from dataclasses import replace
+    one_destination(ctx, to, ONE_DESTINATION)
 
-            from patientkit.client.http import DEFAULT_RETRY
-            from patientkit.submit import http_target
+    def interrupted(in_flight: int) -> None:
+        output.warn(
+            f"interrupted: settling {in_flight} records in flight (Ctrl-C again to stop waiting)"
+        )
 
-            retry = replace(DEFAULT_RETRY, attempts=attempts)
-            target: HttpTarget | BulkTarget | StoreTarget = http_target(
-                to, concurrency, tally, report, retry, batch, batch_size
-            )
-        else:
-            target = StoreTarget(db, tally, report)
+    with Meter("submitting", unit="records") as meter:
         meter.start(len(paths), None)
-
-        def progress(read: int) -> None:
-            meter.advance(read - meter.rows, 0)
-
-        def interrupted(in_flight: int) -> None:
-            output.warn(
-                f"interrupted: settling {in_flight} records in flight (Ctrl-C again to stop "
-                "waiting)"
-            )
-
-        result = run(Source(paths, tally, report, progress), target, interrupted)
+        result = run_submit(
+            paths,
+            db=db,
+            to=to,
+            concurrency=concurrency,
+            rejects=rejects,
+            append=append,
+            attempts=attempts,
+            batch=batch,
+            batch_size=batch_size,
+            on_problem=_problem,
+            on_progress=lambda read: meter.advance(read - meter.rows, 0),
+            on_interrupt=interrupted,
+        )
+    tally = result.tally
     output.emit_json(tally.summary(result.seconds))
     if result.error is not None:
         raise result.error
@@ -174,23 +159,21 @@ def list_records(
 
         patientkit records list --clinic C042 --format table
     """
-    _db_or_to(ctx, to)
+    one_destination(ctx, to, ONE_DESTINATION)
     if not clinic.strip():
         raise UsageError("--clinic must not be empty")
     if to is not None:
         from patientkit.client.records import RecordsClient
 
         def retrying(attempt: int, reason: str, wait: float) -> None:
-            output.warn(f"listing: attempt {attempt} failed ({reason}); retrying in {wait:.1f}s")
+            output.warn_retry("listing", attempt, reason, wait)
 
         with RecordsClient(to) as client:
             emit_records(client.clinic_records(clinic, retrying), fmt)
     else:
-        from patientkit.core.storage import Store
+        from patientkit.stores import open_existing
 
-        if not db.is_file():
-            raise UsageError(f"the store {db} does not exist")
-        with Store(db) as store:
+        with open_existing(db, "the store {target} does not exist") as store:
             emit_records(store.records_for_clinic(clinic), fmt)
 
 

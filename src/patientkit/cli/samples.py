@@ -1,6 +1,6 @@
 """`patientkit readings generate` and `patientkit records generate`: sample inputs.
 
-Both write through `patientkit.generate` (one engine with the benchmarks and tests) and
+Both write through `patientkit.samples` (one engine with the benchmarks and tests) and
 print one JSON line on stdout saying what was written: `{"file", "format", "entries",
 "invalid", "duplicates"}`. With FILE `-` the entries go to stdout as NDJSON and that line
 goes to stderr instead (unless --quiet), so that the data stays clean for a pipe.
@@ -76,7 +76,7 @@ def readings(
 
         patientkit readings replay readings.ndjson.gz --db readings.db
     """
-    from patientkit.generate import generate_readings
+    from patientkit.samples.inputs import generate_readings
 
     with output.to_stdout():
         written = generate_readings(
@@ -109,7 +109,7 @@ def records(
 
         patientkit records submit tests.ndjson --rejects rejects.ndjson
     """
-    from patientkit.generate import generate_records
+    from patientkit.samples.inputs import generate_records
 
     with output.to_stdout():
         written = generate_records(

@@ -27,6 +27,8 @@ Examples:
 
 
 class LogFormat(StrEnum):
+    """`serve --log-format`: one JSON object a line, or text for people."""
+
     text = "text"
     json = "json"
 
@@ -134,6 +136,7 @@ def serve(
     from patientkit.server import auth, logs
     from patientkit.server.app import build_app
     from patientkit.server.middleware import QuietCuts
+    from patientkit.stores import shown
 
     tokens = auth.load_tokens(token_file)
     if not tokens and not auth.is_loopback(host) and not insecure_no_auth:
@@ -178,7 +181,7 @@ def serve(
         logs.log(
             "serving",
             url=url,
-            db=str(db),
+            db=shown(db),
             exports=where,
             chaos=chaos,
             workers=workers,
@@ -267,6 +270,8 @@ def _server_class(on_ready: Callable[[], None]) -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
+        """uvicorn's server, telling `on_ready` once it listens."""
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:

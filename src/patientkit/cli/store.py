@@ -29,9 +29,9 @@ def info(db: Db = DEFAULT_DB) -> None:
 
         patientkit store info --db readings.db
     """
-    from patientkit.core.storage import describe
+    from patientkit.stores import store_info
 
-    document = describe(db)
+    document = store_info(db)
     with output.to_stdout():
         sys.stdout.write(json.dumps(document) + "\n")
         sys.stdout.flush()

@@ -24,6 +24,9 @@ OnRetry = Callable[[int, str, float], None]
 
 
 class ExportClient(ApiClient):
+    """The export API (SPEC.md: exports): export and download ids, metadata, and each
+    download streamed and counted; failed attempts retried with `backoff`."""
+
     def __init__(
         self, server: str, retry: RetryPolicy = DEFAULT_RETRY, first_contact: bool = True
     ) -> None:

@@ -15,7 +15,7 @@ from patientkit.client.http import (
     retry_after,
 )
 from patientkit.core import validation
-from patientkit.core.storage import Reading
+from patientkit.core.model import Reading
 from patientkit.errors import PatientkitError, RemoteError, UsageError
 
 CREATE = "/api/device-readings/create"
@@ -50,6 +50,8 @@ def error_message(response: httpx.Response) -> str:
 
 
 class ReadingsClient(ApiClient):
+    """The device readings API (SPEC.md: readings): create requests and a device's totals."""
+
     def ping(self) -> None:
         """Fail with RemoteError (exit 2) unless the server answers its ping."""
         try:

@@ -47,6 +47,8 @@ class SystemClock:
 
 
 class _Waiter:
+    """One thread waiting on a `FakeClock`: its condition and deadline (None: forever)."""
+
     __slots__ = ("cond", "deadline")
 
     def __init__(self, cond: threading.Condition, deadline: float | None) -> None:

@@ -45,6 +45,9 @@ SEND_EVERY = 2 * CHUNK  # a worker tells the parent of its progress this often (
 
 @dataclass(frozen=True)
 class Piece:
+    """A byte range of one file to count: the whole file, or a range that starts at a line
+    end (then `columns` is the file's header, read once)."""
+
     path: str
     start: int = 0
     end: int | None = None  # None: to the end of the file
@@ -53,6 +56,9 @@ class Piece:
 
 @dataclass
 class PieceResult:
+    """What a worker counted in one piece: counts, lines and quote characters seen, and the
+    first malformed row, if any."""
+
     counts: Counts
     lines: int
     quotes: int
@@ -143,6 +149,8 @@ def count_piece(piece: Piece, progress: Progress | None = None) -> PieceResult:
 
 @dataclass(frozen=True)
 class FilePlan:
+    """How one file is counted: its pieces, and the header lines and quotes they leave out."""
+
     path: str
     pieces: list[Piece]
     header_lines: int = 0  # lines of the header when the pieces do not include it

@@ -27,22 +27,33 @@ log keyed by (request id, test_id) remembers each answer so that a retried reque
 its original answer again; a batch's whole answer is kept under (request id, `BATCH_KEY`),
 the empty test_id, which no single record can have (a test_id is a non-empty string).
 
-A `Store` is one connection: use it from one thread (the server keeps one per thread).
+A `SQLiteStore` is one connection: use it from one thread (the server keeps one per
+thread). It implements `patientkit.core.store.Store`; the domain types come from
+`patientkit.core.model` (re-exported here).
 """
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
+from patientkit.core.model import RECORD_FIELDS, Reading, RecordAnswer, record_values
 from patientkit.errors import UsageError
+
+__all__ = [
+    "RECORD_FIELDS",
+    "SCHEMA_VERSION",
+    "Reading",
+    "RecordAnswer",
+    "SQLiteStore",
+    "describe",
+    "record_values",
+]
 
 T = TypeVar("T")
 
@@ -52,9 +63,7 @@ CACHE_KIB = 32 << 10  # page cache per connection
 CHECKPOINT_PAGES = 8192  # WAL pages between checkpoints (each one fsyncs: not too often)
 ROWS_PER_STATEMENT = 8000  # readings in one multi-row INSERT (4 values each)
 RECORDS_PER_STATEMENT = 5000  # records in one multi-row INSERT (6 values each)
-RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 RECORD_COLUMNS = (*RECORD_FIELDS, "created_at")
-record_values = operator.itemgetter(*RECORD_FIELDS)  # a record's five fields, as a tuple
 BATCH_KEY = ""  # the request log's test_id for a batch's answer: never a record's test_id
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
@@ -162,23 +171,6 @@ MIGRATIONS.append(_exact_totals)  # 3: exact cumulative counts past 2^63 - 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class Reading(NamedTuple):
-    """One device reading, validated (a tuple: millions are made in a replay)."""
-
-    device_id: str
-    count: int  # type: ignore[assignment]  # the field shadows tuple.count, on purpose
-    timestamp: str  # as sent, offset included
-    instant: int  # UTC seconds
-
-
-@dataclass(frozen=True)
-class RecordAnswer:
-    """The answer a records request got: the status and the JSON body text."""
-
-    status: int
-    body: str
-
-
 def compact_offset(timestamp: str) -> str:
     """`2021-09-29T16:09:15+01:00` → `2021-09-29T16:09:15+0100` (the API's %z form)."""
     return timestamp[:-3] + timestamp[-2:] if timestamp[-3:-2] == ":" else timestamp
@@ -189,7 +181,12 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
-class Store:
+class SQLiteStore:
+    """The store in one SQLite file (see the module's doc): `SQLiteStore(path)` opens it,
+    creating and migrating it as needed; UsageError if it cannot be opened, is of a newer
+    schema, or stays locked past `lock_deadline` seconds. Implements
+    `patientkit.core.store.Store`."""
+
     def __init__(
         self,
         path: str | Path,
@@ -213,7 +210,7 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SQLiteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -432,6 +429,10 @@ class Store:
     def record_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM test_records").fetchone()[0])
 
+    def info(self) -> dict[str, object]:
+        """What `store info` prints of this store (`describe`)."""
+        return describe(self.path)
+
 
 def _statements(script: str) -> Iterator[str]:
     """The statements of a script, one by one (a trigger's body holds semicolons too):
@@ -457,11 +458,8 @@ def _insert_rows(
     how many were new. (A trigger's changes are not counted: readings' trigger keeps
     `devices`.)
 
-    Up to `most` rows a statement, fewer if SQLite allows fewer variables (32766 since
-    SQLite 3.32, 999 before): each statement is one call into SQLite, its parameters bound
-    at once and its rows inserted without the GIL. (Row by row, or with `executemany`,
-    every call gives the GIL away and, next to a thread that parses input, waits up to the
-    interpreter's switch interval to get it back: inserts crawl.)"""
+    Up to `most` rows a statement, fewer if SQLite allows fewer variables (why multi-row
+    statements: docs/performance.md)."""
     width = len(columns)
     per_statement = min(most, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     head = f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES "

@@ -11,7 +11,7 @@ from datetime import datetime
 from itertools import chain
 from typing import Any, TypeGuard
 
-from patientkit.core.storage import RECORD_FIELDS, Reading, record_values
+from patientkit.core.model import RECORD_FIELDS, Reading, record_values
 
 ID_REQUIRED = "Field 'id' is required."
 READINGS_REQUIRED = "Field 'readings' is required."

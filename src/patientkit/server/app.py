@@ -52,7 +52,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(
-    db: Path,
+    db: str | Path,
     exports_dir: Path | None = None,
     chaos: float = 0.0,
     chaos_seed: int | None = None,
@@ -64,7 +64,8 @@ def build_app(
     """The application; without `bulk` it has no `POST /tests/batch` (404 there, like the
     original records server), for testing clients that fall back to single POSTs. With
     `tokens`, every request but GET /api/ping needs one (see auth.BearerAuth); without
-    `metrics`, no /metrics and nothing counted (for measuring what they cost)."""
+    `metrics`, no /metrics and nothing counted (for measuring what they cost). `db` is
+    the store's target (a SQLite path or a PostgreSQL URL: `patientkit.stores`)."""
     stores = Stores(db)
     counters = Metrics() if metrics else None
     routes: list[BaseRoute] = [

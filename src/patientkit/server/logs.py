@@ -18,6 +18,8 @@ LOGGER = logging.getLogger("patientkit.server")
 
 
 class JsonFormatter(logging.Formatter):
+    """Log records as one JSON object a line (time in UTC, level, event, fields)."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))

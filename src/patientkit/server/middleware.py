@@ -175,6 +175,8 @@ class Chaos:
 
 
 class _Cut(Exception):
+    """Raised inside chaos to drop the connection without a complete answer."""
+
     pass
 
 

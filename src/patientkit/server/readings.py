@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from patientkit.core import validation
-from patientkit.core.storage import Store
+from patientkit.core.store import Store
 from patientkit.server import metrics
 from patientkit.server.bodies import NotJson, TooLarge, read_json
 from patientkit.server.stores import Stores
@@ -63,10 +63,12 @@ def routes(stores: Stores, max_body: int) -> list[Route]:
         Route("/api/device-readings/create", create, methods=["POST"]),
         Route(
             "/api/device-readings/{device_id}/latest-timestamp",
-            device_total("timestamp", Store.latest_timestamp),
+            device_total("timestamp", lambda store, device_id: store.latest_timestamp(device_id)),
         ),
         Route(
             "/api/device-readings/{device_id}/cumulative-count",
-            device_total("cumulative_count", Store.cumulative_count),
+            device_total(
+                "cumulative_count", lambda store, device_id: store.cumulative_count(device_id)
+            ),
         ),
     ]

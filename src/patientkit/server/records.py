@@ -53,13 +53,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from patientkit.core import validation
-from patientkit.core.storage import RECORD_FIELDS, RecordAnswer, Store
+from patientkit.core.model import RECORD_FIELDS, RecordAnswer
+from patientkit.core.store import Store
 from patientkit.inputs import Item, array_items, breaks_array, ndjson_items
 from patientkit.server import metrics
 from patientkit.server.bodies import NotJson, TooLarge, read_body, read_json
 from patientkit.server.logs import log
 from patientkit.server.middleware import REQUEST_ID
 from patientkit.server.stores import Stores
+from patientkit.stores import open_store
 
 CONFLICT = "Conflict: test_id exists"
 PAGE = 500  # records read from the store per step of a streamed list
@@ -98,8 +100,8 @@ class RecordWriter:
     """The one thread that writes records for the server: a group commit of single
     POSTs, and batches, each in a transaction of its own."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, target: str | Path) -> None:
+        self.target = target
         self._lock = threading.Lock()
         self._waiting = threading.Condition(self._lock)
         self._queue: list[Pending | Job] = []
@@ -130,7 +132,7 @@ class RecordWriter:
                 self._waiting.notify()
 
     def _run(self) -> None:
-        store = Store(self.path)
+        store = open_store(self.target)
         while True:
             with self._lock:
                 while not self._queue:
@@ -220,7 +222,7 @@ def _answer(record: dict[str, str], created: bool) -> RecordAnswer:
 def routes(stores: Stores, max_body: int, bulk: bool = True) -> list[Route]:
     """The records API's routes; without `bulk`, no /tests/batch (a POST there is 404,
     as on the original records server: for testing clients' fallback)."""
-    writer = RecordWriter(stores.path)
+    writer = RecordWriter(stores.target)
 
     async def submit(request: Request) -> Response:
         request_id = request.scope["state"]["request_id"]

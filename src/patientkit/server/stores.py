@@ -1,21 +1,27 @@
-"""One SQLite connection per server thread, opened on first use (and kept until exit)."""
+"""One store connection per server thread, opened on first use (and kept until exit)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from patientkit.core.storage import Store
+from patientkit.core.store import Store
+from patientkit.stores import open_store
 
 
 class Stores:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """The server's stores: `get()` is the calling thread's own connection to the store at
+    `target` (a SQLite path or a PostgreSQL URL, `patientkit.stores.open_store`). The
+    store is opened (created, migrated) once at construction, so a bad store fails at
+    start-up (UsageError), not on a request."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = target
         self._local = threading.local()
-        Store(path).close()  # create and migrate now: fail at start-up, not on a request
+        open_store(target).close()
 
     def get(self) -> Store:
-        store = getattr(self._local, "store", None)
+        store: Store | None = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = Store(self.path)
+            store = self._local.store = open_store(self.target)
         return store

@@ -29,18 +29,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from patientkit.client.readings import Answer, ReadingsClient
 from patientkit.core import validation
 from patientkit.core.buffer import BatchBuffer
 from patientkit.core.delivery import BufferFull, BufferStopped
+from patientkit.core.model import Reading
 from patientkit.core.sinks import PoisonError, RetryableError, SinkResult
-from patientkit.core.storage import Reading
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects, entry_line
-from patientkit.writer import StoreProcess, StoreRefused, StoreUnavailable
+from patientkit.workflows.store_process import StoreProcess, StoreRefused, StoreUnavailable
 
 CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
@@ -48,10 +49,16 @@ _DIGITS = re.compile(r"[0-9]+")
 UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
 ROOM_WAIT = 0.1  # seconds a reading waits for room in a full buffer before a Ctrl-C is seen
 INTERRUPTED_CLOSE = 1.0  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
+API_BATCH = 5_000  # readings in one create request, by default
+API_MOST_BATCH = 50_000  # readings in one buffer batch to an API (many devices' requests)
+STORE_BATCH = 20_000  # readings in one store transaction, by default
 
 
 @dataclass
-class Summary:
+class ReplayTally:
+    """The counts of a replay (SPEC.md: `readings replay`'s JSON summary): `summary()` is
+    what the command prints."""
+
     read: int = 0
     delivered: int = 0
     duplicates: int | None = 0  # None when the destination is an API (it does not say)
@@ -61,7 +68,7 @@ class Summary:
     devices: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
@@ -73,9 +80,8 @@ def record_of(reading: Reading) -> dict[str, Any]:
 
 def _leftover_lines(events: list[Event], reason: str) -> list[str]:
     """The dead-letter lines of readings not delivered, as `rejects.entry_line` writes
-    them, made by formatting: after Ctrl-C there may be 250,000 to write within a second,
-    and each is a valid reading (its id a UUID, its count an int, its timestamp checked),
-    so only the source and the reason need JSON's escaping."""
+    them, made by string formatting (each is a valid reading: only the source and the
+    reason need JSON's escaping; why: docs/performance.md)."""
     why = entry_line({"reason": reason}, None)[len('{"reason": ') : -len(', "record": null}\n')]
     names: dict[str, str] = {}
     lines = []
@@ -93,8 +99,8 @@ def _leftover_lines(events: list[Event], reason: str) -> list[str]:
 
 
 class Parser:
-    """Input items to readings, with SPEC.md's messages for the invalid ones. Device ids
-    and timestamps recur across readings, so their checks are cached."""
+    """Input items to readings, with SPEC.md's messages for the invalid ones; the checks
+    of device ids and timestamps are cached."""
 
     def __init__(self) -> None:
         self.devices: dict[str, str] = {}  # each valid id, to its one shared str object
@@ -158,7 +164,7 @@ def _count_reason(count: object) -> str:
 
 
 class StoreSink:
-    """Each batch in one transaction, written by the store's own process (see writer.py);
+    """Each batch in one transaction, written by the store's own process (see store_process.py);
     counts the duplicates the store ignored. A failing store (full disk, I/O error, a
     crashed writer) is retried by the buffer; a batch the store refuses for good (its
     transaction rolled back) is a `PoisonError`, which the buffer bisects."""
@@ -268,7 +274,7 @@ class ApiSink:
 
 @dataclass
 class Replay:
-    """One replay run: feed it paths, then read its summary."""
+    """One replay run: feed it paths, then read its tally."""
 
     sink: StoreSink | ApiSink
     rejects: Rejects
@@ -277,7 +283,7 @@ class Replay:
     speed: float | None = None
     on_invalid: Callable[[str, int, str], None] | None = None
     on_progress: Callable[[int], None] | None = None
-    summary: Summary = field(default_factory=Summary)
+    tally: ReplayTally = field(default_factory=ReplayTally)
     stop_reason: str = ""  # why delivery stopped early, if it did
     interrupted: bool = False  # stop() was called: reading stopped early
     abandoned: bool = False  # a second Ctrl-C: the job stopped waiting for delivery
@@ -291,7 +297,7 @@ class Replay:
         self.interrupted = True
         self._stopping.set()
 
-    def run(self, paths: Iterable[str]) -> Summary:
+    def run(self, paths: Iterable[str]) -> ReplayTally:
         """Read, check and deliver every reading; close the buffer, delivering what is
         pending; write what could not be delivered to the dead-letter file.
 
@@ -299,7 +305,7 @@ class Replay:
         or when an input cannot be read to its end (`error` holds why; what was read is
         delivered). A KeyboardInterrupt (a second Ctrl-C) while reading or delivering
         stops waiting at once (`abandoned`): what the store has not confirmed is left to
-        the next run, which stores it. Returns the summary in every one of these cases."""
+        the next run, which stores it. Returns the tally in every one of these cases."""
         started = time.perf_counter()
         buffer: BatchBuffer[Event] = BatchBuffer(
             self.sink,
@@ -333,17 +339,17 @@ class Replay:
         except KeyboardInterrupt:
             self.interrupted = self.abandoned = True
         stats = buffer.stats()
-        summary = self.summary
-        summary.delivered = stats.delivered
-        summary.retries = stats.retried
-        summary.dead_lettered = self.rejects.count
-        summary.devices = len(self.sink.devices)
-        summary.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
-        summary.seconds = time.perf_counter() - started
+        tally = self.tally
+        tally.delivered = stats.delivered
+        tally.retries = stats.retried
+        tally.dead_lettered = self.rejects.count
+        tally.devices = len(self.sink.devices)
+        tally.duplicates = self.sink.duplicates if isinstance(self.sink, StoreSink) else None
+        tally.seconds = time.perf_counter() - started
         self.stop_reason = stop_reason
         if failure is not None:
             raise failure
-        return summary
+        return tally
 
     def _close(self, buffer: BatchBuffer[Event]) -> list[Event] | str:
         """Close the buffer: the events not delivered, or why the buffer stopped. After
@@ -373,7 +379,7 @@ class Replay:
         # one str object a device: batches pickled for the store process carry it once
         known_device, instant_of = parser.devices.get, parser.instants.of
         largest = validation.MAX_COUNT
-        summary = self.summary
+        tally = self.tally
         track = buffer.track  # with ROOM_WAIT: a full buffer is waited on in slices
         pace = _Pace(self.speed, self._stopping) if self.speed else None
         for path in paths:
@@ -390,8 +396,8 @@ class Replay:
                         timestamp = value.get("timestamp")
                         instant = instant_of(timestamp)
                         if instant is not None:
-                            summary.read += 1
-                            # a plain tuple in a Reading's layout: no NamedTuple call per reading
+                            tally.read += 1
+                            # a plain tuple where a Reading is declared: it pickles faster
                             event: Event = (
                                 (device_id, count, timestamp, instant),  # type: ignore[assignment]
                                 item.source,
@@ -404,9 +410,9 @@ class Replay:
                                     return
                             continue
                 for reading, reason, record in parser.readings(item):
-                    summary.read += 1
+                    tally.read += 1
                     if reading is None:
-                        summary.invalid += 1
+                        tally.invalid += 1
                         self.rejects.write(item.source, item.line, reason, record)
                         if self.on_invalid is not None:
                             self.on_invalid(item.source, item.line, reason)
@@ -419,7 +425,7 @@ class Replay:
                         if not self._track_slowly(buffer, (reading, item.source, item.line)):
                             return
                 if self.on_progress is not None and not item.line % 4096:
-                    self.on_progress(summary.read)
+                    self.on_progress(tally.read)
 
     def _track_slowly(self, buffer: BatchBuffer[Event], event: Event) -> bool:
         """Track an event the full buffer had no room for within ROOM_WAIT seconds: wait
@@ -433,7 +439,7 @@ class Replay:
                 return True
             except BufferFull:
                 continue
-        self.summary.read -= 1
+        self.tally.read -= 1
         return False
 
     def _dead_letter(self, event: Event, reason: str) -> None:
@@ -459,3 +465,67 @@ class _Pace:
         delay = due - time.monotonic()
         if delay > 0:
             self.stopping.wait(delay)
+
+
+def run_replay(
+    paths: list[str],
+    *,
+    db: str | Path,
+    to: str | None = None,
+    batch_size: int | None = None,
+    flush_interval: float = 1.0,
+    speed: float | None = None,
+    dead_letter: Path | None = None,
+    append: bool = False,
+    concurrency: int = 4,
+    on_invalid: Callable[[str, int, str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Replay:
+    """`readings replay` (SPEC.md): replay the readings of `paths` into the store `db`
+    (`open_store`'s target, written from a child process) or, with `to`, the readings API
+    at that base URL; readings not delivered go to `dead_letter` (NDJSON; `append` adds to
+    it). `batch_size` is the most readings in one create request (default API_BATCH) or
+    one store transaction (default STORE_BATCH); `concurrency` devices' requests are in
+    flight at once. The first Ctrl-C or SIGTERM stops reading (what was read is still
+    delivered), a second stops waiting.
+
+    Returns the finished run: its `tally`, `stop_reason`, `interrupted`, `error` (an
+    input unreadable part way). Raises UsageError for an input or dead-letter file that
+    cannot be opened or a store that cannot be; RemoteError (NoServer) when `to` does
+    not answer."""
+    from patientkit.inputs import check_paths
+    from patientkit.workflows.signals import stop_requests
+
+    check_paths(paths)
+    destination: ReadingsClient | StoreProcess
+    if to is not None:
+        destination = ReadingsClient(to)
+        destination.ping()
+        batch_size = batch_size or API_BATCH
+        sink: StoreSink | ApiSink = ApiSink(destination, batch_size, concurrency)
+        max_batch = min(batch_size * 32, API_MOST_BATCH)  # room to group many devices
+    else:
+        destination = StoreProcess(db)  # before the buffer's threads: it forks
+        sink = StoreSink(destination)
+        max_batch = batch_size or STORE_BATCH
+    with Rejects(dead_letter, append=append, inputs=paths) as rejects:
+        run = Replay(
+            sink,
+            rejects,
+            max_batch=max_batch,
+            flush_interval=flush_interval,
+            speed=speed,
+            on_invalid=on_invalid,
+            on_progress=on_progress,
+        )
+        with stop_requests(run.stop):
+            try:
+                run.run(paths)
+            finally:  # a second Ctrl-C stops waiting for the store or the API
+                if isinstance(destination, StoreProcess):
+                    destination.close(timeout=1.0 if run.abandoned else 30.0)
+                else:
+                    destination.close()
+                if isinstance(sink, ApiSink):
+                    sink.close(wait=not run.abandoned)
+    return run

@@ -5,7 +5,7 @@ Every record read ends in exactly one of created, duplicate, invalid, rejected o
 * invalid: it could not be read, or breaks SPEC.md's rules (`record_problem`, the
   server's own check): reported with file:line and reason, never sent;
 * to the store (`StoreTarget`): batches through the delivery buffer, one transaction
-  each; `Store.add_records` says which were created and which duplicates (a test_id
+  each; the store's `add_records` says which were created and which duplicates (a test_id
   already stored, or earlier in the input: the first one wins); a record the store can
   never take (a value it cannot bind or hold) is isolated by the buffer (`PoisonError`:
   the batch is bisected) and rejected with the store's reason, the rest are stored;
@@ -46,14 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 from patientkit.core.buffer import BatchBuffer
 from patientkit.core.delivery import BufferStopped
+from patientkit.core.model import RECORD_FIELDS
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import PayloadTooLarge, PoisonError
-from patientkit.core.storage import RECORD_FIELDS, Store
 from patientkit.core.validation import all_records_valid, record_problem
 from patientkit.errors import PatientkitError, RemoteError
 from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
-from patientkit.writer import DATA_ERRORS, refusal
+from patientkit.stores import open_store
+from patientkit.workflows.store_process import DATA_ERRORS, refusal
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.records import Outcome
@@ -67,7 +68,7 @@ OnProblem = Callable[[str, int, str], None]
 
 
 @dataclass
-class Tally:
+class SubmitTally:
     """The counts of a submission; `read` is the sum of the other five."""
 
     created: int = 0
@@ -87,7 +88,10 @@ class Tally:
 
 @dataclass
 class Result:
-    tally: Tally
+    """How a submission ended: its tally and seconds, whether Ctrl-C stopped it, how many
+    records a second Ctrl-C left in flight, and the error that stopped it early."""
+
+    tally: SubmitTally
     seconds: float
     interrupted: bool = False
     abandoned: int = 0  # records given up in flight by a second Ctrl-C
@@ -118,7 +122,7 @@ class Source:
     def __init__(
         self,
         paths: list[str],
-        tally: Tally,
+        tally: SubmitTally,
         report: Report,
         on_progress: Callable[[int], None] = lambda read: None,
     ) -> None:
@@ -190,16 +194,18 @@ _value = operator.itemgetter(2)  # an Item's value
 
 
 class StoreTarget:
-    """Batches of valid records into the SQLite store, one transaction per batch, through
-    the delivery buffer (its flusher thread writes while the main thread reads and
-    parses; SQLite works without the GIL, so both cores are busy)."""
+    """Batches of valid records into the store (`open_store`), one transaction per batch,
+    through the delivery buffer: its flusher thread writes while the calling thread
+    reads and parses."""
 
-    def __init__(self, path: Path, tally: Tally, report: Report, batch: int = STORE_BATCH) -> None:
+    def __init__(
+        self, target: str | Path, tally: SubmitTally, report: Report, batch: int = STORE_BATCH
+    ) -> None:
         self.tally, self.report = tally, report
         self.error: PatientkitError | None = None
         self._lock = threading.Lock()
         self._abandoned = False
-        self.store = Store(path)
+        self.store = open_store(target)
         self.buffer: BatchBuffer[Item] = BatchBuffer(
             self._sink,
             max_batch=batch,
@@ -276,21 +282,17 @@ class HttpTarget:
     """`concurrency` worker threads, each with one request in flight on its own
     keep-alive connection, each pulling the next record from the source itself.
 
-    A plain pool rather than the batch buffer: records are independent requests, so a
-    record waiting out its retry backoff must hold up only its own worker, not a whole
-    batch (the buffer settles a batch before anything newer). The workers read the input
-    themselves, under one lock, rather than being handed records by a reader thread: on
-    this kind of machine every hand-off between threads (a wake-up, then the GIL) costs
-    more than parsing the record does, and with `--concurrency 1` there is no hand-off at
-    all. Two records with the same test_id are never in flight together: the later one is
-    parked until the earlier is settled, then sent by the same worker, so the first in the
-    input is the one created (as with the store) and the second gets its 409."""
+    A plain pool rather than the batch buffer, the workers reading the input themselves
+    under one lock (why: docs/performance.md). Two records with the same test_id are
+    never in flight together: the later one is parked until the earlier is settled, then
+    sent by the same worker, so the first in the input is the one created (as with the
+    store) and the second gets its 409."""
 
     def __init__(
         self,
         server: str,
         concurrency: int,
-        tally: Tally,
+        tally: SubmitTally,
         report: Report,
         retry: RetryPolicy,
     ) -> None:
@@ -437,7 +439,7 @@ class BulkTarget:
         self,
         client: Any,
         concurrency: int,
-        tally: Tally,
+        tally: SubmitTally,
         report: Report,
         batch: int = HTTP_BATCH,
     ) -> None:
@@ -556,7 +558,7 @@ class BulkTarget:
         return unconfirmed
 
 
-def _count(tally: Tally, api: Any, outcome: Outcome) -> None:
+def _count(tally: SubmitTally, api: Any, outcome: Outcome) -> None:
     """Count one record's outcome (the caller holds the lock guarding `tally`)."""
     if outcome.kind == api.CREATED:
         tally.created += 1
@@ -577,7 +579,7 @@ Target = StoreTarget | HttpTarget | BulkTarget
 def http_target(
     server: str,
     concurrency: int,
-    tally: Tally,
+    tally: SubmitTally,
     report: Report,
     retry: RetryPolicy,
     batch: bool = True,
@@ -631,3 +633,48 @@ def submit(
     result.error = source.error or target.error
     result.seconds = time.perf_counter() - started
     return result
+
+
+def run_submit(
+    paths: list[str],
+    *,
+    db: str | Path,
+    to: str | None = None,
+    concurrency: int = 4,
+    rejects: Path | None = None,
+    append: bool = False,
+    attempts: int = 8,
+    batch: bool = True,
+    batch_size: int = HTTP_BATCH,
+    on_problem: OnProblem = lambda source, line, reason: None,
+    on_progress: Callable[[int], None] = lambda read: None,
+    on_interrupt: Callable[[int], None] = lambda in_flight: None,
+) -> Result:
+    """`records submit` (SPEC.md): validate the records of `paths` and submit them to the
+    store `db` (`open_store`'s target) or, with `to`, the records API at that base URL
+    (`batch`: POST /tests/batch in batches of `batch_size` when the server has it, else
+    one POST per record; `concurrency` requests in flight; `attempts` tries each). Every
+    invalid, rejected or failed record goes to on_problem(source, line, reason) and to
+    the `rejects` file (NDJSON; `append` adds to it). on_progress(read) follows reading;
+    on_interrupt(in_flight) is called on the first Ctrl-C.
+
+    Returns the `Result` (its tally, seconds, interrupted, abandoned, error). Raises
+    UsageError for an input or rejects file that cannot be opened or a store that cannot
+    be; RemoteError (NoServer) when `to` does not answer."""
+    from patientkit.inputs import check_paths
+
+    check_paths(paths)
+    tally = SubmitTally()
+    with Rejects(rejects, append=append, inputs=paths) as rejects_file:
+        report = Report(rejects_file, on_problem)
+        target: Target
+        if to is not None:
+            from dataclasses import replace
+
+            from patientkit.client.http import DEFAULT_RETRY
+
+            retry = replace(DEFAULT_RETRY, attempts=attempts)
+            target = http_target(to, concurrency, tally, report, retry, batch, batch_size)
+        else:
+            target = StoreTarget(db, tally, report)
+        return submit(Source(paths, tally, report, on_progress), target, on_interrupt)

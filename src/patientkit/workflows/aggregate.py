@@ -28,6 +28,9 @@ PROGRESS_EVERY = 4 << 20  # bytes between progress messages from a worker
 
 @dataclass(frozen=True)
 class Job:
+    """One download to count in a worker: where it is, the rows its metadata promises, and
+    how to retry it."""
+
     server: str
     export_id: str
     download_id: str
@@ -36,7 +39,10 @@ class Job:
 
 
 @dataclass
-class Outcome:
+class DownloadCount:
+    """What a worker made of one download: its counts, or the error (and exit code) that
+    failed it."""
+
     download_id: str
     counts: Counts | None
     error: str | None = None
@@ -48,7 +54,7 @@ class Outcome:
 #   ("retry", download_id, attempt, reason, delay, rows, bytes)   an attempt failed;
 #                                                   rows/bytes of it are taken back
 @dataclass
-class Events:
+class AggregateHooks:
     """What the caller wants to hear about; every hook is optional."""
 
     on_start: Callable[[int, int], None] | None = None  # downloads, rows expected
@@ -57,7 +63,7 @@ class Events:
     on_done: Callable[[str, int], None] | None = None  # download id, rows
 
 
-def count_download(job: Job) -> Outcome:
+def count_download(job: Job) -> DownloadCount:
     """In a worker: count one download, retrying failed attempts from the start."""
     taken = {"rows": 0, "bytes": 0}  # of the current attempt, reported as progress
     pending = {"rows": 0, "bytes": 0}
@@ -90,19 +96,19 @@ def count_download(job: Job) -> Outcome:
             counts = with_retries(attempt, job.retry, on_retry, transient=transport_failure)
         except RetryableError as exc:
             flush()
-            return Outcome(job.download_id, None, error=f"download {job.download_id}: {exc}")
+            return DownloadCount(job.download_id, None, error=f"download {job.download_id}: {exc}")
         except httpx.DecodingError as exc:  # its Content-Encoding: truncated or corrupt
             flush()
-            return Outcome(
+            return DownloadCount(
                 job.download_id,
                 None,
                 error=f"download {job.download_id}: cannot decode it, truncated or corrupt ({exc})",
             )
         except PatientkitError as exc:
             flush()
-            return Outcome(job.download_id, None, error=str(exc), exit_code=exc.exit_code)
+            return DownloadCount(job.download_id, None, error=str(exc), exit_code=exc.exit_code)
     flush()
-    return Outcome(job.download_id, counts)
+    return DownloadCount(job.download_id, counts)
 
 
 def aggregate_export(
@@ -110,10 +116,10 @@ def aggregate_export(
     export_id: str,
     concurrency: int,
     retry: RetryPolicy = DEFAULT_RETRY,
-    events: Events | None = None,
+    events: AggregateHooks | None = None,
 ) -> Counts:
     """Count every download of an export; the exact total, or an exception."""
-    events = events or Events()
+    events = events or AggregateHooks()
 
     def note_retry(what: str) -> Callable[[int, str, float], None]:
         def hook(attempt: int, reason: str, delay: float) -> None:

@@ -1,8 +1,8 @@
 """The store in a child process, for jobs that parse input on one core and write on the
-other: a `Store` method called through a pipe. In the same process the two would share
-one GIL, and every SQLite step would wait for the parsing thread to give it back.
+other (why: docs/performance.md): a `Store` method (`patientkit.core.store`) called
+through a pipe.
 
-    with StoreProcess(path) as writer:
+    with StoreProcess(target) as writer:
         new = writer.call("add_readings", readings)   # runs in the child, one transaction
 
 Arguments and answers are pickled (plain tuples and dicts are cheap). A failure in the
@@ -22,8 +22,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from patientkit.core.storage import Store
 from patientkit.errors import PatientkitError, UsageError
+from patientkit.stores import open_store
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -60,13 +60,13 @@ def refusal(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _serve(path: str, conn: Connection, parent_end: Connection) -> None:
+def _serve(target: str, conn: Connection, parent_end: Connection) -> None:
     parent_end.close()  # a forked child holds a copy: without this, no EOF when the parent dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the fork
     try:
-        store = Store(path)
+        store = open_store(target)
     except PatientkitError as exc:
         with contextlib.suppress(OSError):
             conn.send(("usage", str(exc)))
@@ -98,15 +98,22 @@ def _serve(path: str, conn: Connection, parent_end: Connection) -> None:
 
 
 class StoreProcess:
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+    """A store (`open_store(target)`: a SQLite path or a PostgreSQL URL) served by a child
+    process: `call(method, *args)` runs the store's method there and returns its answer.
+    UsageError if the child cannot open the store."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = str(target)
         self._start()
 
     def _start(self) -> None:
         context = get_context("fork") if "fork" in get_all_start_methods() else get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(self.path, child, self.conn), name="patientkit-store", daemon=True
+            target=_serve,
+            args=(self.target, child, self.conn),
+            name="patientkit-store",
+            daemon=True,
         )
         # Ctrl-C waits while we fork: a signal landing in the fork's own handlers is lost
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

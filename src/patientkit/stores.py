@@ -1,0 +1,94 @@
+"""Open a store by the form of its target (SPEC.md: Command-line surface, `STORE`).
+
+* `postgresql://…` or `postgres://…`: `patientkit.postgres.PostgresStore(url)`, imported
+  only then (psycopg is an optional extra; missing, it is a UsageError, exit 2, naming
+  `pip install 'patientkit[postgres]'`);
+* anything else: a SQLite file path, `patientkit.core.storage.SQLiteStore(path)`.
+
+Commands, engines, the store's child process and the server get their stores here and
+depend only on the `patientkit.core.store.Store` protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from patientkit.errors import UsageError
+
+if TYPE_CHECKING:
+    from patientkit.core.store import Store
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+POSTGRES_EXTRA = "pip install 'patientkit[postgres]'"
+
+
+def is_url(target: str | Path) -> bool:
+    """True for a PostgreSQL URL (`postgresql://` or `postgres://`), False for a path."""
+    return isinstance(target, str) and target.split("://", 1)[0].lower() in POSTGRES_SCHEMES
+
+
+def shown(target: str | Path) -> str:
+    """The target as messages show it: a URL's password replaced by `***`."""
+    if not is_url(target):
+        return str(target)
+    parts = urlsplit(str(target))
+    if parts.password is None:
+        return str(target)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def open_store(target: str | Path) -> Store:
+    """The store at `target`, created and migrated if need be: a PostgreSQL store for a
+    URL, else the SQLite file. UsageError (exit 2) if it cannot be opened, or if the
+    `postgres` extra is not installed for a URL."""
+    if is_url(target):
+        return _postgres(str(target))
+    from patientkit.core.storage import SQLiteStore
+
+    return SQLiteStore(target)
+
+
+def open_existing(target: str | Path, missing: str = "{target}: no such store") -> Store:
+    """`open_store` for commands that only read: a SQLite file that does not exist is a
+    UsageError with `missing` (formatted with the target), a folder is one too, and
+    neither is created. (A PostgreSQL database exists or cannot be connected to.)"""
+    if not is_url(target):
+        path = Path(target)
+        if not path.exists():
+            raise UsageError(missing.format(target=path))
+        if not path.is_file():
+            raise UsageError(f"{path}: is a folder, not a store")
+    return open_store(target)
+
+
+def store_info(target: str | Path) -> dict[str, object]:
+    """What `store info` prints (SPEC.md: `store info`), never creating, migrating or
+    changing a SQLite store (`storage.describe`); a PostgreSQL store's own `info()`."""
+    if is_url(target):
+        store = _postgres(str(target))
+        try:
+            return store.info()
+        finally:
+            store.close()
+    from patientkit.core.storage import describe
+
+    return describe(target)
+
+
+def _postgres(url: str) -> Store:
+    """A `PostgresStore(url)`, imported now; UsageError when psycopg (or the module) is
+    not installed."""
+    try:  # by name: the module is optional, and imports psycopg at once
+        module = importlib.import_module("patientkit.postgres")
+    except ModuleNotFoundError as exc:
+        missing = "" if (exc.name or "").startswith("patientkit") else f" ({exc.name} is missing)"
+        raise UsageError(
+            f"{shown(url)}: a PostgreSQL store needs the postgres extra{missing}: {POSTGRES_EXTRA}"
+        ) from None
+    store: Store = module.PostgresStore(url)
+    return store
