@@ -22,7 +22,7 @@ The guarantees are the local ones:
   raises `DeliveryError` (exit 1), a malformed row its `InputError` (exit 1).
 - An interrupt (KeyboardInterrupt in the waiting thread) cancels every future; a running
   task sees its cancellation at its next chunk (1 MB) and stops. Then it propagates.
-- Progress: tasks log `[download_id, run, rows, bytes]` events on a topic of this run
+- Progress: tasks log `[download_id, run, rows, bytes, worker]` events on a topic of this run
   (every PROGRESS_EVERY bytes or PROGRESS_SECONDS seconds); `events.on_progress` hears
   them in the calling thread. What attempts that did not deliver the counts reported is
   taken back, so the rows shown end equal to the rows counted.
@@ -123,6 +123,7 @@ def count_attempt(job: Job, topic: str) -> Attempt:
     from distributed import get_worker
 
     worker = get_worker()
+    address = worker.address
     key = worker.get_current_task()
     run = uuid.uuid4().hex
     pending = [0, 0]  # rows, bytes not yet reported
@@ -131,7 +132,7 @@ def count_attempt(job: Job, topic: str) -> Attempt:
 
     def report() -> None:
         if pending[0] or pending[1]:
-            worker.log_event(topic, [job.download_id, run, pending[0], pending[1]])
+            worker.log_event(topic, [job.download_id, run, pending[0], pending[1], address])
             pending[0] = pending[1] = 0
         last[0] = time.monotonic()
 
@@ -250,7 +251,8 @@ def check_versions(client: Client, scheduler: str) -> None:
         more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
         raise RemoteError(
             f"version mismatch on the Dask cluster {scheduler}: worker {wrong[0]}{more}; "
-            f"install the same versions on every worker ({INSTALL}=={ours['patientkit']})"
+            "install the same versions on every worker "
+            f"(pip install 'patientkit[dask]=={ours['patientkit']}')"
         )
 
 
@@ -340,7 +342,7 @@ class _Run:
             self._submit(self.downloads[download_id])
 
     def _progress(self, message: Any) -> None:
-        download_id, run, rows, nbytes = message
+        download_id, run, rows, nbytes, _worker = message
         download = self.downloads.get(download_id)
         if download is None or download.done or run in self.ended:
             return
