@@ -125,7 +125,11 @@ def main() -> None:
         for process in [*cluster, server]:
             process.terminate()
         for process in [*cluster, server]:
-            process.wait()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a worker stuck closing its comms
+                process.kill()
+                process.wait()
     load_after = os.getloadavg()
     best = {name: min(t) for name, t in times.items()}
     ratio = best["dask_2_workers"] / best["local_concurrency_2"]

@@ -288,6 +288,7 @@ class _Run:
         self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.ended: set[str] = set()  # runs whose further progress events are stale
         self.downloads: dict[str, _Download] = {}
+        self.by_key: dict[Any, _Download] = {}  # the attempt in flight, by its task key
         self.due: list[tuple[float, str]] = []  # (monotonic time, download id) to resubmit
 
     def count(self, jobs: list[Job]) -> Counts:
@@ -333,6 +334,7 @@ class _Run:
             pure=False,
         )
         download.future = future
+        self.by_key[future.key] = download
         future.add_done_callback(lambda f: self.inbox.put(("done", f)))
 
     def _resubmit_due(self) -> None:
@@ -363,12 +365,9 @@ class _Run:
 
     def _finished(self, future: Future, total: Counts) -> bool:
         """Handle a future that ended: True when its download is counted."""
-        download = next(
-            (d for d in self.downloads.values() if d.future is not None and d.future is future),
-            None,
-        )
+        download = self.by_key.pop(future.key, None)
         if download is None or download.done:
-            return False  # an attempt of a download already settled (cannot happen)
+            return False  # not one of ours in flight (cannot happen)
         job = download.job
         if future.status == "finished":
             attempt: Attempt = future.result()
