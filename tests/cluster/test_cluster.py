@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
@@ -269,3 +270,30 @@ def test_without_the_dask_extra(demo_server):
         capture_output=True, text=True, env=cli_env(), timeout=60,
     )  # fmt: skip
     assert local.returncode == 0, local.stderr
+
+
+def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
+    """A download shorter than its metadata (retried, then exit 1) and one with a
+    malformed row (exit 1 at once, file and line): the same last line as local, no
+    output."""
+    short, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / f"{short}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
+    meta = {"id": short, "rows": 3, "event_types": ["a", "b"], "patients": ["P1", "P2"],
+            "start_time": None, "end_time": None}  # fmt: skip
+    (tmp_path / "short" / f"{short}.meta.json").write_text(json.dumps(meta))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / f"{bad}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
+    server = serve("--exports", str(tmp_path))
+    for export_id, last in [
+        (
+            "short",
+            f"error: download {short}: short download: counted 2 of 3 rows (after 2 attempts)",
+        ),
+        ("bad", f"error: bad/{bad}:3: expected 2 fields, found 1"),
+    ]:
+        local = run_cli("export", "aggregate", export_id, "--server", server.url, "--attempts", "2")
+        remote = on_cluster(cluster, server.url, export_id, "--attempts", "2")
+        for done in (local, remote):
+            assert (done.code, done.out) == (1, ""), done.err
+            assert done.err.splitlines()[-1] == last
