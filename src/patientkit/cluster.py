@@ -146,8 +146,10 @@ def count_attempt(job: Job, topic: str) -> Attempt:
         if pending[1] >= PROGRESS_EVERY or time.monotonic() - last[0] >= PROGRESS_SECONDS:
             report()
 
-    def failed(reason: str, retry_after: float | None = None, unreachable: bool = False) -> Any:
-        return AttemptFailed(reason, retry_after, worker.address, run, unreachable)
+    def failed(
+        reason: str, retry_after: float | None = None, unreachable: bool = False
+    ) -> AttemptFailed:
+        return AttemptFailed(reason, retry_after, address, run, unreachable)
 
     try:
         with ExportClient(job.server, first_contact=False) as client:
