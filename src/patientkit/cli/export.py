@@ -91,6 +91,19 @@ def aggregate(
     attempts: Annotated[
         int, typer.Option(min=1, help="Attempts per download before the job fails.")
     ] = 6,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PATIENTKIT_SCHEDULER",
+            metavar="URL",
+            help="Count on this Dask cluster (tcp://HOST:8786) instead of local processes; "
+            "needs patientkit[dask]. The workers fetch from --server themselves.",
+        ),
+    ] = None,
+    scheduler_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds to wait for the scheduler, and for its first worker."),
+    ] = 10.0,
 ) -> None:
     """Count events per patient and event type over every download of a served export.
 
@@ -103,25 +116,30 @@ def aggregate(
         patientkit export aggregate demo --server http://127.0.0.1:8000 -o demo.json
 
         patientkit export aggregate demo --format table
+
+        patientkit export aggregate demo --scheduler tcp://10.0.0.5:8786 --server http://10.0.0.2:8000
     """
     from dataclasses import replace
 
     from patientkit.client.http import DEFAULT_RETRY
     from patientkit.workflows.aggregate import AggregateHooks, aggregate_export
 
+    retry = replace(DEFAULT_RETRY, attempts=attempts)
     with interruptible("nothing was counted"), Meter(f"export {export_id}") as meter:
-        counts = aggregate_export(
-            server,
-            export_id,
-            concurrency or cpu_count(),
-            replace(DEFAULT_RETRY, attempts=attempts),
-            AggregateHooks(
-                on_start=meter.start,
-                on_progress=meter.advance,
-                on_retry=output.warn_retry,
-                on_done=lambda download_id, rows: meter.part_done(),
-            ),
+        events = AggregateHooks(
+            on_start=meter.start,
+            on_progress=meter.advance,
+            on_retry=output.warn_retry,
+            on_done=lambda download_id, rows: meter.part_done(),
         )
+        if scheduler:  # on a Dask cluster (SPEC.md Scale-out)
+            from patientkit.cluster import aggregate_on_cluster
+
+            counts = aggregate_on_cluster(
+                scheduler, server, export_id, retry, events, scheduler_timeout
+            )
+        else:
+            counts = aggregate_export(server, export_id, concurrency or cpu_count(), retry, events)
     emit_report(counts.report(), fmt, out)
     _summary(meter, counts.rows)
 

@@ -120,30 +120,7 @@ def aggregate_export(
 ) -> Counts:
     """Count every download of an export; the exact total, or an exception."""
     events = events or AggregateHooks()
-
-    def note_retry(what: str) -> Callable[[int, str, float], None]:
-        def hook(attempt: int, reason: str, delay: float) -> None:
-            if events.on_retry is not None:
-                events.on_retry(what, attempt, reason, delay)
-
-        return hook
-
-    with ExportClient(server, retry) as client:
-        download_ids = client.download_ids(export_id, note_retry(f"export {export_id}"))
-        jobs = [
-            Job(
-                server,
-                export_id,
-                download_id,
-                client.download(
-                    export_id, download_id, note_retry(f"metadata of download {download_id}")
-                )["rows"],
-                retry,
-            )
-            for download_id in download_ids
-        ]
-    if events.on_start is not None:
-        events.on_start(len(jobs), sum(job.rows for job in jobs))
+    jobs = plan_jobs(server, export_id, retry, events)
     total = Counts()
     if not jobs:
         return total
@@ -169,3 +146,34 @@ def aggregate_export(
             if events.on_done is not None:
                 events.on_done(outcome.download_id, outcome.counts.rows)
     return total
+
+
+def plan_jobs(server: str, export_id: str, retry: RetryPolicy, events: AggregateHooks) -> list[Job]:
+    """One Job per download of the export, with the rows its metadata says (the local
+    pool's plan and `patientkit.cluster`'s); `events.on_start` hears their number and
+    rows. Raises RemoteError (exit 2) for an export or download the server lacks."""
+
+    def note_retry(what: str) -> Callable[[int, str, float], None]:
+        def hook(attempt: int, reason: str, delay: float) -> None:
+            if events.on_retry is not None:
+                events.on_retry(what, attempt, reason, delay)
+
+        return hook
+
+    with ExportClient(server, retry) as client:
+        download_ids = client.download_ids(export_id, note_retry(f"export {export_id}"))
+        jobs = [
+            Job(
+                server,
+                export_id,
+                download_id,
+                client.download(
+                    export_id, download_id, note_retry(f"metadata of download {download_id}")
+                )["rows"],
+                retry,
+            )
+            for download_id in download_ids
+        ]
+    if events.on_start is not None:
+        events.on_start(len(jobs), sum(job.rows for job in jobs))
+    return jobs

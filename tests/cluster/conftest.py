@@ -1,0 +1,144 @@
+"""A real Dask cluster for the cluster tests: `dask scheduler` and `dask worker
+--no-nanny` processes on 127.0.0.1, started once per module; and a bulk export big
+enough that a download takes a moment to count (a worker can be killed in the middle)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, cli_env
+
+distributed = pytest.importorskip("distributed")
+
+ADDRESS = re.compile(r"Scheduler at:\s+(tcp://[0-9.]+:[0-9]+)")
+DASK = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
+
+
+def start_scheduler(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A `dask scheduler` on a free loopback port; its process and address."""
+    log = folder / f"scheduler-{uuid.uuid4().hex[:6]}.log"
+    process = subprocess.Popen(
+        [*DASK, "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        cwd=folder,
+        env=cli_env(),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = ADDRESS.search(log.read_text())
+        if found:
+            return process, found.group(1)
+        if process.poll() is not None:
+            raise RuntimeError(f"dask scheduler exited:\n{log.read_text()}")
+        time.sleep(0.1)
+    raise RuntimeError(f"dask scheduler did not start:\n{log.read_text()}")
+
+
+def start_worker(folder: Path, address: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A single-threaded `dask worker --no-nanny` (SIGKILL ends it for good)."""
+    name = uuid.uuid4().hex[:6]
+    return subprocess.Popen(
+        [
+            *WORKER,
+            address,
+            "--no-nanny",
+            "--nthreads",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--no-dashboard",
+            "--local-directory",
+            str(folder / f"worker-{name}"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / f"worker-{name}.log").open("wb"),
+        cwd=folder,
+        env={**cli_env(), **(env or {})},
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class Cluster:
+    """A scheduler and its workers; `client` is the tests' own view of it."""
+
+    def __init__(self, folder: Path, workers: int) -> None:
+        self.folder = folder
+        self.scheduler, self.address = start_scheduler(folder)
+        self.workers = [start_worker(folder, self.address) for _ in range(workers)]
+        self.client = distributed.Client(self.address, set_as_default=False, timeout=30)
+        self.wait_for(workers)
+
+    def wait_for(self, n: int, timeout: float = 60) -> None:
+        """Until exactly n workers are known to the scheduler."""
+        deadline = time.monotonic() + timeout
+        while len(self.client.scheduler_info(n_workers=-1)["workers"]) != n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not reach {n} workers")
+            time.sleep(0.1)
+
+    def add_worker(self) -> None:
+        self.workers.append(start_worker(self.folder, self.address))
+
+    def close(self) -> None:
+        self.client.close()
+        for worker in self.workers:
+            stop(worker)
+        stop(self.scheduler)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two single-threaded worker processes and their scheduler, for the module."""
+    running = Cluster(tmp_path_factory.mktemp("dask"), workers=2)
+    yield running
+    running.close()
+
+
+BULK_PATIENTS = ("B001", "B002", "B003", "B004", "B005")
+BULK_EVENTS = ("heart_rate", "spo2", "bp_sys")
+
+
+def write_bulk(root: Path, name: str, downloads: int, rows: int) -> Path:
+    """`root/NAME/`: `downloads` CSV downloads of about `rows` rows each (5 patients, 3
+    event types, different counts per download), written in well under a second."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    block = "".join(
+        f"{patient},2025-08-26T00:00:{i % 60:02d}.000000Z,{event},{60 + i % 40}\n"
+        for i, (patient, event) in enumerate((p, e) for e in BULK_EVENTS for p in BULK_PATIENTS)
+    )
+    for n in range(downloads):
+        extra = "".join(f"B00{1 + n % 5},2025-08-26T01:00:00Z,spo2,9{n}\n" for _ in range(n))
+        text = "patient_id,event_time,event_type,value\n" + block * (rows // 15) + extra
+        (folder / f"{uuid.UUID(int=n + 1)}.csv").write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bulk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`bulk` (8 downloads of 200,000 rows, 8 MB each) and `many` (8 of 10,000 rows)."""
+    root = tmp_path_factory.mktemp("bulk")
+    write_bulk(root, "bulk", downloads=8, rows=200_000)
+    write_bulk(root, "many", downloads=8, rows=10_000)
+    server = Server(tmp_path_factory.mktemp("logs") / "bulk-serve.log", "--exports", str(root))
+    server.root = root  # type: ignore[attr-defined]
+    yield server
+    server.stop()

@@ -1,0 +1,299 @@
+"""`export aggregate --scheduler`: the same answers as local aggregation, from a real Dask
+scheduler and two `dask worker --no-nanny` processes, the export from a real
+`patientkit serve` (SPEC.md Scale-out); failures injected by `serve --chaos` and by
+SIGKILLing a worker mid-run; the cluster's errors as one line each, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
+from tests.cluster.conftest import start_scheduler, start_worker, stop
+from tests.conftest import cli_env, run_cli
+
+
+def on_cluster(cluster, server_url: str, *args: str, **kwargs):
+    return run_cli(
+        "export", "aggregate", *args, "--server", server_url, "--scheduler", cluster.address,
+        **kwargs,
+    )  # fmt: skip
+
+
+def local_count(folder: Path) -> dict:
+    done = run_cli("export", "count", str(folder), "--workers", "1")
+    assert done.code == 0, done.err
+    return done.json()
+
+
+def data_requests(server) -> int:
+    return sum(
+        1
+        for line in server.log_lines()
+        if line.get("event") == "request" and str(line.get("path", "")).endswith("/data")
+    )
+
+
+def test_demo_equals_the_local_count_in_every_format(cluster, demo_server, exports_dir, tmp_path):
+    done = on_cluster(cluster, demo_server.url, "demo", "-o", str(tmp_path / "demo.json"))
+    assert done.code == 0, done.err
+    assert done.json() == local_count(exports_dir / "demo")
+    assert json.loads((tmp_path / "demo.json").read_text()) == done.json()
+    assert "counted 13,698 rows" in done.err
+    local = run_cli("export", "aggregate", "demo", "--server", demo_server.url, "--format", "csv")
+    remote = run_cli(  # the scheduler from the environment
+        "export", "aggregate", "demo", "--server", demo_server.url, "--format", "csv",
+        env={"PATIENTKIT_SCHEDULER": cluster.address},
+    )  # fmt: skip
+    assert (remote.code, remote.out) == (0, local.out)
+    assert local.out.startswith("patient_id,event_type,count\n")
+
+
+def test_bulk_equals_the_local_count(cluster, bulk_server):
+    done = on_cluster(cluster, bulk_server.url, "bulk")
+    assert done.code == 0, done.err
+    expected = local_count(bulk_server.root / "bulk")
+    assert done.json() == expected
+    assert sum(expected["totals"].values()) == 8 * 199_995 + sum(range(8))
+
+
+def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
+    """`serve --chaos 0.3`: 503s and downloads cut short, on the workers' requests too;
+    each failed attempt is retried from the start and the totals are exact."""
+    server = serve("--exports", str(bulk_server.root), "--chaos", "0.3", "--chaos-seed", "5")
+    done = on_cluster(cluster, server.url, "many", "--attempts", "20")
+    assert done.code == 0, done.err
+    assert done.json() == local_count(bulk_server.root / "many")
+    hit = [
+        line["chaos"]
+        for line in server.log_lines()
+        if line.get("event") == "request" and line["chaos"] and line["route"].endswith("/data")
+    ]
+    assert hit, "chaos failed no download"
+    assert "on worker tcp://127.0.0.1:" in done.err  # the retries, with where they failed
+
+
+def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
+    """SIGKILL the worker counting a download, mid-download: Dask re-runs its task on the
+    other worker; the totals are still exact."""
+    before = data_requests(bulk_server)
+    old_topics = set(cluster.client.get_events())  # of earlier runs
+    run = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", "export", "aggregate", "bulk",
+         "--server", bulk_server.url, "--scheduler", cluster.address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline:
+        for topic, events in cluster.client.get_events().items():
+            if topic.startswith("patientkit-progress-") and topic not in old_topics and events:
+                victim = events[0][1][4]  # the worker of the first download under way
+        time.sleep(0.02)
+    assert victim is not None, "no download started"
+    pids = cluster.client.run(os.getpid, workers=[victim])
+    os.kill(pids[victim], signal.SIGKILL)
+    out, err = run.communicate(timeout=120)
+    try:
+        assert run.returncode == 0, err.decode()
+        assert json.loads(out) == local_count(bulk_server.root / "bulk")
+        assert data_requests(bulk_server) - before == 9  # the killed one, and its re-run
+    finally:
+        cluster.workers = [w for w in cluster.workers if w.poll() is None]
+        cluster.add_worker()
+        cluster.wait_for(2)
+
+
+def test_progress_reaches_the_terminal(cluster, bulk_server):
+    process, main = on_a_terminal(
+        "export", "aggregate", "bulk", "--server", bulk_server.url, "--scheduler", cluster.address
+    )
+    try:
+        screen = read_for(main, 0.5)
+        while process.poll() is None:
+            screen += read_for(main, 0.5)
+        screen += read_for(main, 0.2)
+    finally:
+        os.close(main)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    total = sum(json.loads(out)["totals"].values())
+    found = [m for f in frames(screen) if (m := ROWS.search(f))]
+    shown = [int(m.group(1).replace(",", "")) for m in found]
+    assert any(0 < rows < total for rows in shown), shown  # rows came in while counting
+    assert max(shown) <= total  # never more than there are
+    assert {m.group(2) for m in found} == {f"{total:,}"}  # out of the rows expected
+
+
+def test_ctrl_c_cancels_the_tasks_and_exits_130(cluster, bulk_server):
+    run = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", "export", "aggregate", "bulk",
+         "--server", bulk_server.url, "--scheduler", cluster.address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(cluster.client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err.decode()
+    assert out == b""
+    assert err.decode().strip().splitlines()[-1] == "error: interrupted: nothing was counted"
+    deadline = time.monotonic() + 10
+    while any(cluster.client.processing().values()):  # cancelled: none left on the cluster
+        assert time.monotonic() < deadline, cluster.client.processing()
+        time.sleep(0.1)
+
+
+def test_workers_that_cannot_reach_the_export_server(cluster, demo_server):
+    """A URL only the client can reach: this port takes one connection (the client's
+    metadata requests, kept alive) and then listens no more."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    target = demo_server.url.removeprefix("http://").split(":")
+
+    def relay_once() -> None:
+        inside, _ = listener.accept()
+        listener.close()
+        outside = socket.create_connection((target[0], int(target[1])))
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.close()
+
+        threading.Thread(target=pipe, args=(outside, inside), daemon=True).start()
+        pipe(inside, outside)
+
+    threading.Thread(target=relay_once, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    done = on_cluster(cluster, url, "demo", "--attempts", "2")
+    assert done.code == 2, done.err
+    assert done.out == ""
+    [line] = [line for line in done.err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: worker tcp://127.0.0.1:")
+    assert line.endswith(
+        f"cannot reach the export server {url} (Connection refused, 2 attempts): --server "
+        "must be a URL that the Dask workers can reach"
+    )
+
+
+def test_no_scheduler_is_one_line(demo_server):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{free.getsockname()[1]}"
+    done = run_cli(
+        "export", "aggregate", "demo", "--server", demo_server.url, "--scheduler", address,
+        "--scheduler-timeout", "1",
+    )  # fmt: skip
+    assert (done.code, done.out) == (2, "")
+    assert done.err == (
+        f"error: cannot connect to the Dask scheduler {address} (no answer within 1s): is it "
+        "running? Start one with `dask scheduler`\n"
+    )
+
+
+def test_not_a_scheduler_address(demo_server):
+    done = run_cli(
+        "export", "aggregate", "demo", "--server", demo_server.url,
+        "--scheduler", "http://127.0.0.1:8786",
+    )  # fmt: skip
+    assert (done.code, done.out) == (2, "")
+    assert done.err == (
+        "error: --scheduler 'http://127.0.0.1:8786' is not a Dask scheduler address "
+        "(expected tcp://HOST:PORT, as `dask scheduler` prints)\n"
+    )
+
+
+def test_no_workers_then_a_worker_of_another_version(demo_server, tmp_path):
+    """A scheduler alone: the bounded wait, then one line. Then a worker whose patientkit
+    says another version (a dist-info ahead of ours on its path): one line."""
+    scheduler, address = start_scheduler(tmp_path)
+    worker = None
+    try:
+        done = run_cli(
+            "export", "aggregate", "demo", "--server", demo_server.url, "--scheduler", address,
+            "--scheduler-timeout", "1",
+        )  # fmt: skip
+        assert (done.code, done.out) == (2, "")
+        assert done.err == (
+            f"error: the Dask scheduler {address} has no workers (waited 1s): start some with "
+            f"`dask worker {address}`\n"
+        )
+        fake = tmp_path / "fake" / "patientkit-9.9.9.dist-info"
+        fake.mkdir(parents=True)
+        (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: patientkit\nVersion: 9.9.9\n")
+        worker = start_worker(tmp_path, address, env={"PYTHONPATH": str(fake.parent)})
+        done = run_cli(
+            "export", "aggregate", "demo", "--server", demo_server.url, "--scheduler", address,
+            "--scheduler-timeout", "60",
+        )  # fmt: skip
+        assert (done.code, done.out) == (2, ""), done.err
+        [line] = done.err.splitlines()
+        assert line.startswith(f"error: version mismatch on the Dask cluster {address}: worker ")
+        assert line.endswith(
+            " has patientkit 9.9.9 (here 0.1.0); install the same versions on every worker "
+            "(pip install 'patientkit[dask]==0.1.0')"
+        )
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(scheduler)
+
+
+def test_without_the_dask_extra(demo_server):
+    """distributed not importable: the install line, exit 2; and it is never imported
+    without --scheduler."""
+    hide = "import sys; sys.modules['distributed'] = None; "
+    main = "from patientkit.cli.app import main; sys.argv[0] = 'patientkit'; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", hide + main, "export", "aggregate", "demo",
+         "--server", demo_server.url, "--scheduler", "tcp://127.0.0.1:8786"],
+        capture_output=True, text=True, env=cli_env(), timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "error: --scheduler needs Dask's distributed, which is not installed: "
+        "pip install 'patientkit[dask]'\n"
+    )
+    local = subprocess.run(
+        [sys.executable, "-c", hide + main, "export", "aggregate", "demo",
+         "--server", demo_server.url, "--concurrency", "1"],
+        capture_output=True, text=True, env=cli_env(), timeout=60,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+
+
+def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
+    """A download shorter than its metadata (retried, then exit 1) and one with a
+    malformed row (exit 1 at once, file and line): the same last line as local, no
+    output."""
+    short, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / f"{short}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
+    meta = {"id": short, "rows": 3, "event_types": ["a", "b"], "patients": ["P1", "P2"],
+            "start_time": None, "end_time": None}  # fmt: skip
+    (tmp_path / "short" / f"{short}.meta.json").write_text(json.dumps(meta))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / f"{bad}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
+    server = serve("--exports", str(tmp_path))
+    for export_id, last in [
+        (
+            "short",
+            f"error: download {short}: short download: counted 2 of 3 rows (after 2 attempts)",
+        ),
+        ("bad", f"error: bad/{bad}:3: expected 2 fields, found 1"),
+    ]:
+        local = run_cli("export", "aggregate", export_id, "--server", server.url, "--attempts", "2")
+        remote = on_cluster(cluster, server.url, export_id, "--attempts", "2")
+        for done in (local, remote):
+            assert (done.code, done.out) == (1, ""), done.err
+            assert done.err.splitlines()[-1] == last
