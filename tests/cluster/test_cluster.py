@@ -38,7 +38,7 @@ def data_requests(server) -> int:
     return sum(
         1
         for line in server.log_lines()
-        if line.get("event") == "request" and str(line.get("path", "")).endswith("/data")
+        if line.get("event") == "request" and str(line.get("route", "")).endswith("/data")
     )
 
 
