@@ -567,3 +567,40 @@ def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg
         assert len(killed) == 1  # the batch did die once, and was retried whole
         assert store.reading_totals() == (50, 200_000, expected)
         assert store.add_records([record("after")]) == [True]  # the pool recovered
+
+
+@needs_pg
+def test_a_reading_a_concurrent_writer_stores_meanwhile_is_counted_once(pg_url):
+    """A key stored by a transaction still open when the batch comes: the batch waits for
+    it, then skips that key (the anti-join missed it: redone as ON CONFLICT DO NOTHING)."""
+    import psycopg
+
+    from patientkit.postgres import PostgresStore
+
+    with PostgresStore(pg_url) as store, psycopg.connect(pg_url) as other:
+        store.add_readings([reading(1, "t", 1)])
+        other.execute(
+            "INSERT INTO readings (device_id, instant, count, timestamp)"
+            " VALUES (%s, 2, 40, 'theirs')",
+            (DEVICE,),
+        )
+        other.execute(
+            "UPDATE devices SET cumulative_count = cumulative_count + 40, latest_instant = 2,"
+            " latest_timestamp = 'theirs' WHERE device_id = %s",
+            (DEVICE,),
+        )
+        added: list[int] = []
+        writer = threading.Thread(
+            target=lambda: added.append(
+                store.add_readings([reading(5, "ours", 2), reading(7, "ours", 3)])
+            )
+        )
+        writer.start()
+        time.sleep(0.5)
+        assert writer.is_alive()  # waiting for the other transaction's key
+        other.commit()
+        writer.join(timeout=30)
+        assert added == [1]
+        assert store.cumulative_count(DEVICE) == 1 + 40 + 7
+        assert store.latest_timestamp(DEVICE) == "ours"
+        assert store.reading_totals() == (1, 3, 48)
