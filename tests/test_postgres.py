@@ -395,14 +395,18 @@ def test_shared_instance_across_threads(pg_url):
 def test_schema_version_info_and_a_newer_schema(pg_url):
     import psycopg
 
-    from patientkit.postgres import SCHEMA_VERSION, PostgresStore
+    from patientkit.postgres import SCHEMA_VERSION, PostgresStore, describe
 
+    empty = {"backend": "postgresql", "schema_version": 0, "readings": 0, "devices": 0}
+    assert describe(pg_url) == {**empty, "records": 0, "clinics": 0, "bytes": 0}  # not created
     with PostgresStore(pg_url) as store:
         assert store.schema_version() == SCHEMA_VERSION == 1
         store.add_readings([reading(3, "t", 1), reading(4, "t", 2, OTHER)])
         store.add_records([record("A", clinic="C1"), record("B", clinic="C2"), record("C")])
         info = store.info()
-    assert isinstance(info.pop("bytes"), int)
+    assert describe(pg_url) == info
+    size = info.pop("bytes")
+    assert isinstance(size, int) and size > 0
     assert info == {
         "backend": "postgresql",
         "schema_version": 1,

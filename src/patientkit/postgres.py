@@ -32,7 +32,6 @@ this module is imported only when a `postgresql://` or `postgres://` URL is give
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -221,7 +220,6 @@ class PostgresStore:
             open=True,
             name="patientkit",
         )
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.close()
@@ -241,9 +239,10 @@ class PostgresStore:
 
     # -- transactions ---------------------------------------------------------------------
 
-    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """work(conn) in one transaction, retried from the start on a transient failure
-        until `retry_deadline`, then UsageError. Other errors propagate (rolled back)."""
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T], write: bool = True) -> T:
+        """work(conn) in one transaction (write=False: its statements each on their own,
+        for reads), retried from the start on a transient failure until `retry_deadline`,
+        then UsageError. Other errors propagate (rolled back)."""
         deadline = time.monotonic() + self.retry_deadline
         pause = 0.01
         while True:
@@ -251,6 +250,8 @@ class PostgresStore:
             committing = False
             try:
                 with self.pool.connection() as conn:
+                    if not write:
+                        return work(conn)
                     with conn.transaction():
                         result = work(conn)
                         row = conn.execute("SELECT txid_current_if_assigned()::text").fetchone()
@@ -291,7 +292,7 @@ class PostgresStore:
         def work(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
             return conn.execute(query, params).fetchall()
 
-        return self._run(work)
+        return self._run(work, write=False)
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -319,32 +320,8 @@ class PostgresStore:
                 conn.execute("UPDATE patientkit_schema SET version = %s", (number + 1,))
 
     def info(self) -> dict[str, object]:
-        """What the store holds: `{"backend": "postgresql", "schema_version", "readings",
-        "devices", "records", "clinics", "bytes"}`; `bytes` is the size of the store's
-        tables with their indexes and TOAST (not the whole database)."""
-
-        def work(conn: psycopg.Connection[Any]) -> dict[str, object]:
-            def one(query: str) -> int:
-                row = conn.execute(query).fetchone()
-                return int(row[0]) if row else 0
-
-            return {
-                "backend": "postgresql",
-                "schema_version": one("SELECT version FROM patientkit_schema"),
-                "readings": one("SELECT count(*) FROM readings"),
-                "devices": one("SELECT count(*) FROM devices"),
-                "records": one("SELECT count(*) FROM test_records"),
-                "clinics": one(
-                    "SELECT count(*) FROM (SELECT DISTINCT clinic_id FROM test_records) c"
-                ),
-                "bytes": one(
-                    "SELECT sum(pg_total_relation_size(to_regclass(t))) FROM unnest(ARRAY"
-                    "['patientkit_schema', 'readings', 'devices', 'test_records',"
-                    " 'request_log']) t"
-                ),
-            }
-
-        return self._run(work)
+        """What the store holds (`describe`)."""
+        return self._run(_describe, write=False)
 
     # -- readings -------------------------------------------------------------------------
 
@@ -393,7 +370,7 @@ class PostgresStore:
             readings = conn.execute("SELECT count(*) FROM readings").fetchone() or (0,)
             return int(devices), int(readings[0]), int(total)
 
-        return self._run(work)
+        return self._run(work, write=False)
 
     # -- test records ---------------------------------------------------------------------
 
@@ -590,3 +567,57 @@ def _log_answers(conn: psycopg.Connection[Any], log: Sequence[tuple[str, str, in
         )
     except errors.UniqueViolation as exc:
         raise Transient("a concurrent request answered first") from exc
+
+
+TABLES = ("patientkit_schema", "readings", "devices", "test_records", "request_log")
+
+
+def _describe(conn: psycopg.Connection[Any]) -> dict[str, object]:
+    """`{"backend": "postgresql", "schema_version", "readings", "devices", "records",
+    "clinics", "bytes"}` of the store on `conn`; tables it does not have yet count 0.
+    `bytes` is the size of the store's tables with their indexes and TOAST (not the
+    whole database's)."""
+    present = {
+        name
+        for (name,) in conn.execute(
+            "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NOT NULL", (list(TABLES),)
+        )
+    }
+
+    def one(query: str, table: str) -> int:
+        if table not in present:
+            return 0
+        row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+        return int(row[0]) if row and row[0] is not None else 0
+
+    size = conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM unnest(%s::text[]) t",
+        (sorted(present),),
+    ).fetchone()
+    return {
+        "backend": "postgresql",
+        "schema_version": one("SELECT version FROM patientkit_schema", "patientkit_schema"),
+        "readings": one("SELECT count(*) FROM readings", "readings"),
+        "devices": one("SELECT count(*) FROM devices", "devices"),
+        "records": one("SELECT count(*) FROM test_records", "test_records"),
+        "clinics": one(
+            "SELECT count(*) FROM (SELECT DISTINCT clinic_id FROM test_records) c", "test_records"
+        ),
+        "bytes": int(size[0]) if size else 0,
+    }
+
+
+def describe(url: str) -> dict[str, object]:
+    """What the PostgreSQL store at `url` holds, without creating or migrating its schema
+    (as `storage.describe` for a SQLite file; `store info`): see `_describe`. UsageError
+    when the server cannot be reached or refuses us (the password shown as `***`)."""
+    shown = masked(url)
+    password = urlsplit(url).password if "://" in url else None
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
+            return _describe(conn)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if password:
+            reason = reason.replace(password, "***")
+        raise UsageError(f"cannot read the store {shown}: {reason}") from None
