@@ -7,8 +7,10 @@ the reason shown (`-ra`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -608,3 +610,97 @@ def test_a_reading_a_concurrent_writer_stores_meanwhile_is_counted_once(pg_url):
         assert store.cumulative_count(DEVICE) == 1 + 40 + 7
         assert store.latest_timestamp(DEVICE) == "ours"
         assert store.reading_totals() == (1, 3, 48)
+
+
+class DropAfterCommit:
+    """A TCP proxy to PostgreSQL that, once armed, forwards a client's COMMIT and then cuts
+    the connection before the server's answer reaches the client: the transaction
+    committed, and the client cannot know (a network failure at the worst moment)."""
+
+    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            cut = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+
+    def _up(self, client, server, cut) -> None:
+        while data := _recv(client):
+            if self.armed.is_set() and self.COMMIT in data:
+                self.armed.clear()
+                cut.set()
+            server.sendall(data)
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+        server.close()
+
+    def _down(self, server, client, cut) -> None:
+        while data := _recv(server):
+            if cut.is_set():  # the answer to COMMIT: never delivered
+                self.dropped += 1
+                break
+            client.sendall(data)
+        for sock in (client, server):  # shutdown: a recv blocked in _up would keep it open
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _recv(sock) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+@needs_pg
+def test_a_connection_lost_after_commit_is_neither_applied_twice_nor_misreported(pg_url):
+    """The COMMIT went through but its answer was lost: the store learns from the
+    transaction's id that it committed, and answers as if nothing had happened."""
+    from patientkit.postgres import PostgresStore
+
+    parts = urlsplit(pg_url)
+    proxy = DropAfterCommit(parts.hostname or "127.0.0.1", parts.port or 5432)
+    url = urlunsplit(
+        parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}", query="sslmode=disable")
+    )
+    try:
+        with PostgresStore(url) as store:
+            proxy.armed.set()
+            assert store.add_readings([reading(3, "t", n) for n in range(1000)]) == 1000
+            assert proxy.dropped == 1
+            assert store.reading_totals() == (1, 1000, 3000)
+
+            proxy.armed.set()
+            assert store.add_records([record("A"), record("B"), record("A")]) == [
+                True,
+                True,
+                False,
+            ]
+            assert proxy.dropped == 2
+
+            proxy.armed.set()
+            body = store.add_batch_once([record("C")], "req", lambda created: str(created))
+            assert body == ("[True]", False)
+            assert proxy.dropped == 3
+            assert store.add_batch_once([record("C")], "req", str) == ("[True]", True)
+            assert store.record_count() == 3
+    finally:
+        proxy.close()
