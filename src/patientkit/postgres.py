@@ -16,7 +16,8 @@ this module is imported only when a `postgresql://` or `postgres://` URL is give
   whose key is not stored (an anti-join), and if a concurrent writer stores one of them
   meanwhile, the statement is redone (after a savepoint) as `ON CONFLICT DO NOTHING`.
 * The schema has a version (table `patientkit_schema`); migrations run in one transaction
-  under `pg_advisory_xact_lock`, so concurrent first users never race.
+  under an advisory lock (`pg_advisory_lock`, held around that transaction), so
+  concurrent first users never race: the others wait, then find the schema made.
 * Transient failures — serialization failures, deadlocks, a dropped connection, a server
   shutting down or restarting, a pool with no connection to give — are retried from the
   start of the transaction with exponential backoff and jitter, until `retry_deadline`.
@@ -262,6 +263,8 @@ class PostgresStore:
                     errors.DeadlockDetected, Transient) as exc:  # fmt: skip
                 if committing and xid is not None and self._committed(xid, deadline):
                     return result
+                if isinstance(exc, psycopg.OperationalError):
+                    self.pool.check()  # a restarted server: drop every dead connection at once
                 if time.monotonic() > deadline:
                     raise UsageError(
                         f"the store {self.shown} kept failing: {self._reason(exc)}"
@@ -302,22 +305,29 @@ class PostgresStore:
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         if _version(conn) == SCHEMA_VERSION:
             return
-        with conn.transaction():
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s || current_schema()))", (SCHEMA_LOCK,)
-            )
-            version = _version(conn)
-            if version > SCHEMA_VERSION:
-                raise UsageError(
-                    f"the store {self.shown} has schema version {version}, newer than this "
-                    f"patientkit knows ({SCHEMA_VERSION}); upgrade patientkit"
-                )
-            if version == 0:
-                conn.execute("CREATE TABLE patientkit_schema (version integer NOT NULL)")
-                conn.execute("INSERT INTO patientkit_schema VALUES (0)")
-            for number in range(version, SCHEMA_VERSION):
-                conn.execute(sql.SQL(MIGRATIONS[number]))  # type: ignore[arg-type]
-                conn.execute("UPDATE patientkit_schema SET version = %s", (number + 1,))
+        # A session lock around the migration's transaction, not a transaction lock inside
+        # it: a transaction that waited for a lock held by another first user would still
+        # see the catalog as it was (the table that user created missing), and fail.
+        # The session ends with the process, and the lock with it.
+        key = (SCHEMA_LOCK,)
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s || current_schema()))", key)
+        try:
+            with conn.transaction():
+                version = _version(conn)
+                if version > SCHEMA_VERSION:
+                    raise UsageError(
+                        f"the store {self.shown} has schema version {version}, newer than "
+                        f"this patientkit knows ({SCHEMA_VERSION}); upgrade patientkit"
+                    )
+                if version == 0:
+                    conn.execute("CREATE TABLE patientkit_schema (version integer NOT NULL)")
+                    conn.execute("INSERT INTO patientkit_schema VALUES (0)")
+                for number in range(version, SCHEMA_VERSION):
+                    conn.execute(sql.SQL(MIGRATIONS[number]))  # type: ignore[arg-type]
+                    conn.execute("UPDATE patientkit_schema SET version = %s", (number + 1,))
+        finally:
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s || current_schema()))", key)
 
     def info(self) -> dict[str, object]:
         """What the store holds (`describe`)."""
