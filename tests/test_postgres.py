@@ -347,6 +347,10 @@ def test_without_a_server_the_error_is_one_line_and_hides_the_password():
     url = "postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere"
     assert masked(url) == "postgresql://someone:***@127.0.0.1:1/nowhere"
     assert masked("postgres://u@h/db") == "postgres://u@h/db"
+    assert masked("postgresql://u@h/db?sslmode=require&password=pw1") == (
+        "postgresql://u@h/db?sslmode=require&password=***"
+    )
+    assert masked("host=h password=pw2 dbname=d") == "host=h password=*** dbname=d"
     with pytest.raises(UsageError) as caught:
         PostgresStore(url)
     message = str(caught.value)

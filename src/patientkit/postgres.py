@@ -33,6 +33,7 @@ this module is imported only when a `postgresql://` or `postgres://` URL is give
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -175,17 +176,31 @@ class Transient(Exception):
     """A failure worth retrying the transaction for (internal)."""
 
 
+PASSWORD_PARAMETER = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+
+
 def masked(url: str) -> str:
-    """The URL with its password, if any, replaced by `***`."""
+    """The URL with its password, if any (`user:PASSWORD@host`, or `password=` in the
+    query or a `key=value` string), replaced by `***`."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return PASSWORD_PARAMETER.sub(r"\1***", url)
+
+
+def _passwords(url: str) -> list[str]:
+    """Every password written in `url`, to take out of error messages."""
+    found = [match.group(2) for match in PASSWORD_PARAMETER.finditer(url) if match.group(2)]
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return [*found, password] if password else found
 
 
 class PostgresStore:
@@ -206,7 +221,7 @@ class PostgresStore:
         self.url = url
         self.shown = masked(url)
         self.retry_deadline = retry_deadline
-        self._password = urlsplit(url).password if "://" in url else None
+        self._passwords = _passwords(url)
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
                 self._migrate(conn)
@@ -234,9 +249,10 @@ class PostgresStore:
     def _reason(self, exc: BaseException) -> str:
         """An error's first line, with the password (if it shows) replaced by `***`."""
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text.replace(self.url, self.shown)
+        text = text.replace(self.url, self.shown)
+        for password in self._passwords:
+            text = text.replace(password, "***")
+        return text
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -622,12 +638,11 @@ def describe(url: str) -> dict[str, object]:
     (as `storage.describe` for a SQLite file; `store info`): see `_describe`. UsageError
     when the server cannot be reached or refuses us (the password shown as `***`)."""
     shown = masked(url)
-    password = urlsplit(url).password if "://" in url else None
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
             return _describe(conn)
     except psycopg.Error as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if password:
+        for password in _passwords(url):
             reason = reason.replace(password, "***")
         raise UsageError(f"cannot read the store {shown}: {reason}") from None
