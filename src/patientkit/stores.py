@@ -12,7 +12,9 @@ depend only on the `patientkit.core.store.Store` protocol.
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,16 +32,24 @@ def is_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.split("://", 1)[0].lower() in POSTGRES_SCHEMES
 
 
+PASSWORD_PARAMETER = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+
+
 def shown(target: str | Path) -> str:
-    """The target as messages show it: a URL's password replaced by `***`."""
-    if not is_url(target):
+    """The target as messages and logs show it: a path as it is; a URL with its password,
+    if any (`user:PASSWORD@host`, or `password=` in the query or a libpq `key=value`
+    string), replaced by `***`."""
+    if isinstance(target, Path):
         return str(target)
-    parts = urlsplit(str(target))
-    if parts.password is None:
-        return str(target)
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return "***"
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        target = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return PASSWORD_PARAMETER.sub(r"\1***", target)
 
 
 def open_store(target: str | Path) -> Store:
@@ -47,7 +57,8 @@ def open_store(target: str | Path) -> Store:
     URL, else the SQLite file. UsageError (exit 2) if it cannot be opened, or if the
     `postgres` extra is not installed for a URL."""
     if is_url(target):
-        return _postgres(str(target))
+        store: Store = _postgres(str(target)).PostgresStore(str(target))
+        return store
     from patientkit.core.storage import SQLiteStore
 
     return SQLiteStore(target)
@@ -70,25 +81,20 @@ def store_info(target: str | Path) -> dict[str, object]:
     """What `store info` prints (SPEC.md: `store info`), never creating, migrating or
     changing a SQLite store (`storage.describe`); a PostgreSQL store's own `info()`."""
     if is_url(target):
-        store = _postgres(str(target))
-        try:
-            return store.info()
-        finally:
-            store.close()
+        info: dict[str, object] = _postgres(str(target)).describe(str(target))
+        return info
     from patientkit.core.storage import describe
 
     return describe(target)
 
 
-def _postgres(url: str) -> Store:
-    """A `PostgresStore(url)`, imported now; UsageError when psycopg (or the module) is
-    not installed."""
-    try:  # by name: the module is optional, and imports psycopg at once
-        module = importlib.import_module("patientkit.postgres")
+def _postgres(url: str) -> ModuleType:
+    """`patientkit.postgres`, imported now (it imports psycopg at once); UsageError when
+    psycopg (or the module) is not installed."""
+    try:  # by name: the module is optional
+        return importlib.import_module("patientkit.postgres")
     except ModuleNotFoundError as exc:
         missing = "" if (exc.name or "").startswith("patientkit") else f" ({exc.name} is missing)"
         raise UsageError(
             f"{shown(url)}: a PostgreSQL store needs the postgres extra{missing}: {POSTGRES_EXTRA}"
         ) from None
-    store: Store = module.PostgresStore(url)
-    return store

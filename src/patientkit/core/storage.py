@@ -42,7 +42,16 @@ from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
-from patientkit.core.model import RECORD_FIELDS, Reading, RecordAnswer, record_values
+from patientkit.core.model import (
+    BATCH_KEY,
+    RECORD_COLUMNS,
+    RECORD_FIELDS,
+    Reading,
+    RecordAnswer,
+    compact_offset,
+    record_values,
+    utc_now,
+)
 from patientkit.errors import UsageError
 
 __all__ = [
@@ -63,8 +72,6 @@ CACHE_KIB = 32 << 10  # page cache per connection
 CHECKPOINT_PAGES = 8192  # WAL pages between checkpoints (each one fsyncs: not too often)
 ROWS_PER_STATEMENT = 8000  # readings in one multi-row INSERT (4 values each)
 RECORDS_PER_STATEMENT = 5000  # records in one multi-row INSERT (6 values each)
-RECORD_COLUMNS = (*RECORD_FIELDS, "created_at")
-BATCH_KEY = ""  # the request log's test_id for a batch's answer: never a record's test_id
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: device readings, with per-device totals kept beside them
@@ -169,16 +176,6 @@ def _exact_totals(db: sqlite3.Connection) -> None:
 
 MIGRATIONS.append(_exact_totals)  # 3: exact cumulative counts past 2^63 - 1
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def compact_offset(timestamp: str) -> str:
-    """`2021-09-29T16:09:15+01:00` → `2021-09-29T16:09:15+0100` (the API's %z form)."""
-    return timestamp[:-3] + timestamp[-2:] if timestamp[-3:-2] == ":" else timestamp
-
-
-def utc_now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 class SQLiteStore:
