@@ -34,12 +34,28 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from typing import Any
 
 
 class PatientkitError(Exception):
-    """Base of every error patientkit raises on purpose."""
+    """Base of every error patientkit raises on purpose. Every one pickles whole (its
+    class, args and attributes), whatever its `__init__` takes: an error raised in a
+    worker process or on a Dask worker arrives as itself."""
 
     exit_code = 1
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(
+    cls: type[PatientkitError], args: tuple[Any, ...], state: dict[str, Any]
+) -> PatientkitError:
+    """An error as `PatientkitError.__reduce__` took it apart, without calling __init__."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class UsageError(PatientkitError):

@@ -169,12 +169,27 @@ def test_a_truncated_gzip_is_a_read_error_in_a_worker_too(tmp_path):
 def test_a_worker_that_dies_is_an_error_not_a_hang():
     with WorkerPool(2) as pool, pytest.raises(WorkerDied, match="ended unexpectedly"):
         pool.map(os._exit, [0, 0, 0])
-    with WorkerPool(2) as pool, pytest.raises(RuntimeError, match="CsvError: x:1: y"):
-        pool.map(_raise_csv_error, [1])  # an exception that does not pickle arrives all the same
+    with WorkerPool(2) as pool, pytest.raises(CsvError, match="x:1: y") as raised:
+        pool.map(_raise_csv_error, [1])  # our errors pickle whole, whatever __init__ takes
+    assert (raised.value.line, raised.value.reason) == (1, "y")
+    with WorkerPool(2) as pool, pytest.raises(RuntimeError, match="Unpicklable: z"):
+        pool.map(_raise_unpicklable, [1])  # one that does not pickle arrives all the same
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}{b}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("not this one")
 
 
 def _raise_csv_error(_: int) -> None:
     raise CsvError("x", 1, "y")
+
+
+def _raise_unpicklable(_: int) -> None:
+    raise Unpicklable("z", "")
 
 
 def test_the_pool_leaves_no_process_behind():
