@@ -273,3 +273,23 @@ def test_many_threads_of_one_server_share_its_pool(serve, pg):
     with open_store(pg) as store:
         assert store.record_count() == 400
         assert store.reading_totals() == (16, 400, sum(range(1, 401)))
+
+
+@needs_pg
+def test_a_value_postgresql_cannot_hold_is_refused_for_good_not_retried(pg):
+    """The store child classifies PostgreSQL's data errors as SQLite's: refused
+    (StoreRefused: dead-lettered, never retried), the store still usable after."""
+    from patientkit.core.model import Reading
+    from patientkit.workflows.store_process import StoreProcess, StoreRefused
+
+    big = Reading(DEVICE, 2**63, "2021-09-29T16:09:15+0100", 1632928155)
+    nul = {"test_id": "T\x00", "patient_id": "P", "clinic_id": "C", "test_type": "x",
+           "result": "r"}  # fmt: skip
+    with StoreProcess(pg) as writer:
+        with pytest.raises(StoreRefused, match=r"NumericValueOutOfRange: value .* bigint"):
+            writer.call("add_readings", [big._replace(count=1), big])
+        with pytest.raises(StoreRefused, match="cannot contain NUL"):
+            writer.call("add_records", [nul])
+        assert writer.call("add_readings", [big._replace(count=1)]) == 1
+    with open_store(pg) as store:
+        assert (store.reading_totals(), store.record_count()) == ((1, 1, 1), 0)
