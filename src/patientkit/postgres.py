@@ -27,6 +27,12 @@ this module is imported only when a `postgresql://` or `postgres://` URL is give
 * A `PostgresStore` is thread-safe: each call takes a connection from its pool
   (psycopg-pool), so a server holds one instance for all its threads. It must not cross
   a fork: open one in each process.
+* Values PostgreSQL can never take (psycopg.DataError: a number out of range, text it
+  cannot hold; psycopg.IntegrityError other than the keys we handle) raise
+  `patientkit.core.store.DataRefused` (rolled back, nothing stored), so that callers
+  refuse them for good exactly as they do the SQLite store's (`core.store.DATA_ERRORS`).
+  Text cannot hold NUL (U+0000) in PostgreSQL: validation refuses it for both stores
+  (`core.validation`), and a lookup by a key holding NUL finds nothing, as on SQLite.
 * A password in the URL is never printed: messages show the URL with `***` instead.
 """
 
@@ -52,6 +58,7 @@ from patientkit.core.model import (
     record_values,
     utc_now,
 )
+from patientkit.core.store import DataRefused
 from patientkit.errors import UsageError
 from patientkit.stores import PASSWORD_PARAMETER, shown
 
@@ -169,6 +176,7 @@ INSERT_FEW_RECORDS = f"""
     ON CONFLICT DO NOTHING
     RETURNING test_id
 """
+NUL = "\x00"  # the one character PostgreSQL text cannot hold
 FEW = 64  # records up to which arrays beat COPY into the temporary table
 
 
@@ -194,6 +202,8 @@ class PostgresStore:
 
     Opening connects and creates or migrates the schema: UsageError (exit 2) when the
     server cannot be reached, refuses us, or holds a newer schema than we know."""
+
+    shared = True  # thread-safe (a pool): one instance per process
 
     def __init__(
         self,
@@ -242,7 +252,8 @@ class PostgresStore:
     def _run(self, work: Callable[[psycopg.Connection[Any]], T], write: bool = True) -> T:
         """work(conn) in one transaction (write=False: its statements each on their own,
         for reads), retried from the start on a transient failure until `retry_deadline`,
-        then UsageError. Other errors propagate (rolled back)."""
+        then UsageError. Values the database can never take: DataRefused (rolled back).
+        Other errors propagate (rolled back)."""
         deadline = time.monotonic() + self.retry_deadline
         pause = 0.01
         while True:
@@ -268,6 +279,8 @@ class PostgresStore:
                     raise UsageError(
                         f"the store {self.shown} kept failing: {self._reason(exc)}"
                     ) from None
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                raise DataRefused(f"{type(exc).__name__}: {self._reason(exc)}") from None
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 2.0)
 
@@ -358,12 +371,16 @@ class PostgresStore:
         return self._run(work)
 
     def latest_timestamp(self, device_id: str) -> str | None:
+        if NUL in device_id:  # no stored key holds one (PostgreSQL text cannot)
+            return None
         rows = self._read("SELECT latest_timestamp FROM devices WHERE device_id = %s", (device_id,))
         return compact_offset(rows[0][0]) if rows else None
 
     def cumulative_count(self, device_id: str) -> int | None:
         """The exact sum of the device's stored counts (of any size), or None if it has
         no readings."""
+        if NUL in device_id:
+            return None
         rows = self._read(
             "SELECT cumulative_count::text FROM devices WHERE device_id = %s", (device_id,)
         )
@@ -500,6 +517,8 @@ class PostgresStore:
     ) -> list[dict[str, str]]:
         """Up to `limit` records of a clinic that come after the (created_at, test_id) of
         `after` (None: from the start), in that order, through the clinic index."""
+        if NUL in clinic_id or (after is not None and NUL in after[0] + after[1]):
+            return []  # no stored record holds one (PostgreSQL text cannot)
         rows = self._read(
             f"SELECT {', '.join(RECORD_COLUMNS)} "
             "FROM test_records WHERE clinic_id = %s AND (created_at, test_id) > (%s, %s) "

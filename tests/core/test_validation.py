@@ -112,3 +112,14 @@ def test_record_problems():
     missing = dict(record)
     del missing["test_id"], missing["clinic_id"]
     assert v.record_problem(missing) == "Invalid or missing field: test_id"
+
+
+@pytest.mark.parametrize("field", ["test_id", "patient_id", "clinic_id", "test_type", "result"])
+@pytest.mark.parametrize("text", ["\x00", "a\x00", "\x00b", "a\x00b"])
+def test_nul_in_any_field_is_an_invalid_field_whatever_the_store(field, text):
+    # PostgreSQL text cannot hold NUL and SQLite can: refused before either store sees it
+    record = {k: "x" for k in ("test_id", "patient_id", "clinic_id", "test_type", "result")}
+    bad = {**record, field: text}
+    assert v.record_problem(bad) == f"Invalid or missing field: {field}"
+    assert v.all_records_valid([record, record]) is True
+    assert v.all_records_valid([record, bad]) is False

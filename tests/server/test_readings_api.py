@@ -16,9 +16,9 @@ BAD_TIMESTAMP = (
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
+def api(tmp_path_factory, store_target):
     folder = tmp_path_factory.mktemp("readings-api")
-    server = Server(folder / "serve.log", "--db", str(folder / "api.db"), "--max-body", "20000")
+    server = Server(folder / "serve.log", "--db", store_target("api"), "--max-body", "20000")
     with httpx.Client(base_url=server.url) as client:
         yield client
     server.stop()

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from patientkit.core.storage import SQLiteStore
+from patientkit.stores import open_store
 from tests.server.conftest import record
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
@@ -141,7 +142,7 @@ def test_listing_a_clinic_oldest_first_with_created_at(api, ids):
 
 
 def test_a_long_listing_is_complete_across_pages(api, ids):
-    with SQLiteStore(api.db) as store:  # faster than 1,234 POSTs; the server's own file
+    with open_store(api.db) as store:  # faster than 1,234 POSTs; the server's own store
         store.add_records([record(f"{ids}-R{n:05d}", clinic=f"{ids}-BIG") for n in range(1234)])
         store.add_records([record(f"{ids}-Z-other", clinic=f"{ids}-OTHER")])
     found = listing(api, f"{ids}-BIG")

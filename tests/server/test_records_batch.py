@@ -287,13 +287,12 @@ def test_batch_logs_carry_counts_and_no_health_data(api, ids):
 
 
 @pytest.fixture(scope="module")
-def apps(tmp_path_factory):
+def apps(store_target):
     """Two applications in this process, each on its own store: one for batches, one
     for single POSTs."""
-    folder = tmp_path_factory.mktemp("batch-apps")
     with (
-        TestClient(build_app(folder / "batch.db")) as batches,
-        TestClient(build_app(folder / "single.db")) as singles,
+        TestClient(build_app(store_target("batch"))) as batches,
+        TestClient(build_app(store_target("single"))) as singles,
     ):
         yield batches, singles
 

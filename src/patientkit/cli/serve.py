@@ -219,9 +219,9 @@ def _serve_workers(
 
     from patientkit.server.app import worker_app
     from patientkit.server.metrics import MULTIPROCESS_VARIABLE
-    from patientkit.server.stores import Stores
+    from patientkit.stores import open_store
 
-    Stores(settings["db"])  # type: ignore[arg-type]  # create and migrate once, here
+    open_store(settings["db"]).close()  # type: ignore[arg-type]  # create and migrate, here
     folder = tempfile.mkdtemp(prefix="patientkit-metrics-")
     os.environ[MULTIPROCESS_VARIABLE] = folder  # the workers inherit it
     factory = functools.partial(worker_app, settings, log_format, quiet, str(log_level))

@@ -21,13 +21,16 @@ app = typer.Typer(
 def info(db: Db = DEFAULT_DB) -> None:
     """Print what a store holds, as JSON.
 
-    The keys: backend ("sqlite"), schema_version, readings, devices, records, clinics
-    and bytes (the file and its -wal log: what the store takes on disk now). It never
-    creates, migrates or changes the store: one that does not exist is an error (exit 2).
+    The keys: backend ("sqlite" or "postgresql"), schema_version, readings, devices,
+    records, clinics and bytes (SQLite: the file and its -wal log, what the store takes
+    on disk now; PostgreSQL: its tables and indexes). It never creates, migrates or
+    changes the store: a SQLite file that does not exist is an error (exit 2).
 
     Example:
 
         patientkit store info --db readings.db
+
+        patientkit store info --db postgresql://me@db.example:5432/patientkit
     """
     from patientkit.stores import store_info
 

@@ -184,6 +184,8 @@ class SQLiteStore:
     schema, or stays locked past `lock_deadline` seconds. Implements
     `patientkit.core.store.Store`."""
 
+    shared = False  # one connection: one thread at a time (the server keeps one per thread)
+
     def __init__(
         self,
         path: str | Path,

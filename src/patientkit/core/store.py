@@ -4,23 +4,63 @@
 chooses the implementation by the target's form. Engines and the server name only this
 protocol, so a second store (PostgreSQL) is one more class, not a special case.
 
-One store object is one connection: use it from one thread at a time. Every write is one
-transaction; the semantics of each method (what "created" means, which of two duplicates
-wins, idempotent answers by request id) are those documented on `SQLiteStore`.
+A store object whose `shared` is False (SQLite) is one connection: use it from one
+thread at a time. One whose `shared` is True (PostgreSQL, a connection pool) serves every
+thread of its process, and must not cross a fork. Every write is one transaction; the
+semantics of each method (what "created" means, which of two duplicates wins, idempotent
+answers by request id) are those documented on `SQLiteStore`.
+
+Failures are told apart the same way whatever the store (`DATA_ERRORS`): a call whose
+values the store can never take raises one of them (the backend's own, or `DataRefused`,
+which a store raises for its backend's data errors) and stored nothing; the same call
+would fail again, so callers refuse those values for good (dead-letter, reject). Any
+other exception (a lock held too long, a server restarting past the store's own retry
+deadline) is transient: the call may be tried again.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from patientkit.core.model import Reading, RecordAnswer
 
 
+class DataRefused(ValueError):
+    """A store can never take the values of a call (the same call fails the same way): a
+    value its backend cannot hold, or one that breaks a constraint. Nothing of the call
+    was stored. The message says why, without the values."""
+
+
+# What a store call raises when a value itself cannot be stored: it cannot be bound (an
+# integer past 64 bits, a str with a lone surrogate, an unsupported type), the backend
+# cannot hold it (DataRefused), or it breaks a constraint. Retrying cannot help.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    DataRefused,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
+
+def refusal(exc: BaseException) -> str:
+    """A short reason for a DATA_ERRORS exception (no values quoted for Unicode errors)."""
+    if isinstance(exc, UnicodeError):
+        detail = getattr(exc, "reason", "") or "invalid text"
+        return f"{type(exc).__name__}: {detail}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Store(Protocol):
     """A store of device readings and test records (SPEC.md: the readings and records
     APIs, `store info`). Errors opening or using it are `UsageError` (exit 2) or the
-    backend's own errors for values it can never hold."""
+    backend's own errors for values it can never hold (`DATA_ERRORS`)."""
+
+    shared: bool  # one instance serves every thread of a process (see the module's doc)
 
     def close(self) -> None:
         """Close the connection."""

@@ -24,6 +24,10 @@ NOT_FOUND = "Device readings not found."
 NOT_AN_OBJECT = "Request body must be a JSON object."
 
 INVALID_JSON = "Invalid JSON"
+# NUL (U+0000) in a record's field makes it invalid (SPEC.md's "Invalid or missing field"):
+# PostgreSQL text cannot hold it and SQLite can, so both stores refuse it here, before
+# storing, and answer alike.
+NUL = "\x00"
 CLINIC_REQUIRED = "clinic_id is required"
 
 MAX_COUNT = 2**63 - 1  # the largest single count a SQLite INTEGER holds (totals have no limit)
@@ -136,17 +140,17 @@ def create_request(body: object, instants: Instants | None = None) -> list[Readi
 
 
 def bad_record_field(record: dict[str, Any]) -> str | None:
-    """The first of the five fields that is missing or not a non-empty string, or None.
-
-    A string of only white space counts as empty."""
+    """The first of the five fields that is missing or not a non-empty string without NUL
+    (U+0000), or None. A string of only white space counts as empty."""
     try:  # a valid record, checked in C: a missing field or a non-string raises
-        if all(map(str.strip, record_values(record))):
+        values = record_values(record)
+        if all(map(str.strip, values)) and NUL not in "".join(values):
             return None
     except (KeyError, TypeError):
         pass
     for field in RECORD_FIELDS:
         value = record.get(field)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value.strip() or NUL in value:
             return field
     return None
 
@@ -155,9 +159,10 @@ def all_records_valid(values: list[Any]) -> bool:
     """Whether record_problem would find nothing wrong with any of `values`: the same
     test for a list at once, in C loops (False: ask record_problem of each)."""
     try:
-        return set(map(type, values)) <= {dict} and all(
-            map(str.strip, chain.from_iterable(map(record_values, values)))
-        )
+        if not set(map(type, values)) <= {dict}:
+            return False
+        fields = list(chain.from_iterable(map(record_values, values)))
+        return all(map(str.strip, fields)) and NUL not in "".join(fields)
     except (KeyError, TypeError):  # a field missing, or not a string
         return False
 

@@ -44,7 +44,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from itertools import islice
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from starlette.concurrency import run_in_threadpool
@@ -61,7 +60,6 @@ from patientkit.server.bodies import NotJson, TooLarge, read_body, read_json
 from patientkit.server.logs import log
 from patientkit.server.middleware import REQUEST_ID
 from patientkit.server.stores import Stores
-from patientkit.stores import open_store
 
 CONFLICT = "Conflict: test_id exists"
 PAGE = 500  # records read from the store per step of a streamed list
@@ -98,10 +96,11 @@ class Job(NamedTuple):
 
 class RecordWriter:
     """The one thread that writes records for the server: a group commit of single
-    POSTs, and batches, each in a transaction of its own."""
+    POSTs, and batches, each in a transaction of its own, on that thread's store of
+    `stores` (its own SQLite connection; the process's PostgreSQL pool)."""
 
-    def __init__(self, target: str | Path) -> None:
-        self.target = target
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
         self._lock = threading.Lock()
         self._waiting = threading.Condition(self._lock)
         self._queue: list[Pending | Job] = []
@@ -132,7 +131,7 @@ class RecordWriter:
                 self._waiting.notify()
 
     def _run(self) -> None:
-        store = open_store(self.target)
+        store = self.stores.get()
         while True:
             with self._lock:
                 while not self._queue:
@@ -222,7 +221,7 @@ def _answer(record: dict[str, str], created: bool) -> RecordAnswer:
 def routes(stores: Stores, max_body: int, bulk: bool = True) -> list[Route]:
     """The records API's routes; without `bulk`, no /tests/batch (a POST there is 404,
     as on the original records server: for testing clients' fallback)."""
-    writer = RecordWriter(stores.target)
+    writer = RecordWriter(stores)
 
     async def submit(request: Request) -> Response:
         request_id = request.scope["state"]["request_id"]

@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import pickle
 import signal
-import sqlite3
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from patientkit.core.store import DATA_ERRORS, refusal
 from patientkit.errors import PatientkitError, UsageError
 from patientkit.stores import open_store
 
@@ -36,28 +36,8 @@ class StoreRefused(PatientkitError):
     """The store can never take these arguments (the same call fails the same way)."""
 
 
-# What a store call raises when a value itself cannot be stored: it cannot be bound (an
-# integer past 64 bits, a str with a lone surrogate, an unsupported type) or it breaks a
-# constraint. Retrying the same values cannot help.
-DATA_ERRORS: tuple[type[Exception], ...] = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.InterfaceError,
-    ValueError,
-    TypeError,
-    OverflowError,
-)
-
 # What pickling the arguments of a call can raise for a value that cannot be sent.
 _SEND_ERRORS: tuple[type[Exception], ...] = (pickle.PicklingError, *DATA_ERRORS)
-
-
-def refusal(exc: BaseException) -> str:
-    """A short reason for a DATA_ERRORS exception (no values quoted for Unicode errors)."""
-    if isinstance(exc, UnicodeError):
-        detail = getattr(exc, "reason", "") or "invalid text"
-        return f"{type(exc).__name__}: {detail}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _serve(target: str, conn: Connection, parent_end: Connection) -> None:
@@ -86,9 +66,9 @@ def _serve(target: str, conn: Connection, parent_end: Connection) -> None:
         method, args = request
         try:
             answer = ("ok", getattr(store, method)(*args))
-        except DATA_ERRORS as exc:
+        except DATA_ERRORS as exc:  # whatever the store (core.store): refused for good
             answer = ("refused", refusal(exc))
-        except (sqlite3.Error, PatientkitError) as exc:
+        except Exception as exc:  # a locked file, a server down past the store's retries
             answer = ("retry", f"{type(exc).__name__}: {exc}")
         try:
             conn.send(answer)

@@ -49,12 +49,12 @@ from patientkit.core.delivery import BufferStopped
 from patientkit.core.model import RECORD_FIELDS
 from patientkit.core.retry import RetryPolicy
 from patientkit.core.sinks import PayloadTooLarge, PoisonError
+from patientkit.core.store import DATA_ERRORS, refusal
 from patientkit.core.validation import all_records_valid, record_problem
 from patientkit.errors import PatientkitError, RemoteError
 from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
 from patientkit.stores import open_store
-from patientkit.workflows.store_process import DATA_ERRORS, refusal
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.records import Outcome
