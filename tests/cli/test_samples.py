@@ -21,7 +21,7 @@ from patientkit.generate import (
 )
 from patientkit.inputs import read_items
 from patientkit.replay import CSV_FIELDS, Parser
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 FORMATS = [
     ("r.ndjson", "ndjson"),

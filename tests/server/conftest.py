@@ -5,20 +5,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import Server
-
-
-def record(test_id="T1", clinic="C1", **changes):
-    """A valid test record (its patient and result marked secret, for the log checks)."""
-    value = {
-        "test_id": test_id,
-        "patient_id": "PATIENT-SECRET-7",
-        "clinic_id": clinic,
-        "test_type": "hiv-antibody",
-        "result": "RESULT-SECRET-42",
-    }
-    value.update(changes)
-    return value
+from tests.helpers import Server
 
 
 @pytest.fixture(scope="module")

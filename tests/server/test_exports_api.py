@@ -108,7 +108,7 @@ def test_chaos_fails_the_given_share_half_503_half_cut(serve, exports_dir):
 
 
 def test_serve_refuses_a_missing_exports_folder(tmp_path):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli("serve", "--exports", str(tmp_path / "nope"), "--port", "0")
     assert result.code == 2

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.helpers import Server
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"  # the rule tests store nothing
 BAD_TIMESTAMP = (

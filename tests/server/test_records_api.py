@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from patientkit.core.storage import Store
-from tests.server.conftest import record
+from tests.helpers import record
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 CREATED_AT = 27  # len("2025-01-02T03:04:05.123456Z")

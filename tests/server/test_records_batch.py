@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
-from tests.server.conftest import record
+from tests.helpers import record
 
 NDJSON = {"content-type": "application/x-ndjson"}
 CONFLICT = "Conflict: test_id exists"

@@ -1,0 +1,115 @@
+"""What the tests share that is not a fixture: running the CLI, a `patientkit serve`
+process, a valid test record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI run: this one without the PATIENTKIT_* settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
+
+
+def _run_env(env: dict | None) -> dict[str, str]:
+    return {**cli_env(), "COLUMNS": "200", **(env or {})}
+
+
+def run_cli(
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> Result:
+    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr. The
+    working folder is `cwd`, else the session's (never the repository: see
+    outside_the_repository)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "patientkit", *args],
+        input=input.encode() if isinstance(input, str) else input,
+        capture_output=True,
+        env=_run_env(env),
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+class Server:
+    """A `patientkit serve` child process on a free port, its log in a file."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        self.log = log
+        self.stream = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stream,
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if line.startswith("{") and json.loads(line).get("event") == "serving":
+                    url = json.loads(line)["url"]
+                    if httpx.get(f"{url}/api/ping").status_code == 200:
+                        return url
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited early:\n{self.log.read_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"serve did not start:\n{self.log.read_text()}")
+
+    def log_lines(self) -> list[dict]:
+        return [
+            json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
+        ]
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM); `stop` waits for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stream.close()
+
+
+def record(test_id="T1", clinic="C1", **changes):
+    """A valid test record (its patient and result marked secret, for the log checks)."""
+    value = {
+        "test_id": test_id,
+        "patient_id": "PATIENT-SECRET-7",
+        "clinic_id": clinic,
+        "test_type": "hiv-antibody",
+        "result": "RESULT-SECRET-42",
+    }
+    value.update(changes)
+    return value
