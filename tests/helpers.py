@@ -1,10 +1,25 @@
 """What the tests share that is not a fixture: running the CLI, a `patientkit serve`
-process, a valid test record."""
+process, a valid test record.
+
+Two ways to run the CLI, both through `patientkit.cli.app.run`, the function `main` exits
+with:
+
+- `run_cli` runs it in this process, with its own stdin, stdout, stderr, environment and
+  working folder for the call: the same parsing, engines, stores, child processes and
+  HTTP as a user's run, without the 0.3-0.5 s of starting an interpreter and importing
+  typer, rich and httpx again. The default.
+- `run_cli_process` runs `python -m patientkit` as users do. For what only a process
+  shows: a signal or a kill, the exit itself (exit handlers, `| head`), a terminal, the
+  start-up (the imports, `python -m`), several runs at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +50,7 @@ def _run_env(env: dict | None) -> dict[str, str]:
     return {**cli_env(), "COLUMNS": "200", **(env or {})}
 
 
-def run_cli(
+def run_cli_process(
     *args: str,
     input: bytes | str | None = None,
     env: dict | None = None,
@@ -54,6 +69,63 @@ def run_cli(
         cwd=cwd,
     )
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+class _Kept(io.BytesIO):
+    """A stream's bytes, kept when the command closes the stream."""
+
+    def close(self) -> None:
+        pass
+
+
+def run_cli(
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+) -> Result:
+    """Run `patientkit ARGS` in this process (see the module's docstring); return exit
+    code, stdout, stderr as `run_cli_process` does. For the call: stdin holds `input`
+    (else nothing), stdout and stderr are captured (not a terminal), the environment is
+    `run_cli_process`'s, the working folder `cwd` if given; SIGINT's and SIGTERM's
+    handlers, all of these and the environment are put back after. Main thread only."""
+    from patientkit.cli import app, output
+
+    data = input.encode() if isinstance(input, str) else input or b""
+    raw_in, raw_out, raw_err = _Kept(data), _Kept(), _Kept()
+    streams = (sys.stdin, sys.stdout, sys.stderr)
+    environment = dict(os.environ)
+    here = Path.cwd()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    new_env = _run_env(env)
+    try:
+        os.environ.clear()
+        os.environ.update(new_env)
+        if cwd is not None:
+            os.chdir(cwd)
+        # as a process's: text over a buffered binary stream (`.buffer` can peek)
+        sys.stdin = io.TextIOWrapper(
+            io.BufferedReader(raw_in), encoding="utf-8", errors="surrogateescape"
+        )
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(raw_out), encoding="utf-8", errors="surrogateescape"
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.BufferedWriter(raw_err), encoding="utf-8", errors="backslashreplace"
+        )
+        output.set_quiet(False)
+        code = app.run(list(args))
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(ValueError):  # closed by the command: written through
+                stream.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = streams
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(environment)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return Result(code, raw_out.getvalue().decode(), raw_err.getvalue().decode())
 
 
 class Server:
