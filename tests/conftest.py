@@ -1,109 +1,18 @@
-"""Shared fixtures: real `patientkit serve` processes on free ports, real CLI runs."""
+"""Shared fixtures: the working folder, real `patientkit serve` processes on free ports, the
+demo export. What is not a fixture (run_cli, Server, cli_env) is in tests/helpers.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from patientkit.samples.exports import generate_export
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> object:
-        return json.loads(self.out)
-
-
-def cli_env() -> dict[str, str]:
-    """The environment for a CLI run: this one without the PATIENTKIT_* settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
-
-
-def run_cli(
-    *args: str,
-    input: bytes | str | None = None,
-    env: dict | None = None,
-    timeout: float = 120,
-    cwd: Path | None = None,
-) -> Result:
-    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr. The
-    working folder is `cwd`, else the session's (never the repository: see
-    outside_the_repository)."""
-    full_env = {**cli_env(), "COLUMNS": "200", **(env or {})}
-    done = subprocess.run(
-        [sys.executable, "-m", "patientkit", *args],
-        input=input.encode() if isinstance(input, str) else input,
-        capture_output=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd,
-    )
-    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
-
-
-class Server:
-    """A `patientkit serve` child process on a free port, its log in a file. With `env`,
-    it runs in cli_env() plus `env` (else in this process's environment); `verify` is how
-    the start-up ping checks TLS (a CA bundle's path for a server of a test's own)."""
-
-    def __init__(
-        self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
-    ) -> None:
-        self.log = log
-        self.verify = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
-        self.stream = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=self.stream,
-            env=None if env is None else {**cli_env(), **env},
-        )
-        self.url = self._wait_for_url()
-
-    def _wait_for_url(self, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log.read_text().splitlines():
-                if line.startswith("{") and json.loads(line).get("event") == "serving":
-                    url = json.loads(line)["url"]
-                    if httpx.get(f"{url}/api/ping", verify=self.verify).status_code == 200:
-                        return url
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited early:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"serve did not start:\n{self.log.read_text()}")
-
-    def log_lines(self) -> list[dict]:
-        return [
-            json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
-        ]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.stream.close()
+from tests.helpers import ROOT, Server
 
 
 def _repository_files() -> set[str]:
@@ -161,6 +70,8 @@ def serve(tmp_path: Path) -> Iterator:
         return server
 
     yield start
+    for server in servers:  # all asked at once: each takes a moment to stop
+        server.terminate()
     for server in servers:
         server.stop()
 

@@ -10,7 +10,7 @@ import pytest
 from patientkit import __version__
 from patientkit.cli.output import write_atomic
 from patientkit.core.storage import SCHEMA_VERSION
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
 
 
 def test_version_and_unknown_flag():

@@ -20,7 +20,7 @@ import pytest
 
 from patientkit.samples.inputs import generate_readings, generate_records
 from patientkit.stores import open_store
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
 from tests.pg import needs_pg, new_database, readings_dump
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"

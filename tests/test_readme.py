@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env
+from tests.helpers import ROOT, cli_env
 
 README = ROOT / "README.md"
 SETUP_INSTALL = "pip install -e '.[test]' && "

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patientkit.rejects import UNWRITABLE, Rejects, entry_line
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 DEVICE = "55555555-5555-4555-8555-555555555555"
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from patientkit.samples.exports import plan_export
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.helpers import ROOT, cli_env, run_cli
 
 
 def demo_report(exports_dir: Path) -> dict:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patientkit.cli.formats import report_csv, report_json, report_table
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 CSV = (
     "patient_id,event_time,event_type,value\n"

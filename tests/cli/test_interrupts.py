@@ -17,7 +17,7 @@ import pytest
 from patientkit.samples.inputs import generate_readings
 from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
 
 REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load

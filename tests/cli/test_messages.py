@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 GROUPS = [(), ("export",), ("readings",), ("records",), ("serve",)]
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"

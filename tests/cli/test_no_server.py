@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 

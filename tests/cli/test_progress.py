@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from patientkit.core.parallel import count_each
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 MOVE = re.compile(r"\x1b\[[0-9;?]*[A-Za-ln-z]")  # cursor moves, erasing: between frames

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from patientkit.errors import ReadError
 from patientkit.inputs import read_items
 from patientkit.samples.inputs import generate_readings
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 CASE = Path(__file__).resolve().parents[1] / "cases" / "08-truncated-gzip"
 HALF = CASE / "half.ndjson.gz"
@@ -134,7 +134,7 @@ def test_submit_of_a_truncated_gzip_shares_the_mechanism(tmp_path, where):
 
 def test_corrupt_gzip_data_mid_file_is_named_too(tmp_path):
     plain = tmp_path / "r.ndjson"
-    generate_readings(plain, 50_000, devices=20)
+    generate_readings(plain, 20_000, devices=20)  # 2 MB: damaged past the first read (1 MiB)
     data = bytearray(gzip.compress(plain.read_bytes()))
     middle = len(data) // 2
     data[middle : middle + 64] = bytes(64)  # zeros in the deflate stream

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from patientkit.samples.inputs import generate_readings
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 A = "063c5957-8905-45f9-bfe3-960713788919"
 B = "f728b4fa-4248-4e3a-8a5d-2f346baa9455"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli, run_cli_process
 
 SUMMARY_KEYS = {
     "read",
@@ -395,7 +395,9 @@ def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         results = list(
             pool.map(
-                lambda path: run_cli("records", "submit", str(path), "--db", str(db), timeout=300),
+                lambda path: run_cli_process(
+                    "records", "submit", str(path), "--db", str(db), timeout=300
+                ),
                 files,
             )
         )

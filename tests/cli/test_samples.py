@@ -21,7 +21,7 @@ from patientkit.samples.inputs import (
     generate_records,
 )
 from patientkit.workflows.replay import CSV_FIELDS, Parser
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 FORMATS = [
     ("r.ndjson", "ndjson"),

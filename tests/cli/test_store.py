@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from patientkit.samples.inputs import generate_readings, generate_records
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, cli_env
+from tests.helpers import Server, cli_env
 
 distributed = pytest.importorskip("distributed")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
 from tests.cluster.conftest import start_scheduler, start_worker, stop
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
 
 
 def on_cluster(cluster, server_url: str, *args: str, **kwargs):

@@ -1,26 +1,17 @@
-"""Fixtures of the records API tests: one real `patientkit serve` per test module, and a
-prefix that makes each test's test_ids and clinic_ids its own."""
+"""Fixtures of the records API tests: the application in this process for pure API
+behaviour, one real `patientkit serve` for the tests of its logs, and a prefix that makes
+each test's test_ids and clinic_ids its own."""
 
 import contextlib
 import uuid
 
+import httpx
 import pytest
+from starlette.testclient import TestClient
 
-from tests.conftest import Server
+from patientkit.server.app import build_app
+from tests.helpers import Server
 from tests.pg import STORES, new_database
-
-
-def record(test_id="T1", clinic="C1", **changes):
-    """A valid test record (its patient and result marked secret, for the log checks)."""
-    value = {
-        "test_id": test_id,
-        "patient_id": "PATIENT-SECRET-7",
-        "clinic_id": clinic,
-        "test_type": "hiv-antibody",
-        "result": "RESULT-SECRET-42",
-    }
-    value.update(changes)
-    return value
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -40,13 +31,25 @@ def store_target(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, store_target):
-    """One server for the tests that do not need their own: each test uses its own ids."""
-    folder = tmp_path_factory.mktemp("records-api")
+def api(store_target):
+    """The application of `patientkit serve` (build_app) in this process, through
+    Starlette's TestClient, on each store (`store_target`); `api.db` is its store's
+    target. Each test uses its own ids."""
     db = store_target("api")
-    server = Server(folder / "serve.log", "--db", db)
-    server.db = db
-    yield server
+    with TestClient(build_app(db)) as client:
+        client.db = db
+        yield client
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """One real `patientkit serve` for the tests that read what it logs, shared by the
+    modules (each test uses its own ids); `served.client` talks to it."""
+    folder = tmp_path_factory.mktemp("records-served")
+    server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        server.client = client
+        yield server
     server.stop()
 
 

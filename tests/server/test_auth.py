@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import Server, run_cli
+from tests.helpers import Server, run_cli, run_cli_process
 
 TOKEN = "tok-" + "s3cr3t" * 6
 OTHER = "tok-other-9"
@@ -153,7 +153,7 @@ def test_a_token_file_others_may_read_is_refused(tmp_path, mode):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
     tokens.chmod(mode)
-    done = run_cli("serve", "--port", "0", "--token-file", str(tokens), timeout=30)
+    done = run_cli_process("serve", "--port", "0", "--token-file", str(tokens), timeout=30)
     assert done.code == 2
     assert done.err == (
         f"error: --token-file {tokens}: others may read it (mode {mode:04o}); "
@@ -165,7 +165,7 @@ def test_a_token_file_without_tokens_is_refused(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# nobody yet\n\n")
     tokens.chmod(0o600)
-    done = run_cli("serve", "--port", "0", "--token-file", str(tokens), timeout=30)
+    done = run_cli_process("serve", "--port", "0", "--token-file", str(tokens), timeout=30)
     assert (done.code, done.err) == (
         2,
         f"error: --token-file {tokens}: no token in it (one a line, # for comments)\n",
@@ -174,7 +174,7 @@ def test_a_token_file_without_tokens_is_refused(tmp_path):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
 def test_a_non_loopback_bind_without_tokens_is_refused(host):
-    done = run_cli("serve", "--host", host, "--port", "0", timeout=30)
+    done = run_cli_process("serve", "--host", host, "--port", "0", timeout=30)
     assert (done.code, done.err) == (
         2,
         f"error: refusing to serve {host} without authentication: give --token-file FILE or "

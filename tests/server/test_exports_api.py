@@ -1,12 +1,16 @@
-"""The export API, black-box over HTTP against a real `patientkit serve`."""
+"""The export API: against the demo export's real `patientkit serve` (shared with the CLI's
+export tests), its logs and chaos on real servers, and exports of one test through
+Starlette's TestClient on the application (build_app) in this process."""
 
 import gzip
 import json
 import uuid
 
 import httpx
+from starlette.testclient import TestClient
 
 from patientkit.samples.exports import plan_export
+from patientkit.server.app import build_app
 
 
 def test_lists_exports_and_downloads(demo_server, exports_dir):
@@ -45,7 +49,7 @@ def test_unknown_exports_and_downloads_are_404(demo_server):
         assert response.json() == {"detail": detail}
 
 
-def test_gzip_files_are_served_decompressed_and_metadata_is_scanned(serve, tmp_path):
+def test_gzip_files_are_served_decompressed_and_metadata_is_scanned(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     download_id = str(uuid.uuid4())
@@ -56,12 +60,10 @@ def test_gzip_files_are_served_decompressed_and_metadata_is_scanned(serve, tmp_p
     with gzip.open(folder / f"{download_id}.csv.gz", "wb") as out:
         out.write(text)
     (folder / "README.csv").write_bytes(text)  # not a UUID: not a download
-    server = serve("--exports", str(tmp_path))
-    assert httpx.get(f"{server.url}/api/export/mine").json()["data"]["download_ids"] == [
-        download_id
-    ]
-    assert httpx.get(f"{server.url}/api/export/mine/{download_id}/data").content == text
-    meta = httpx.get(f"{server.url}/api/export/mine/{download_id}").json()["data"]
+    server = TestClient(build_app(tmp_path / "patientkit.db", tmp_path))
+    assert server.get("/api/export/mine").json()["data"]["download_ids"] == [download_id]
+    assert server.get(f"/api/export/mine/{download_id}/data").content == text
+    meta = server.get(f"/api/export/mine/{download_id}").json()["data"]
     assert meta == {
         "id": download_id,
         "rows": 2,
@@ -108,14 +110,14 @@ def test_chaos_fails_the_given_share_half_503_half_cut(serve, exports_dir):
 
 
 def test_serve_refuses_a_missing_exports_folder(tmp_path):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli("serve", "--exports", str(tmp_path / "nope"), "--port", "0")
     assert result.code == 2
     assert result.err.strip() == f"error: --exports {tmp_path / 'nope'}: no such folder"
 
 
-def test_metadata_rows_follow_what_a_row_is_and_an_unreadable_file_is_said(serve, tmp_path):
+def test_metadata_rows_follow_what_a_row_is_and_an_unreadable_file_is_said(tmp_path):
     folder = tmp_path / "rows"
     folder.mkdir()
     cases = {  # rows as the counter counts them: any line end, blank lines skipped
@@ -132,15 +134,15 @@ def test_metadata_rows_follow_what_a_row_is_and_an_unreadable_file_is_said(serve
     half = str(uuid.uuid4())
     whole = gzip.compress(b"patient_id,event_type\n" + b"A1,x\n" * 100_000)
     (folder / f"{half}.csv.gz").write_bytes(whole[: len(whole) // 2])
-    server = serve("--exports", str(tmp_path))
+    server = TestClient(build_app(tmp_path / "patientkit.db", tmp_path))
     for download_id, rows in ids.items():
-        meta = httpx.get(f"{server.url}/api/export/rows/{download_id}").json()["data"]
+        meta = server.get(f"/api/export/rows/{download_id}").json()["data"]
         assert meta["rows"] == rows, download_id
-    response = httpx.get(f"{server.url}/api/export/rows/{half}")
+    response = server.get(f"/api/export/rows/{half}")
     assert response.status_code == 500
     assert response.json() == {
         "detail": f"Download cannot be read: {half}.csv.gz: cannot read it to the end: "
         "truncated or corrupt compressed data (Compressed file ended before the "
         "end-of-stream marker was reached)"
     }
-    assert httpx.get(f"{server.url}/api/ping").status_code == 200  # still up
+    assert server.get("/api/ping").status_code == 200  # still up

@@ -1,13 +1,13 @@
-"""The device readings API, black-box over HTTP against a real `patientkit serve`.
-
-One server for the module; each test uses devices of its own."""
+"""The device readings API: the application of `patientkit serve` (build_app) in this
+process, through Starlette's TestClient (pure API behaviour: statuses, bodies, what is
+stored). One application for the module; each test uses devices of its own."""
 
 import uuid
 
-import httpx
 import pytest
+from starlette.testclient import TestClient
 
-from tests.conftest import Server
+from patientkit.server.app import build_app
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"  # the rule tests store nothing
 BAD_TIMESTAMP = (
@@ -16,12 +16,10 @@ BAD_TIMESTAMP = (
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, store_target):
-    folder = tmp_path_factory.mktemp("readings-api")
-    server = Server(folder / "serve.log", "--db", store_target("api"), "--max-body", "20000")
-    with httpx.Client(base_url=server.url) as client:
+def api(store_target):
+    """The application in this process, on each store."""
+    with TestClient(build_app(store_target("api"), max_body=20000)) as client:
         yield client
-    server.stop()
 
 
 @pytest.fixture

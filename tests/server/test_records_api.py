@@ -1,4 +1,6 @@
-"""The test records API, black-box over HTTP against a real `patientkit serve`."""
+"""The test records API: statuses, bodies and what is stored through Starlette's
+TestClient on the application of `patientkit serve` (build_app) in this process; its logs,
+and retries through its chaos, against a real `patientkit serve`."""
 
 import json
 import time
@@ -6,24 +8,27 @@ import uuid
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from patientkit.core.storage import SQLiteStore
+from patientkit.server.app import build_app
 from patientkit.stores import open_store
-from tests.server.conftest import record
+from tests.helpers import record
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 CREATED_AT = 27  # len("2025-01-02T03:04:05.123456Z")
 
 
-def post(server, body, request_id=None, raw=None):
+def post(client, body, request_id=None, raw=None):
+    """POST /tests through `client` (a TestClient, or an httpx.Client on a server)."""
     headers = {"X-Request-ID": request_id} if request_id else {}
     if raw is not None:
-        return httpx.post(f"{server.url}/tests", content=raw, headers=headers)
-    return httpx.post(f"{server.url}/tests", json=body, headers=headers)
+        return client.post("/tests", content=raw, headers=headers)
+    return client.post("/tests", json=body, headers=headers)
 
 
-def listing(server, clinic):
-    response = httpx.get(f"{server.url}/tests", params={"clinic_id": clinic})
+def listing(client, clinic):
+    response = client.get("/tests", params={"clinic_id": clinic})
     assert response.status_code == 200
     return response.json()
 
@@ -89,39 +94,41 @@ def test_invalid_bodies_are_400_with_specs_message(api, body, problem):
     assert response.json() == {"error": message}
 
 
-def test_nothing_invalid_is_stored(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "invalid.db"))
-    for body, _ in INVALID:
-        post(server, None, raw=body if isinstance(body, bytes) else body.encode())
+def test_nothing_invalid_is_stored(tmp_path):
+    with TestClient(build_app(tmp_path / "invalid.db")) as client:
+        for body, _ in INVALID:
+            post(client, None, raw=body if isinstance(body, bytes) else body.encode())
     with SQLiteStore(tmp_path / "invalid.db") as store:
         assert store.record_count() == 0
 
 
 def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up(serve, tmp_path):
     server = serve("--db", str(tmp_path / "up.db"))
-    for body, _ in INVALID[-len(UNPARSEABLE_REASONS) :]:
-        assert post(server, None, raw=body).json() == {"error": "Invalid JSON"}
+    with httpx.Client(base_url=server.url) as client:
+        for body, _ in INVALID[-len(UNPARSEABLE_REASONS) :]:
+            assert post(client, None, raw=body).json() == {"error": "Invalid JSON"}
     logged = [line["reason"] for line in server.log_lines() if line["event"] == "record invalid"]
     assert logged == [f"Invalid JSON: {reason}" for reason in UNPARSEABLE_REASONS]
     assert not any(
         "Jos" in line or "SECRET" in line for line in server.log.read_text().splitlines()
     )
-    assert post(server, record("T9")).status_code == 200
-    assert [r["test_id"] for r in listing(server, "C1")] == ["T9"]
+    with httpx.Client(base_url=server.url) as client:
+        assert post(client, record("T9")).status_code == 200
+        assert [r["test_id"] for r in listing(client, "C1")] == ["T9"]
 
 
-def test_an_oversize_body_is_413_and_stores_nothing(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "small.db"), "--max-body", "300")
-    response = post(server, record(result="x" * 400))
-    assert response.status_code == 413
-    assert response.json() == {"error": "Request body is larger than 300 bytes."}
-    assert post(server, record("T2")).status_code == 200
-    assert [r["test_id"] for r in listing(server, "C1")] == ["T2"]
+def test_an_oversize_body_is_413_and_stores_nothing(tmp_path):
+    with TestClient(build_app(tmp_path / "small.db", max_body=300)) as client:
+        response = post(client, record(result="x" * 400))
+        assert response.status_code == 413
+        assert response.json() == {"error": "Request body is larger than 300 bytes."}
+        assert post(client, record("T2")).status_code == 200
+        assert [r["test_id"] for r in listing(client, "C1")] == ["T2"]
 
 
 def test_listing_needs_a_clinic(api):
     for url in ("/tests", "/tests?clinic_id=", "/tests?clinic_id=%20"):
-        response = httpx.get(api.url + url)
+        response = api.get(url)
         assert response.status_code == 400, url
         assert response.json() == {"error": "clinic_id is required"}
 
@@ -208,10 +215,11 @@ def logged_until(server, request_id, timeout=10.0):
 
 def test_logs_carry_the_request_id_and_no_health_data(serve, tmp_path):
     api = serve("--db", str(tmp_path / "logs.db"))
-    post(api, record("T1"), request_id="log-create")
-    post(api, record("T1"), request_id="log-dup")
-    post(api, record("T2", result=""), request_id="log-invalid")
-    post(api, None, request_id="log-json", raw=b"{nope")
+    with httpx.Client(base_url=api.url) as client:
+        post(client, record("T1"), request_id="log-create")
+        post(client, record("T1"), request_id="log-dup")
+        post(client, record("T2", result=""), request_id="log-invalid")
+        post(client, None, request_id="log-json", raw=b"{nope")
     httpx.get(f"{api.url}/tests?clinic_id=C1", headers={"X-Request-ID": "log-list"})
     httpx.get(f"{api.url}/tests?clinic_id=QUERY-SECRET-9", headers={"X-Request-ID": "log-q"})
     httpx.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})

@@ -1,17 +1,17 @@
-"""POST /tests/batch, black-box over HTTP against a real `patientkit serve`, and fuzzed
-through Starlette's TestClient (the same application, in this process)."""
+"""POST /tests/batch: verdicts, statuses and what is stored through Starlette's TestClient
+on the application of `patientkit serve` (build_app) in this process, and fuzzed there;
+what it logs against a real `patientkit serve`."""
 
 import json
 import uuid
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
-from tests.server.conftest import record
+from tests.helpers import record
 
 NDJSON = {"content-type": "application/x-ndjson"}
 CONFLICT = "Conflict: test_id exists"
@@ -21,14 +21,15 @@ def ndjson(lines):
     return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
 
 
-def batch(server, body, headers=None, request_id=None):
+def batch(client, body, headers=None, request_id=None):
+    """POST /tests/batch through `client` (a TestClient, or an httpx.Client on a server)."""
     headers = dict(headers or {})
     if request_id:
         headers["X-Request-ID"] = request_id
     if isinstance(body, list):
-        return httpx.post(f"{server.url}/tests/batch", json=body, headers=headers, timeout=60)
+        return client.post("/tests/batch", json=body, headers=headers)
     content = body.encode() if isinstance(body, str) else body
-    return httpx.post(f"{server.url}/tests/batch", content=content, headers=headers, timeout=60)
+    return client.post("/tests/batch", content=content, headers=headers)
 
 
 def ok(test_id):
@@ -98,14 +99,14 @@ def answer(results):
     }
 
 
-def clinic(server, clinic_id):
-    response = httpx.get(f"{server.url}/tests", params={"clinic_id": clinic_id})
+def clinic(client, clinic_id):
+    response = client.get("/tests", params={"clinic_id": clinic_id})
     assert response.status_code == 200
     return response.json()
 
 
 def test_mixed_ndjson_batch_exact_verdicts_in_order(api, ids):
-    assert httpx.post(f"{api.url}/tests", json=record(f"{ids}-S", clinic=ids)).status_code == 200
+    assert api.post("/tests", json=record(f"{ids}-S", clinic=ids)).status_code == 200
     lines, expected = mixed(ids)
     response = batch(api, ndjson(lines), NDJSON)
     assert response.status_code == 200
@@ -200,7 +201,8 @@ def test_an_empty_array_is_an_empty_answer(api):
     assert response.json() == {"results": [], "created": 0, "duplicates": 0, "invalid": 0}
 
 
-def test_a_repeated_request_id_gets_the_original_answer(api, ids):
+def test_a_repeated_request_id_gets_the_original_answer(served, ids):
+    api = served.client
     body = ndjson([record(f"{ids}-A", clinic=ids), record(f"{ids}-B", clinic=ids)])
     first = batch(api, body, NDJSON, request_id=f"{ids}-batch-1")
     assert first.status_code == 200
@@ -216,22 +218,18 @@ def test_a_repeated_request_id_gets_the_original_answer(api, ids):
     assert third.text == first.text
     assert sorted(r["test_id"] for r in clinic(api, ids)) == [f"{ids}-A", f"{ids}-B"]
     events = [
-        line["event"] for line in api.log_lines() if line.get("request_id") == f"{ids}-batch-1"
+        line["event"] for line in served.log_lines() if line.get("request_id") == f"{ids}-batch-1"
     ]
     assert (events.count("batch stored"), events.count("batch repeated")) == (1, 2)
 
 
 def test_a_batch_and_a_single_post_with_one_request_id_are_two_requests(api, ids):
     request_id = f"{ids}-shared"
-    single = httpx.post(
-        f"{api.url}/tests", json=record(f"{ids}-A"), headers={"X-Request-ID": request_id}
-    )
+    single = api.post("/tests", json=record(f"{ids}-A"), headers={"X-Request-ID": request_id})
     assert single.status_code == 200
     response = batch(api, ndjson([record(f"{ids}-A"), record(f"{ids}-B")]), NDJSON, request_id)
     assert response.json() == answer([dup(f"{ids}-A"), ok(f"{ids}-B")])
-    again = httpx.post(
-        f"{api.url}/tests", json=record(f"{ids}-A"), headers={"X-Request-ID": request_id}
-    )
+    again = api.post("/tests", json=record(f"{ids}-A"), headers={"X-Request-ID": request_id})
     assert (again.status_code, again.json()["status"]) == (200, "success")
 
 
@@ -249,33 +247,33 @@ def test_more_than_10000_records_is_413_and_stores_nothing(api, ids, kind):
     assert response.json()["created"] == 10_000
 
 
-def test_a_body_over_the_limit_is_413_and_stores_nothing(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "small.db"), "--max-body", "300")
-    response = batch(server, ndjson([record("A"), record("B"), record("C")]), NDJSON)
-    assert response.status_code == 413
-    assert response.json() == {"error": "Request body is larger than 300 bytes."}
-    assert clinic(server, "C1") == []
-    assert batch(server, ndjson([record("A")]), NDJSON).json() == answer([ok("A")])
+def test_a_body_over_the_limit_is_413_and_stores_nothing(tmp_path):
+    with TestClient(build_app(tmp_path / "small.db", max_body=300)) as server:
+        response = batch(server, ndjson([record("A"), record("B"), record("C")]), NDJSON)
+        assert response.status_code == 413
+        assert response.json() == {"error": "Request body is larger than 300 bytes."}
+        assert clinic(server, "C1") == []
+        assert batch(server, ndjson([record("A")]), NDJSON).json() == answer([ok("A")])
 
 
-def test_a_server_without_bulk_answers_404(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "old.db"), "--no-bulk")
-    response = batch(server, ndjson([record("A")]), NDJSON)
-    assert response.status_code == 404
-    assert clinic(server, "C1") == []
-    assert httpx.post(f"{server.url}/tests", json=record("A")).status_code == 200
+def test_a_server_without_bulk_answers_404(tmp_path):
+    with TestClient(build_app(tmp_path / "old.db", bulk=False)) as server:
+        response = batch(server, ndjson([record("A")]), NDJSON)
+        assert response.status_code == 404
+        assert clinic(server, "C1") == []
+        assert server.post("/tests", json=record("A")).status_code == 200
 
 
-def test_batch_logs_carry_counts_and_no_health_data(api, ids):
+def test_batch_logs_carry_counts_and_no_health_data(served, ids):
     lines, _ = mixed(ids)
-    batch(api, ndjson(lines), NDJSON, request_id=f"{ids}-log")
-    batch(api, b"[1, 2", request_id=f"{ids}-log-bad")
-    text = api.log.read_text()
+    batch(served.client, ndjson(lines), NDJSON, request_id=f"{ids}-log")
+    batch(served.client, b"[1, 2", request_id=f"{ids}-log-bad")
+    text = served.log.read_text()
     for secret in ("PATIENT-SECRET-7", "RESULT-SECRET-42", "hiv-antibody", "first wins"):
         assert secret not in text
     logged = {
         line["request_id"]: line
-        for line in api.log_lines()
+        for line in served.log_lines()
         if line.get("event", "").startswith("batch")
     }
     assert logged[f"{ids}-log"]["records"] == 14

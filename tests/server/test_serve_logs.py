@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import cli_env
+from tests.helpers import cli_env
 
 SERVING = re.compile(
     r"^serving readings and records in (?P<db>\S+) on (?P<url>http://127\.0\.0\.1:\d+) "

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import Server, run_cli
+from tests.helpers import Server, run_cli, run_cli_process
 from tests.server.certs import make_certs
 
 DEVICE = str(uuid.UUID(int=11, version=4))
@@ -135,7 +135,7 @@ def test_a_key_that_does_not_fit_is_refused_at_start(tmp_path):
 
 def test_cert_without_key_is_a_usage_error(tmp_path):
     certs = make_certs(tmp_path)
-    done = run_cli("serve", "--port", "0", "--tls-cert", str(certs.cert), timeout=30)
+    done = run_cli_process("serve", "--port", "0", "--tls-cert", str(certs.cert), timeout=30)
     assert (done.code, done.err) == (
         2,
         "error: --tls-cert and --tls-key go together: give both or neither\n",

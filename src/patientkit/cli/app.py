@@ -177,11 +177,20 @@ def main(argv: list[str] | None = None) -> NoReturn:
     socket is an error to handle, never the end of the process (`serve` must outlive any
     client). Stdout closed under a command (`| head`) ends it quietly with exit 141
     (output.StdoutClosed). A Ctrl-C at any moment ends it with exit 130 and one line."""
+    atexit.register(_ignore_stop_signals)  # registered first: runs after every other
+    _exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command (`argv`, else sys.argv[1:]) and return its exit code (SPEC.md),
+    having written its output and any `error: …` line; never raises, never exits. The
+    process's part (exit handlers, the exit itself) is `main`'s: this is the seam the
+    tests call in their own process. Must run in the main thread (it sets the handlers
+    of SIGINT and SIGTERM, and leaves `_exit_now` on them: the command has ended)."""
     args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args or os.environ.get("PATIENTKIT_DEBUG") == "1"
     for sig in _STOP_SIGNALS:  # until the command runs (see _stop_on_signals)
         signal.signal(sig, _defer)
-    atexit.register(_ignore_stop_signals)  # registered first: runs after every other
     try:
         try:
             if _EARLY:  # Ctrl-C while starting up
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     finally:  # the command has ended: a Ctrl-C from now on ends the process at once
         for sig in _STOP_SIGNALS:
             signal.signal(sig, _exit_now)
-    _exit(code)
+    return code
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

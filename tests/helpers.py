@@ -1,0 +1,196 @@
+"""What the tests share that is not a fixture: running the CLI, a `patientkit serve`
+process, a valid test record.
+
+Two ways to run the CLI, both through `patientkit.cli.app.run`, the function `main` exits
+with:
+
+- `run_cli` runs it in this process, with its own stdin, stdout, stderr, environment and
+  working folder for the call: the same parsing, engines, stores, child processes and
+  HTTP as a user's run, without the 0.3-0.5 s of starting an interpreter and importing
+  typer, rich and httpx again. The default.
+- `run_cli_process` runs `python -m patientkit` as users do. For what only a process
+  shows: a signal or a kill, the exit itself (exit handlers, `| head`), a terminal, the
+  start-up (the imports, `python -m`), several runs at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI run: this one without the PATIENTKIT_* settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PATIENTKIT_")}
+
+
+def _run_env(env: dict | None) -> dict[str, str]:
+    return {**cli_env(), "COLUMNS": "200", **(env or {})}
+
+
+def run_cli_process(
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> Result:
+    """Run `python -m patientkit ARGS` as users do; return exit code, stdout, stderr. The
+    working folder is `cwd`, else the session's (never the repository: see
+    outside_the_repository)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "patientkit", *args],
+        input=input.encode() if isinstance(input, str) else input,
+        capture_output=True,
+        env=_run_env(env),
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+class _Kept(io.BytesIO):
+    """A stream's bytes, kept when the command closes the stream."""
+
+    def close(self) -> None:
+        pass
+
+
+def run_cli(
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+) -> Result:
+    """Run `patientkit ARGS` in this process (see the module's docstring); return exit
+    code, stdout, stderr as `run_cli_process` does. For the call: stdin holds `input`
+    (else nothing), stdout and stderr are captured (not a terminal), the environment is
+    `run_cli_process`'s, the working folder `cwd` if given; SIGINT's and SIGTERM's
+    handlers, all of these and the environment are put back after. Main thread only."""
+    from patientkit.cli import app, output
+
+    data = input.encode() if isinstance(input, str) else input or b""
+    raw_in, raw_out, raw_err = _Kept(data), _Kept(), _Kept()
+    streams = (sys.stdin, sys.stdout, sys.stderr)
+    environment = dict(os.environ)
+    here = Path.cwd()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    new_env = _run_env(env)
+    try:
+        os.environ.clear()
+        os.environ.update(new_env)
+        if cwd is not None:
+            os.chdir(cwd)
+        # as a process's: text over a buffered binary stream (`.buffer` can peek)
+        sys.stdin = io.TextIOWrapper(
+            io.BufferedReader(raw_in), encoding="utf-8", errors="surrogateescape"
+        )
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(raw_out), encoding="utf-8", errors="surrogateescape"
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.BufferedWriter(raw_err), encoding="utf-8", errors="backslashreplace"
+        )
+        output.set_quiet(False)
+        code = app.run(list(args))
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(ValueError):  # closed by the command: written through
+                stream.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = streams
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(environment)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return Result(code, raw_out.getvalue().decode(), raw_err.getvalue().decode())
+
+
+class Server:
+    """A `patientkit serve` child process on a free port, its log in a file. With `env`,
+    it runs in cli_env() plus `env` (else in this process's environment); `verify` is how
+    the start-up ping checks TLS (a CA bundle's path for a server of a test's own)."""
+
+    def __init__(
+        self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
+    ) -> None:
+        self.log = log
+        self.verify = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self.stream = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stream,
+            env=None if env is None else {**cli_env(), **env},
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if line.startswith("{") and json.loads(line).get("event") == "serving":
+                    url = json.loads(line)["url"]
+                    if httpx.get(f"{url}/api/ping", verify=self.verify).status_code == 200:
+                        return url
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited early:\n{self.log.read_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"serve did not start:\n{self.log.read_text()}")
+
+    def log_lines(self) -> list[dict]:
+        return [
+            json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
+        ]
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM); `stop` waits for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stream.close()
+
+
+def record(test_id="T1", clinic="C1", **changes):
+    """A valid test record (its patient and result marked secret, for the log checks)."""
+    value = {
+        "test_id": test_id,
+        "patient_id": "PATIENT-SECRET-7",
+        "clinic_id": clinic,
+        "test_type": "hiv-antibody",
+        "result": "RESULT-SECRET-42",
+    }
+    value.update(changes)
+    return value
