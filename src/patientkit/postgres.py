@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -49,16 +49,14 @@ from psycopg import errors, sql
 from psycopg_pool import ConnectionPool
 
 from patientkit.core.model import (
-    BATCH_KEY,
     RECORD_COLUMNS,
     RECORD_FIELDS,
     Reading,
     RecordAnswer,
     compact_offset,
     record_values,
-    utc_now,
 )
-from patientkit.core.store import DataRefused
+from patientkit.core.store import DataRefused, Store, created_in_order
 from patientkit.errors import UsageError
 from patientkit.stores import PASSWORD_PARAMETER, shown
 
@@ -194,11 +192,11 @@ def _passwords(url: str) -> list[str]:
     return [*found, password] if password else found
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """Device readings and test records in a PostgreSQL database given by URL
     (`postgresql://user@host:5432/dbname`, also `postgres://`; libpq conventions for the
-    rest: PGPASSWORD, .pgpass, sslmode, options). The same public methods and answers as
-    the SQLite store (`patientkit.core.storage`), plus `info()`.
+    rest: PGPASSWORD, .pgpass, sslmode, options). A `patientkit.core.store.Store`: the
+    same public methods and answers as the SQLite store (`patientkit.core.storage`).
 
     Opening connects and creates or migrates the schema: UsageError (exit 2) when the
     server cannot be reached, refuses us, or holds a newer schema than we know."""
@@ -232,12 +230,6 @@ class PostgresStore:
 
     def close(self) -> None:
         self.pool.close()
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _reason(self, exc: BaseException) -> str:
         """An error's first line, with the password (if it shows) replaced by `***`."""
@@ -283,6 +275,9 @@ class PostgresStore:
                 raise DataRefused(f"{type(exc).__name__}: {self._reason(exc)}") from None
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 2.0)
+
+    def _write(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        return self._run(work)
 
     def _committed(self, xid: str, deadline: float) -> bool:
         """Whether transaction `xid`, whose COMMIT got no answer, committed: asked on a
@@ -400,117 +395,38 @@ class PostgresStore:
 
     # -- test records ---------------------------------------------------------------------
 
-    def add_records(self, records: Sequence[dict[str, str]]) -> list[bool]:
-        """Store records in one transaction; for each, True if created, False if its
-        test_id was already stored or came earlier in `records` (the first one wins; a
-        stored record is never overwritten). Their created_at is the time the
-        transaction began (UTC, microseconds)."""
-        if not records:
-            return []
-        return self._run(lambda conn: _insert_records(conn, records, utc_now()))
+    def _insert_records(
+        self, tx: psycopg.Connection[Any], records: Sequence[dict[str, str]], created_at: str
+    ) -> list[bool]:
+        return created_in_order(records, _insert_few(tx, records, created_at))
 
-    def add_record_once(
-        self, record: dict[str, str], request_id: str, answer: Callable[[bool], RecordAnswer]
-    ) -> RecordAnswer:
-        """Store one record for a request, idempotently: a request id already answered for
-        this test_id gets its first answer again. answer(created) makes the answer, which
-        is stored in the same transaction as the record."""
-        return self.add_records_once([(record, request_id)], lambda _, created: answer(created))[0]
+    def _stored_answers(
+        self, tx: psycopg.Connection[Any], keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], RecordAnswer]:
+        """One statement for all the keys."""
+        return {
+            (rid, tid): RecordAnswer(int(status), body)
+            for rid, tid, status, body in tx.execute(
+                "SELECT l.request_id, l.test_id, l.status, l.body FROM request_log l"
+                " JOIN unnest(%s::text[], %s::text[]) AS k (request_id, test_id)"
+                " USING (request_id, test_id)",
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            )
+        }
 
-    def add_records_once(
-        self,
-        requests: Sequence[tuple[dict[str, str], str | None]],
-        answer: Callable[[dict[str, str], bool], RecordAnswer],
-    ) -> list[RecordAnswer]:
-        """`add_record_once` for many requests in one transaction (a server's group
-        commit), each answered exactly as if it came alone, in order; answer(record,
-        created) makes each answer. A request id of None is not remembered. Three
-        statements whatever the number of requests: the stored answers, the records, the
-        new answers."""
-        if not requests:
-            return []
-
-        def work(conn: psycopg.Connection[Any]) -> list[RecordAnswer]:
-            created_at = utc_now()
-            keys = [(rid, record["test_id"]) for record, rid in requests if rid is not None]
-            known: dict[tuple[str, str], RecordAnswer] = {}
-            if keys:
-                for rid, tid, status, body in conn.execute(
-                    "SELECT l.request_id, l.test_id, l.status, l.body FROM request_log l"
-                    " JOIN unnest(%s::text[], %s::text[]) AS k (request_id, test_id)"
-                    " USING (request_id, test_id)",
-                    ([k[0] for k in keys], [k[1] for k in keys]),
-                ):
-                    known[(rid, tid)] = RecordAnswer(int(status), body)
-            # who tries to insert: a request not answered before, nor by an earlier one here
-            seen = set(known)
-            attempts: list[dict[str, str]] = []
-            for record, rid in requests:
-                key = (rid, record["test_id"]) if rid is not None else None
-                if key is not None and key in seen:
-                    continue
-                if key is not None:
-                    seen.add(key)
-                attempts.append(record)
-            fresh = _insert_few(conn, attempts, created_at) if attempts else set()
-            answers = []
-            log: list[tuple[str, str, int, str]] = []
-            for record, rid in requests:
-                test_id = record["test_id"]
-                if rid is not None and (rid, test_id) in known:
-                    answers.append(known[(rid, test_id)])
-                    continue
-                created = test_id in fresh
-                fresh.discard(test_id)
-                given = answer(record, created)
-                if rid is not None:
-                    known[(rid, test_id)] = given
-                    log.append((rid, test_id, given.status, given.body))
-                answers.append(given)
-            _log_answers(conn, log)
-            return answers
-
-        return self._run(work)
-
-    def add_batch_once(
-        self,
-        records: Sequence[dict[str, str]],
-        request_id: str | None,
-        answer: Callable[[list[bool]], str],
-    ) -> tuple[str, bool]:
-        """Store a batch of valid records in one transaction, idempotently by request id:
-        (the answer's body, True) when `request_id` already has a batch answer (nothing is
-        stored again), else (answer(created), False) where created says for each record
-        whether it was created (`add_records`). The answer is kept with the request id in
-        the same transaction; a request id of None is not remembered. Non-transient
-        psycopg errors propagate (rolled back: nothing stored)."""
-
-        def work(conn: psycopg.Connection[Any]) -> tuple[str, bool]:
-            if request_id is not None:
-                row = conn.execute(
-                    "SELECT body FROM request_log WHERE request_id = %s AND test_id = %s",
-                    (request_id, BATCH_KEY),
-                ).fetchone()
-                if row:
-                    return row[0], True
-            created = _insert_records(conn, records, utc_now()) if records else []
-            body = answer(created)
-            if request_id is not None:
-                _log_answers(conn, [(request_id, BATCH_KEY, 200, body)])
-            return body, False
-
-        return self._run(work)
-
-    def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
-        """Every record of a clinic, oldest first, read through the index a page at a time
-        (no transaction stays open while the caller consumes them)."""
-        after: tuple[str, str] | None = None
-        while True:
-            rows = self.records_page(clinic_id, after, page)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = (rows[-1]["created_at"], rows[-1]["test_id"])
+    def _log_answers(
+        self, tx: psycopg.Connection[Any], log: Sequence[tuple[str, str, int, str]]
+    ) -> None:
+        """Another writer that answered the same (request id, test_id) first makes this a
+        unique violation: the transaction is then retried, and finds that first answer."""
+        try:
+            tx.execute(
+                "INSERT INTO request_log (request_id, test_id, status, body)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[])",
+                tuple(list(column) for column in zip(*log, strict=True)),
+            )
+        except errors.UniqueViolation as exc:
+            raise Transient("a concurrent request answered first") from exc
 
     def records_page(
         self, clinic_id: str, after: tuple[str, str] | None, limit: int
@@ -544,19 +460,6 @@ def _version(conn: psycopg.Connection[Any]) -> int:
     return int(found[0]) if found else 0
 
 
-def _created(records: Sequence[dict[str, str]], fresh: set[str]) -> list[bool]:
-    """For each record in order: created when its test_id is among the new ones and no
-    earlier record of the same test_id took it."""
-    if len(fresh) == len(records):
-        return [True] * len(records)
-    created = []
-    for record in records:
-        test_id = record["test_id"]
-        created.append(test_id in fresh)
-        fresh.discard(test_id)
-    return created
-
-
 def _insert_few(
     conn: psycopg.Connection[Any], records: Sequence[dict[str, str]], created_at: str
 ) -> set[str]:
@@ -571,30 +474,6 @@ def _insert_few(
             return {row[0] for row in cur.fetchall()}
     columns = [[record[field] for record in records] for field in RECORD_FIELDS]
     return {row[0] for row in conn.execute(INSERT_FEW_RECORDS, (created_at, *columns)).fetchall()}
-
-
-def _insert_records(
-    conn: psycopg.Connection[Any], records: Sequence[dict[str, str]], created_at: str
-) -> list[bool]:
-    """Insert the records (first of a test_id wins), in the caller's transaction; which
-    were created, in order."""
-    return _created(records, _insert_few(conn, records, created_at))
-
-
-def _log_answers(conn: psycopg.Connection[Any], log: Sequence[tuple[str, str, int, str]]) -> None:
-    """Remember answers in the request log. Another writer that answered the same
-    (request id, test_id) first makes this a unique violation: the transaction is then
-    retried, and finds that first answer."""
-    if not log:
-        return
-    try:
-        conn.execute(
-            "INSERT INTO request_log (request_id, test_id, status, body)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[])",
-            tuple(list(column) for column in zip(*log, strict=True)),
-        )
-    except errors.UniqueViolation as exc:
-        raise Transient("a concurrent request answered first") from exc
 
 
 TABLES = ("patientkit_schema", "readings", "devices", "test_records", "request_log")

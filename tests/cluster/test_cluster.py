@@ -21,10 +21,10 @@ from tests.cluster.conftest import start_scheduler, start_worker, stop
 from tests.helpers import cli_env, run_cli
 
 
-def on_cluster(cluster, server_url: str, *args: str, **kwargs):
+def on_cluster(scheduler: str, server_url: str, *args: str, **kwargs):
+    """`export aggregate ARGS --server SERVER_URL --scheduler SCHEDULER` (an address)."""
     return run_cli(
-        "export", "aggregate", *args, "--server", server_url, "--scheduler", cluster.address,
-        **kwargs,
+        "export", "aggregate", *args, "--server", server_url, "--scheduler", scheduler, **kwargs
     )  # fmt: skip
 
 
@@ -43,7 +43,7 @@ def data_requests(server) -> int:
 
 
 def test_demo_equals_the_local_count_in_every_format(cluster, demo_server, exports_dir, tmp_path):
-    done = on_cluster(cluster, demo_server.url, "demo", "-o", str(tmp_path / "demo.json"))
+    done = on_cluster(cluster.address, demo_server.url, "demo", "-o", str(tmp_path / "demo.json"))
     assert done.code == 0, done.err
     assert done.json() == local_count(exports_dir / "demo")
     assert json.loads((tmp_path / "demo.json").read_text()) == done.json()
@@ -58,7 +58,7 @@ def test_demo_equals_the_local_count_in_every_format(cluster, demo_server, expor
 
 
 def test_bulk_equals_the_local_count(cluster, bulk_server):
-    done = on_cluster(cluster, bulk_server.url, "bulk")
+    done = on_cluster(cluster.address, bulk_server.url, "bulk")
     assert done.code == 0, done.err
     expected = local_count(bulk_server.root / "bulk")
     assert done.json() == expected
@@ -69,7 +69,7 @@ def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
     """`serve --chaos 0.3`: 503s and downloads cut short, on the workers' requests too;
     each failed attempt is retried from the start and the totals are exact."""
     server = serve("--exports", str(bulk_server.root), "--chaos", "0.3", "--chaos-seed", "5")
-    done = on_cluster(cluster, server.url, "many", "--attempts", "20")
+    done = on_cluster(cluster.address, server.url, "many", "--attempts", "20")
     assert done.code == 0, done.err
     assert done.json() == local_count(bulk_server.root / "many")
     hit = [
@@ -175,7 +175,7 @@ def test_workers_that_cannot_reach_the_export_server(cluster, demo_server):
 
     threading.Thread(target=relay_once, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
-    done = on_cluster(cluster, url, "demo", "--attempts", "2")
+    done = on_cluster(cluster.address, url, "demo", "--attempts", "2")
     assert done.code == 2, done.err
     assert done.out == ""
     [line] = [line for line in done.err.splitlines() if line.startswith("error:")]
@@ -190,10 +190,7 @@ def test_no_scheduler_is_one_line(demo_server):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{free.getsockname()[1]}"
-    done = run_cli(
-        "export", "aggregate", "demo", "--server", demo_server.url, "--scheduler", address,
-        "--scheduler-timeout", "1",
-    )  # fmt: skip
+    done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "1")
     assert (done.code, done.out) == (2, "")
     assert done.err == (
         f"error: cannot connect to the Dask scheduler {address} (no answer within 1s): is it "
@@ -202,10 +199,7 @@ def test_no_scheduler_is_one_line(demo_server):
 
 
 def test_not_a_scheduler_address(demo_server):
-    done = run_cli(
-        "export", "aggregate", "demo", "--server", demo_server.url,
-        "--scheduler", "http://127.0.0.1:8786",
-    )  # fmt: skip
+    done = on_cluster("http://127.0.0.1:8786", demo_server.url, "demo")
     assert (done.code, done.out) == (2, "")
     assert done.err == (
         "error: --scheduler 'http://127.0.0.1:8786' is not a Dask scheduler address "
@@ -219,10 +213,7 @@ def test_no_workers_then_a_worker_of_another_version(demo_server, tmp_path):
     scheduler, address = start_scheduler(tmp_path)
     worker = None
     try:
-        done = run_cli(
-            "export", "aggregate", "demo", "--server", demo_server.url, "--scheduler", address,
-            "--scheduler-timeout", "1",
-        )  # fmt: skip
+        done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "1")
         assert (done.code, done.out) == (2, "")
         assert done.err == (
             f"error: the Dask scheduler {address} has no workers (waited 1s): start some with "
@@ -232,10 +223,7 @@ def test_no_workers_then_a_worker_of_another_version(demo_server, tmp_path):
         fake.mkdir(parents=True)
         (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: patientkit\nVersion: 9.9.9\n")
         worker = start_worker(tmp_path, address, env={"PYTHONPATH": str(fake.parent)})
-        done = run_cli(
-            "export", "aggregate", "demo", "--server", demo_server.url, "--scheduler", address,
-            "--scheduler-timeout", "60",
-        )  # fmt: skip
+        done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "60")
         assert (done.code, done.out) == (2, ""), done.err
         [line] = done.err.splitlines()
         assert line.startswith(f"error: version mismatch on the Dask cluster {address}: worker ")
@@ -293,7 +281,7 @@ def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
         ("bad", f"error: bad/{bad}:3: expected 2 fields, found 1"),
     ]:
         local = run_cli("export", "aggregate", export_id, "--server", server.url, "--attempts", "2")
-        remote = on_cluster(cluster, server.url, export_id, "--attempts", "2")
+        remote = on_cluster(cluster.address, server.url, export_id, "--attempts", "2")
         for done in (local, remote):
             assert (done.code, done.out) == (1, ""), done.err
             assert done.err.splitlines()[-1] == last

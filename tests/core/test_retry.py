@@ -18,18 +18,7 @@ from patientkit.core.retry import (
     with_retries,
 )
 from patientkit.errors import PatientkitError, UsageError
-
-
-class MaxRandom(random.Random):
-    """Jitter always at its ceiling, so delays are exact."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-class MinRandom(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return a
+from tests.core.buffer_helpers import MaxRandom, MinRandom
 
 
 class Script:

@@ -28,7 +28,8 @@ its original answer again; a batch's whole answer is kept under (request id, `BA
 the empty test_id, which no single record can have (a test_id is a non-empty string).
 
 A `SQLiteStore` is one connection: use it from one thread (the server keeps one per
-thread). It implements `patientkit.core.store.Store`; the domain types come from
+thread). It derives from `patientkit.core.store.Store` (which holds the record writes'
+logic common to both stores); the domain types come from
 `patientkit.core.model` (re-exported here).
 """
 
@@ -43,15 +44,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from patientkit.core.model import (
-    BATCH_KEY,
     RECORD_COLUMNS,
     RECORD_FIELDS,
     Reading,
     RecordAnswer,
     compact_offset,
     record_values,
-    utc_now,
 )
+from patientkit.core.store import Store, created_in_order
 from patientkit.errors import UsageError
 
 __all__ = [
@@ -178,11 +178,10 @@ MIGRATIONS.append(_exact_totals)  # 3: exact cumulative counts past 2^63 - 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """The store in one SQLite file (see the module's doc): `SQLiteStore(path)` opens it,
     creating and migrating it as needed; UsageError if it cannot be opened, is of a newer
-    schema, or stays locked past `lock_deadline` seconds. Implements
-    `patientkit.core.store.Store`."""
+    schema, or stays locked past `lock_deadline` seconds. A `patientkit.core.store.Store`."""
 
     shared = False  # one connection: one thread at a time (the server keeps one per thread)
 
@@ -208,12 +207,6 @@ class SQLiteStore:
 
     def close(self) -> None:
         self.db.close()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -242,6 +235,9 @@ class SQLiteStore:
                     raise UsageError(f"the store {self.path} stayed locked: {exc}") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return self.write(work)
 
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -311,106 +307,31 @@ class SQLiteStore:
 
     # -- test records ---------------------------------------------------------------------
 
-    def add_records(self, records: Sequence[dict[str, str]]) -> list[bool]:
-        """Store records in one transaction; for each, True if created, False if its
-        test_id was already stored or came earlier in `records` (the first one wins; a
-        stored record is never overwritten). Their created_at is the time the transaction
-        got the write lock, so created_at follows the order of commits."""
-        if not records:
-            return []
-        return self.write(lambda db: _insert_records(db, records, utc_now()))
+    def _insert_records(
+        self, tx: sqlite3.Connection, records: Sequence[dict[str, str]], created_at: str
+    ) -> list[bool]:
+        return _insert_records(tx, records, created_at)
 
-    def add_record_once(
-        self, record: dict[str, str], request_id: str, answer: Callable[[bool], RecordAnswer]
-    ) -> RecordAnswer:
-        """Store one record for a request, idempotently: a request id already answered for
-        this test_id gets its first answer again. answer(created) makes the answer, which
-        is stored in the same transaction as the record."""
-        return self.add_records_once([(record, request_id)], lambda _, created: answer(created))[0]
+    def _stored_answers(
+        self, tx: sqlite3.Connection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], RecordAnswer]:
+        """One lookup a key, through the request log's primary key."""
+        found = {}
+        for key in keys:
+            row = tx.execute(
+                "SELECT status, body FROM request_log WHERE request_id = ? AND test_id = ?", key
+            ).fetchone()
+            if row:
+                found[key] = RecordAnswer(int(row[0]), row[1])
+        return found
 
-    def add_records_once(
-        self,
-        requests: Sequence[tuple[dict[str, str], str | None]],
-        answer: Callable[[dict[str, str], bool], RecordAnswer],
-    ) -> list[RecordAnswer]:
-        """`add_record_once` for many requests in one transaction (a server's group
-        commit), each answered exactly as if it came alone, in order; answer(record,
-        created) makes each answer. A request id of None is not remembered (nobody can
-        repeat it)."""
-
-        def work(db: sqlite3.Connection) -> list[RecordAnswer]:
-            created_at = utc_now()
-            answers = []
-            for record, request_id in requests:
-                if request_id is not None:
-                    row = db.execute(
-                        "SELECT status, body FROM request_log WHERE request_id = ? AND test_id = ?",
-                        (request_id, record["test_id"]),
-                    ).fetchone()
-                    if row:
-                        answers.append(RecordAnswer(int(row[0]), row[1]))
-                        continue
-                created = _insert_rows(
-                    db, "test_records", RECORD_COLUMNS, [(*record_values(record), created_at)], 1
-                )
-                given = answer(record, created == 1)
-                if request_id is not None:
-                    db.execute(
-                        "INSERT INTO request_log (request_id, test_id, status, body) "
-                        "VALUES (?, ?, ?, ?)",
-                        (request_id, record["test_id"], given.status, given.body),
-                    )
-                answers.append(given)
-            return answers
-
-        if not requests:
-            return []
-        return self.write(work)
-
-    def add_batch_once(
-        self,
-        records: Sequence[dict[str, str]],
-        request_id: str | None,
-        answer: Callable[[list[bool]], str],
-    ) -> tuple[str, bool]:
-        """Store a batch of valid records in one transaction, idempotently by request id:
-        (the answer's body, True) when `request_id` already has a batch answer (nothing is
-        stored again), else (answer(created), False) where created says for each record
-        whether it was created (`add_records`: the first of a test_id wins). The answer is
-        kept with the request id in the same transaction; a request id of None is not
-        remembered. sqlite3 errors propagate (the transaction rolled back: nothing
-        stored)."""
-
-        def work(db: sqlite3.Connection) -> tuple[str, bool]:
-            if request_id is not None:
-                row = db.execute(
-                    "SELECT body FROM request_log WHERE request_id = ? AND test_id = ?",
-                    (request_id, BATCH_KEY),
-                ).fetchone()
-                if row:
-                    return row[0], True
-            created = _insert_records(db, records, utc_now()) if records else []
-            body = answer(created)
-            if request_id is not None:
-                db.execute(
-                    "INSERT INTO request_log (request_id, test_id, status, body) "
-                    "VALUES (?, ?, 200, ?)",
-                    (request_id, BATCH_KEY, body),
-                )
-            return body, False
-
-        return self.write(work)
-
-    def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
-        """Every record of a clinic, oldest first, read through the index a page at a time
-        (no transaction stays open while the caller consumes them)."""
-        after: tuple[str, str] | None = None
-        while True:
-            rows = self.records_page(clinic_id, after, page)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = (rows[-1]["created_at"], rows[-1]["test_id"])
+    def _log_answers(
+        self, tx: sqlite3.Connection, log: Sequence[tuple[str, str, int, str]]
+    ) -> None:
+        tx.executemany(
+            "INSERT INTO request_log (request_id, test_id, status, body) VALUES (?, ?, ?, ?)",
+            log,
+        )
 
     def records_page(
         self, clinic_id: str, after: tuple[str, str] | None, limit: int
@@ -502,12 +423,7 @@ def _insert_records(
         test_id
         for (test_id,) in db.execute("SELECT test_id FROM test_records WHERE rowid > ?", (before,))
     }
-    created = []
-    for record in records:
-        test_id = record["test_id"]
-        created.append(test_id in fresh)
-        fresh.discard(test_id)
-    return created
+    return created_in_order(records, fresh)
 
 
 def describe(path: str | Path) -> dict[str, object]:
