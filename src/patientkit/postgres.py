@@ -56,7 +56,7 @@ from patientkit.core.model import (
     compact_offset,
     record_values,
 )
-from patientkit.core.store import DataRefused, Store, created_in_order
+from patientkit.core.store import DataRefused, StoreBase, created_in_order
 from patientkit.errors import UsageError
 from patientkit.stores import PASSWORD_PARAMETER, shown
 
@@ -192,7 +192,7 @@ def _passwords(url: str) -> list[str]:
     return [*found, password] if password else found
 
 
-class PostgresStore(Store):
+class PostgresStore(StoreBase):
     """Device readings and test records in a PostgreSQL database given by URL
     (`postgresql://user@host:5432/dbname`, also `postgres://`; libpq conventions for the
     rest: PGPASSWORD, .pgpass, sslmode, options). A `patientkit.core.store.Store`: the

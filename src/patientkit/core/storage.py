@@ -51,7 +51,7 @@ from patientkit.core.model import (
     compact_offset,
     record_values,
 )
-from patientkit.core.store import Store, created_in_order
+from patientkit.core.store import StoreBase, created_in_order
 from patientkit.errors import UsageError
 
 __all__ = [
@@ -178,7 +178,7 @@ MIGRATIONS.append(_exact_totals)  # 3: exact cumulative counts past 2^63 - 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(StoreBase):
     """The store in one SQLite file (see the module's doc): `SQLiteStore(path)` opens it,
     creating and migrating it as needed; UsageError if it cannot be opened, is of a newer
     schema, or stays locked past `lock_deadline` seconds. A `patientkit.core.store.Store`."""

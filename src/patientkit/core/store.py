@@ -1,12 +1,13 @@
-"""What the engines and the server need of a store: the abstract base class `Store`.
+"""What the engines and the server need of a store: the protocol `Store`.
 
-`patientkit.core.storage.SQLiteStore` and `patientkit.postgres.PostgresStore` derive from
-it; `patientkit.stores.open_store(target)` chooses the implementation by the target's form.
-Engines and the server name only `Store`. What every store does the same way lives here
-once: the idempotent answers by request id (`add_records_once`, `add_batch_once`), the
-created flags of a batch (`created_in_order`), paging by clinic (`records_for_clinic`);
-a store supplies its transactions and statements (the `_write`, `_insert_records`,
-`_stored_answers`, `_log_answers` hooks) and its reads.
+`patientkit.core.storage.SQLiteStore` and `patientkit.postgres.PostgresStore` implement it
+(both on the abstract base `StoreBase`); `patientkit.stores.open_store(target)` chooses
+the implementation by the target's form. Engines and the server name only `Store`. What
+every store does the same way lives here once, in `StoreBase`: the idempotent answers by
+request id (`add_records_once`, `add_batch_once`), the created flags of a batch
+(`created_in_order`), paging by clinic (`records_for_clinic`); a store supplies its
+transactions and statements (the `_write`, `_insert_records`, `_stored_answers`,
+`_log_answers` hooks) and its reads.
 
 A store object whose `shared` is False (SQLite) is one connection: use it from one
 thread at a time. One whose `shared` is True (PostgreSQL, a connection pool) serves every
@@ -27,7 +28,7 @@ from __future__ import annotations
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from patientkit.core.model import BATCH_KEY, Reading, RecordAnswer, utc_now
 
@@ -76,15 +77,116 @@ def created_in_order(records: Sequence[dict[str, str]], fresh: set[str]) -> list
     return created
 
 
-class Store(ABC):
-    """A store of device readings and test records (SPEC.md: the readings and records
-    APIs, `store info`). Errors opening or using it are `UsageError` (exit 2) or the
-    backend's own errors for values it can never hold (`DATA_ERRORS`).
-
-    Abstract: the reads and `add_readings`, and four hooks for the record writes, which
-    this class implements once for every store."""
+class Store(Protocol):
+    """What the engines and the server need of a store of device readings and test records
+    (SPEC.md: the readings and records APIs, `store info`). Errors opening or using it are
+    `UsageError` (exit 2), or `DATA_ERRORS` for values it can never hold. Implemented by
+    `SQLiteStore` and `PostgresStore`, both on `StoreBase`."""
 
     shared: bool  # one instance serves every thread of a process (see the module's doc)
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def schema_version(self) -> int:
+        """The version of the schema the store has (migrations applied)."""
+        ...
+
+    def add_readings(self, readings: Sequence[Reading]) -> int:
+        """Store readings in one transaction; how many were new (duplicates of a stored
+        (device, instant), or of one earlier in `readings`, are ignored)."""
+        ...
+
+    def latest_timestamp(self, device_id: str) -> str | None:
+        """The device's latest timestamp, in the offset it was stored with (+HHMM), or
+        None if it has no readings."""
+        ...
+
+    def cumulative_count(self, device_id: str) -> int | None:
+        """The exact sum of the device's counts (of any size), or None if it has no
+        readings."""
+        ...
+
+    def reading_totals(self) -> tuple[int, int, int]:
+        """(devices, readings, exact sum of counts) of the whole store."""
+        ...
+
+    def add_records(self, records: Sequence[dict[str, str]]) -> list[bool]:
+        """Store records in one transaction; for each, True if created, False if its
+        test_id was already stored or came earlier in `records` (the first one wins; a
+        stored record is never overwritten). Their created_at is the time taken inside the
+        transaction (UTC, microseconds; on SQLite once it holds the write lock, so
+        created_at follows the order of commits)."""
+        ...
+
+    def add_record_once(
+        self, record: dict[str, str], request_id: str, answer: Callable[[bool], RecordAnswer]
+    ) -> RecordAnswer:
+        """Store one record for a request, idempotently: a request id already answered for
+        this test_id gets its first answer again. answer(created) makes the answer, which
+        is stored in the same transaction as the record."""
+        ...
+
+    def add_records_once(
+        self,
+        requests: Sequence[tuple[dict[str, str], str | None]],
+        answer: Callable[[dict[str, str], bool], RecordAnswer],
+    ) -> list[RecordAnswer]:
+        """`add_record_once` for many requests in one transaction (a server's group
+        commit), each answered exactly as if it came alone, in order; answer(record,
+        created) makes each answer. A request id of None is not remembered (nobody can
+        repeat it). Three steps whatever the number of requests: the stored answers, the
+        records of the requests not answered before (nor by an earlier one here), the new
+        answers."""
+        ...
+
+    def add_batch_once(
+        self,
+        records: Sequence[dict[str, str]],
+        request_id: str | None,
+        answer: Callable[[list[bool]], str],
+    ) -> tuple[str, bool]:
+        """Store a batch of valid records in one transaction, idempotently by request id:
+        (the answer's body, True) when `request_id` already has a batch answer (nothing is
+        stored again), else (answer(created), False) where created says for each record
+        whether it was created (`add_records`). The answer is kept with the request id
+        under `BATCH_KEY` in the same transaction; a request id of None is not remembered.
+        The backend's errors propagate (rolled back: nothing stored)."""
+        ...
+
+    def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
+        """Every record of a clinic, oldest first, read through the index `page` records a
+        query (no transaction stays open while the caller consumes them)."""
+        ...
+
+    def records_page(
+        self, clinic_id: str, after: tuple[str, str] | None, limit: int
+    ) -> list[dict[str, str]]:
+        """Up to `limit` records of a clinic that come after the (created_at, test_id) of
+        `after` (None: from the start), in that order, through the clinic index."""
+        ...
+
+    def record_count(self) -> int:
+        """How many records the store holds."""
+        ...
+
+    def info(self) -> dict[str, object]:
+        """What `store info` prints: backend, schema_version, readings, devices, records,
+        clinics, bytes."""
+        ...
+
+
+class StoreBase(ABC):
+    """What every store does the same way, once: the record writes with their idempotent
+    answers (`add_records`, `add_record_once`, `add_records_once`, `add_batch_once`) and
+    paging by clinic, on the hooks a store supplies (`_write`, `_insert_records`,
+    `_stored_answers`, `_log_answers`, `records_page`, `close`). A subclass implements the
+    rest of `Store`; the semantics of each method are documented there."""
 
     @abstractmethod
     def close(self) -> None:
@@ -95,33 +197,6 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @abstractmethod
-    def schema_version(self) -> int:
-        """The version of the schema the store has (migrations applied)."""
-
-    # -- readings -------------------------------------------------------------------------
-
-    @abstractmethod
-    def add_readings(self, readings: Sequence[Reading]) -> int:
-        """Store readings in one transaction; how many were new (duplicates of a stored
-        (device, instant), or of one earlier in `readings`, are ignored)."""
-
-    @abstractmethod
-    def latest_timestamp(self, device_id: str) -> str | None:
-        """The device's latest timestamp, in the offset it was stored with (+HHMM), or
-        None if it has no readings."""
-
-    @abstractmethod
-    def cumulative_count(self, device_id: str) -> int | None:
-        """The exact sum of the device's counts (of any size), or None if it has no
-        readings."""
-
-    @abstractmethod
-    def reading_totals(self) -> tuple[int, int, int]:
-        """(devices, readings, exact sum of counts) of the whole store."""
-
-    # -- what a store supplies for the record writes ----------------------------------------
 
     @abstractmethod
     def _write(self, work: Callable[[Any], T]) -> T:
@@ -146,14 +221,8 @@ class Store(ABC):
     def _log_answers(self, tx: Any, log: Sequence[tuple[str, str, int, str]]) -> None:
         """Remember (request id, test_id, status, body) answers in the request log."""
 
-    # -- test records ---------------------------------------------------------------------
-
     def add_records(self, records: Sequence[dict[str, str]]) -> list[bool]:
-        """Store records in one transaction; for each, True if created, False if its
-        test_id was already stored or came earlier in `records` (the first one wins; a
-        stored record is never overwritten). Their created_at is the time taken inside the
-        transaction (UTC, microseconds; on SQLite once it holds the write lock, so
-        created_at follows the order of commits)."""
+        """As `Store.add_records`."""
         if not records:
             return []
         return self._write(lambda tx: self._insert_records(tx, records, utc_now()))
@@ -161,9 +230,7 @@ class Store(ABC):
     def add_record_once(
         self, record: dict[str, str], request_id: str, answer: Callable[[bool], RecordAnswer]
     ) -> RecordAnswer:
-        """Store one record for a request, idempotently: a request id already answered for
-        this test_id gets its first answer again. answer(created) makes the answer, which
-        is stored in the same transaction as the record."""
+        """As `Store.add_record_once`."""
         return self.add_records_once([(record, request_id)], lambda _, created: answer(created))[0]
 
     def add_records_once(
@@ -171,12 +238,7 @@ class Store(ABC):
         requests: Sequence[tuple[dict[str, str], str | None]],
         answer: Callable[[dict[str, str], bool], RecordAnswer],
     ) -> list[RecordAnswer]:
-        """`add_record_once` for many requests in one transaction (a server's group
-        commit), each answered exactly as if it came alone, in order; answer(record,
-        created) makes each answer. A request id of None is not remembered (nobody can
-        repeat it). Three steps whatever the number of requests: the stored answers, the
-        records of the requests not answered before (nor by an earlier one here), the new
-        answers."""
+        """As `Store.add_records_once`."""
         if not requests:
             return []
 
@@ -216,12 +278,7 @@ class Store(ABC):
         request_id: str | None,
         answer: Callable[[list[bool]], str],
     ) -> tuple[str, bool]:
-        """Store a batch of valid records in one transaction, idempotently by request id:
-        (the answer's body, True) when `request_id` already has a batch answer (nothing is
-        stored again), else (answer(created), False) where created says for each record
-        whether it was created (`add_records`). The answer is kept with the request id
-        under `BATCH_KEY` in the same transaction; a request id of None is not remembered.
-        The backend's errors propagate (rolled back: nothing stored)."""
+        """As `Store.add_batch_once`."""
 
         def work(tx: Any) -> tuple[str, bool]:
             if request_id is not None:
@@ -237,8 +294,7 @@ class Store(ABC):
         return self._write(work)
 
     def records_for_clinic(self, clinic_id: str, page: int = 1000) -> Iterator[dict[str, str]]:
-        """Every record of a clinic, oldest first, read through the index `page` records a
-        query (no transaction stays open while the caller consumes them)."""
+        """As `Store.records_for_clinic`."""
         after: tuple[str, str] | None = None
         while True:
             rows = self.records_page(clinic_id, after, page)
@@ -253,12 +309,3 @@ class Store(ABC):
     ) -> list[dict[str, str]]:
         """Up to `limit` records of a clinic that come after the (created_at, test_id) of
         `after` (None: from the start), in that order, through the clinic index."""
-
-    @abstractmethod
-    def record_count(self) -> int:
-        """How many records the store holds."""
-
-    @abstractmethod
-    def info(self) -> dict[str, object]:
-        """What `store info` prints: backend, schema_version, readings, devices, records,
-        clinics, bytes."""
