@@ -23,6 +23,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,8 @@ def run_cli(
     (else nothing), stdout and stderr are captured (not a terminal), the environment is
     `run_cli_process`'s, the working folder `cwd` if given; SIGINT's and SIGTERM's
     handlers, all of these and the environment are put back after. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main only
+        return run_cli_process(*args, input=input, env=env, cwd=cwd)
     from patientkit.cli import app, output
 
     data = input.encode() if isinstance(input, str) else input or b""

@@ -252,22 +252,20 @@ def test_many_threads_of_one_server_share_its_pool(serve, pg):
     import httpx
 
     server = serve("--db", pg)
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    client = httpx.Client(base_url=server.url, timeout=60, limits=limits)  # one: no TLS set-up each
 
     def post(n: int) -> tuple[int, int]:
         m = n % 400
         device = f"{m % 16:08x}-84bd-4bf2-bd00-3fc3a49785ea"
         reading = {"count": m + 1, "timestamp": f"2021-09-29T16:{m // 16:02d}:00+01:00"}
-        one = httpx.post(
-            f"{server.url}/api/device-readings/create",
-            json={"id": device, "readings": [reading]},
-            timeout=60,
-        )
+        one = client.post("/api/device-readings/create", json={"id": device, "readings": [reading]})
         record = {"test_id": f"T{m}", "patient_id": "P", "clinic_id": "C001",
                   "test_type": "x", "result": "r"}  # fmt: skip
-        two = httpx.post(f"{server.url}/tests", json=record, timeout=60)
+        two = client.post("/tests", json=record)
         return one.status_code, two.status_code
 
-    with ThreadPoolExecutor(32) as pool:
+    with client, ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(post, range(800)))
     assert sorted(answers) == [(201, 200)] * 400 + [(201, 409)] * 400
     with open_store(pg) as store:

@@ -123,7 +123,7 @@ def test_a_ca_bundle_that_cannot_be_read_is_exit_2(tls, tmp_path):
 
 def test_a_key_that_does_not_fit_is_refused_at_start(tmp_path):
     one, other = make_certs(tmp_path / "one"), make_certs(tmp_path / "two")
-    done = run_cli(
+    done = run_cli_process(
         "serve", "--port", "0", "--tls-cert", str(one.cert), "--tls-key", str(other.key), timeout=30
     )
     assert done.code == 2

@@ -17,7 +17,7 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import cli_env, run_cli
+from tests.helpers import cli_env, run_cli_process
 
 
 def write_records(path, count, prefix="W"):
@@ -43,7 +43,7 @@ def test_two_workers_give_exact_verdicts_to_concurrent_submitters(serve, tmp_pat
 
     def submit():
         args = ["records", "submit", str(records), "--to", server.url, "--concurrency", "4"]
-        results.append(run_cli(*args))
+        results.append(run_cli_process(*args))  # at once: processes, not this one
 
     threads = [threading.Thread(target=submit) for _ in range(3)]
     for thread in threads:
