@@ -26,7 +26,7 @@ import pytest
 from tests.helpers import ROOT, cli_env
 
 README = ROOT / "README.md"
-SETUP_INSTALL = "pip install -e '.[test]' && "
+SETUP_INSTALL = "pip install -e '.[test,dask,postgres]' && "
 SETUP_FIRST = "patientkit export generate demo exports && patientkit export count exports/demo"
 SETUP_TESTS = "python -m pytest -q"
 DONE = "README tour: every block ran"
