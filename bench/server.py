@@ -7,7 +7,7 @@ The load generator is LOADERS processes of THREADS threads, each a keep-alive ht
 client sending one request after another for --seconds; it shares the machine's cores
 with the server, which bounds what a second worker can add.
 
-    python bench/server.py [--seconds 6] [--loaders 2] [--threads 4]
+    python bench/server.py [--seconds 6] [--loaders 2] [--threads 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -133,17 +133,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--loaders", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, Any] = {}
     for kind in ("readings", "records"):
         for workers in (1, 2):
-            plain = measure(kind, workers, False, args)
-            guarded = measure(kind, workers, True, args)
+            plains, guardeds = [], []
+            for _ in range(args.rounds):  # interleaved, best of the rounds: the machine varies
+                plains.append(measure(kind, workers, False, args))
+                guardeds.append(measure(kind, workers, True, args))
+            plain, guarded = max(plains), max(guardeds)
             key = f"{kind}_{workers}_worker{'s' if workers > 1 else ''}"
             results[key] = {
                 "plain_requests_per_second": round(plain),
                 "auth_and_metrics_requests_per_second": round(guarded),
                 "auth_and_metrics_cost_percent": round(100 * (1 - guarded / plain), 1),
+                "rounds": {
+                    "plain": [round(x) for x in plains],
+                    "guarded": [round(x) for x in guardeds],
+                },
             }
             print(
                 f"{kind:8} {workers} worker(s): plain {plain:7.0f}/s, auth+metrics "
