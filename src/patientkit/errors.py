@@ -5,7 +5,8 @@
     │   └── SpoolLocked          core.spool: another live buffer holds the spool
     ├── RemoteError              exit 2: a server that cannot be reached or answers nonsense
     │   ├── NoServer             client.http: nothing listens at the URL (first contact)
-    │   └── CertificateError     client.http: the server's TLS certificate is not trusted
+    │   ├── CertificateError     client.http: the server's TLS certificate is not trusted
+    │   └── NotAuthenticated     client.http: the server refused our bearer token (401/403)
     ├── InputError               exit 1: invalid data in an input, named by file and line
     │   ├── ReadError            an input that cannot be read to its end
     │   └── CsvError             core.counting: a malformed CSV row in an export

@@ -5,6 +5,7 @@ non-loopback bind without tokens are refused (exit 2); tokens are never logged."
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -196,3 +197,37 @@ def test_a_loopback_bind_with_tokens_from_the_environment_needs_no_flag(serve, t
     )
     port = server.url.rsplit(":", 1)[1]
     assert httpx.get(f"http://127.0.0.1:{port}/tests?clinic_id=C").status_code == 401
+
+
+@pytest.mark.parametrize("token", [None, "tok-wrong"], ids=["no token", "a wrong token"])
+@pytest.mark.parametrize(
+    "command",
+    [("readings", "replay"), ("records", "submit"), ("records", "submit", "--no-batch")],
+    ids=" ".join,
+)
+def test_a_replay_or_submit_without_the_right_token_is_one_line_before_any_work(
+    guarded, tmp_path, token, command
+):
+    """A missing or wrong PATIENTKIT_TOKEN is found before the first reading or record is
+    sent: one line, exit 2, nothing refused one by one, nothing stored."""
+    source, device = tmp_path / "in.ndjson", str(uuid.uuid4())
+    if command[0] == "readings":
+        line = {"id": device, "count": 1, "timestamp": "2021-09-29T16:09:15+01:00"}
+    else:
+        line = {"test_id": "T-auth", "patient_id": "P", "clinic_id": "C-auth",
+                "test_type": "x", "result": "r"}  # fmt: skip
+    source.write_text(json.dumps(line) + "\n")
+    env = {"PATIENTKIT_TOKEN": token} if token else {}
+    done = run_cli(*command[:2], str(source), "--to", guarded.url, *command[2:], env=env)
+    given = "was refused" if token else "is not set"
+    assert (done.code, done.out) == (2, "")
+    assert done.err == (
+        f"error: {guarded.url} answered 401: it needs a bearer token and PATIENTKIT_TOKEN "
+        f"{given}; set it to one of the server's tokens\n"
+    )
+    right = {"authorization": f"Bearer {TOKEN}"}
+    assert (
+        httpx.get(f"{guarded.url}/api/device-readings/{device}/latest", headers=right).status_code
+        == 404
+    )
+    assert httpx.get(f"{guarded.url}/tests?clinic_id=C-auth", headers=right).json() == []

@@ -143,6 +143,31 @@ def untrusted(server: str, reason: str) -> CertificateError:
     )
 
 
+class NotAuthenticated(RemoteError):
+    """The server refused our credentials (401 or 403): no bearer token, or one it does
+    not accept (exit 2, never retried: every request would be refused alike)."""
+
+
+TOKEN_VARIABLE = "PATIENTKIT_TOKEN"
+
+
+def check_credentials(http: httpx.Client, server: str) -> None:
+    """Before any work: one request that needs the server's bearer token when it has
+    tokens (SPEC.md "The server": every route but GET /api/ping), so a missing or wrong
+    PATIENTKIT_TOKEN is one line and exit 2 (NotAuthenticated) instead of every record
+    refused. Any other answer passes (a server without /openapi.json answers 404)."""
+    try:
+        status = http.get("/openapi.json").status_code
+    except httpx.TransportError:
+        return  # the caller's own requests meet it, retried as theirs are
+    if status in (401, 403):
+        given = "was refused" if os.environ.get(TOKEN_VARIABLE) else "is not set"
+        raise NotAuthenticated(
+            f"{server.rstrip('/')} answered {status}: it needs a bearer token and "
+            f"{TOKEN_VARIABLE} {given}; set it to one of the server's tokens"
+        )
+
+
 class FirstContact(httpx.BaseTransport):
     """Around a client's transport: until one request has had an answer, a connection
     that cannot be made raises NoServer (not retried); after that, errors pass as they

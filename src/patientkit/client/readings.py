@@ -9,6 +9,7 @@ import httpx
 
 from patientkit.client.http import (
     ApiClient,
+    check_credentials,
     describe,
     is_retryable_status,
     json_body,
@@ -60,6 +61,7 @@ class ReadingsClient(ApiClient):
             raise RemoteError(f"cannot reach {self.server}: {describe(exc)}") from None
         if response.status_code != 200:
             raise RemoteError(f"{self.server}/api/ping answered status {response.status_code}")
+        check_credentials(self.http, self.server)
 
     def create(self, device_id: str, readings: Sequence[Reading]) -> Answer:
         """POST one create request; transport failures come back as status 0."""

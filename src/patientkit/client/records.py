@@ -36,6 +36,7 @@ import httpx
 from patientkit.client.http import (
     DEFAULT_RETRY,
     certificate_problem,
+    check_credentials,
     describe,
     is_retryable_status,
     make_client,
@@ -139,6 +140,7 @@ class RecordsClient:
             self.http.get("/api/ping")
         except httpx.TransportError as exc:
             raise RemoteError(f"cannot reach {self.server}: {describe(exc)}") from None
+        check_credentials(self.http, self.server)
 
     def _post_to_transport(
         self, body: bytes, request_id: str, batch: bool = False
