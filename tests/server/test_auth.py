@@ -134,9 +134,28 @@ def test_the_cli_sends_patientkit_token(guarded):
     assert (ok.code, ok.json()) == (0, {"cumulative_count": 3, "device_id": DEVICE}), ok.err
     refused = run_cli("readings", "total", DEVICE, "--to", guarded.url)
     assert (refused.code, refused.out) == (2, "")
-    assert (
-        refused.err
-        == f"error: GET {guarded.url}/api/device-readings/{DEVICE}/cumulative-count: status 401\n"
+    assert refused.err == (
+        f"error: {guarded.url} answered 401: it needs a bearer token and PATIENTKIT_TOKEN is "
+        "not set; set it to one of the server's tokens\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("readings", "latest", DEVICE, "--to"),
+        ("records", "list", "--clinic", "C1", "--to"),
+        ("export", "list", "--server"),
+        ("export", "aggregate", "demo", "--server"),
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_every_command_says_the_token_was_refused_in_one_line(guarded, command):
+    refused = run_cli(*command, guarded.url, env={"PATIENTKIT_TOKEN": "tok-wrong"})
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        f"error: {guarded.url} answered 401: it needs a bearer token and PATIENTKIT_TOKEN "
+        "was refused; set it to one of the server's tokens\n"
     )
 
 

@@ -12,6 +12,7 @@ from patientkit.client.http import (
     ApiClient,
     is_retryable_status,
     json_body,
+    refused_credentials,
     retry_after,
     transport_failure,
 )
@@ -42,7 +43,9 @@ class ExportClient(ApiClient):
         if is_retryable_status(status):
             raise RetryableError(f"status {status}{_detail(response)}", retry_after(response))
         if status != 200:
-            raise RemoteError(f"GET {self.server}{path}: unexpected status {status}")
+            raise refused_credentials(self.server, status) or RemoteError(
+                f"GET {self.server}{path}: unexpected status {status}"
+            )
 
     def _get_json(self, path: str, not_found: str, on_retry: OnRetry | None = None) -> Any:
         what = f"GET {self.server}{path}"

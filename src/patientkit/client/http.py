@@ -151,6 +151,18 @@ class NotAuthenticated(RemoteError):
 TOKEN_VARIABLE = "PATIENTKIT_TOKEN"
 
 
+def refused_credentials(server: str, status: int) -> NotAuthenticated | None:
+    """The one line for an answer of 401 or 403 (our bearer token missing or refused), or
+    None for any other status: every client raises it where it meets such an answer."""
+    if status not in (401, 403):
+        return None
+    given = "was refused" if os.environ.get(TOKEN_VARIABLE) else "is not set"
+    return NotAuthenticated(
+        f"{server.rstrip('/')} answered {status}: it needs a bearer token and "
+        f"{TOKEN_VARIABLE} {given}; set it to one of the server's tokens"
+    )
+
+
 def check_credentials(http: httpx.Client, server: str) -> None:
     """Before any work: one request that needs the server's bearer token when it has
     tokens (SPEC.md "The server": every route but GET /api/ping), so a missing or wrong
@@ -160,12 +172,9 @@ def check_credentials(http: httpx.Client, server: str) -> None:
         status = http.get("/openapi.json").status_code
     except httpx.TransportError:
         return  # the caller's own requests meet it, retried as theirs are
-    if status in (401, 403):
-        given = "was refused" if os.environ.get(TOKEN_VARIABLE) else "is not set"
-        raise NotAuthenticated(
-            f"{server.rstrip('/')} answered {status}: it needs a bearer token and "
-            f"{TOKEN_VARIABLE} {given}; set it to one of the server's tokens"
-        )
+    error = refused_credentials(server, status)
+    if error is not None:
+        raise error
 
 
 class FirstContact(httpx.BaseTransport):

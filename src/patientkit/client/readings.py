@@ -13,6 +13,7 @@ from patientkit.client.http import (
     describe,
     is_retryable_status,
     json_body,
+    refused_credentials,
     retry_after,
 )
 from patientkit.core import validation
@@ -91,7 +92,9 @@ class ReadingsClient(ApiClient):
         if response.status_code == 400:
             raise UsageError(error_message(response))
         if response.status_code != 200:
-            raise RemoteError(f"GET {self.server}{path}: status {response.status_code}")
+            raise refused_credentials(self.server, response.status_code) or RemoteError(
+                f"GET {self.server}{path}: status {response.status_code}"
+            )
         body = json_body(response, f"GET {self.server}{path}")
         if not isinstance(body, dict) or key not in body:
             raise RemoteError(f"GET {self.server}{path}: the answer has no '{key}'")

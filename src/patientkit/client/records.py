@@ -40,6 +40,7 @@ from patientkit.client.http import (
     describe,
     is_retryable_status,
     make_client,
+    refused_credentials,
     retry_after,
     tls_verify,
     transport_failure,
@@ -283,7 +284,7 @@ class RecordsClient:
                         raise RetryableError(f"status {status}", retry_after(answer))
                     if status != 200:
                         answer.read()
-                        raise RemoteError(
+                        raise refused_credentials(self.server, status) or RemoteError(
                             f"GET {self.server}/tests: status {status}: {_message(answer)}"
                         )
                     stream = io.BufferedReader(_ResponseStream(answer.iter_bytes()))
