@@ -17,8 +17,10 @@ PostgreSQL and into SQLite.
     python bench/postgres.py [--url postgresql://postgres@127.0.0.1:5432/test]
                              [--readings 1000000] [--records 100000]
 
-Writes outputs/bench/postgres.json (section "store"). The CLI is not wired to PostgreSQL
-yet: whole-command timings come when it is.
+Then the whole commands, start-up included, in fresh stores: `readings replay` of the
+same file and `records submit` of the same records, into PostgreSQL and into SQLite.
+
+Writes outputs/bench/postgres.json (sections "store" and "command").
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -33,13 +36,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from patientkit.generate import generate_readings, generate_records
 
 from common import WORK, save
 from patientkit.core.model import RECORD_FIELDS, Reading
 from patientkit.core.storage import SQLiteStore
 from patientkit.core.validation import reading
 from patientkit.postgres import PostgresStore
+from patientkit.samples.inputs import generate_readings, generate_records
 
 READINGS_BATCH = 20_000  # the replay's store batch (cli/readings.py)
 RECORDS_BATCH = 5_000  # the submit's store batch (submit.STORE_BATCH)
@@ -217,6 +220,46 @@ def main() -> None:
         f"ours {speedup:.2f}x faster than executemany, {over_floor:.2f}x the raw COPY; "
         f"records PG/SQLite {result['records']['postgres_over_sqlite']} -> {path}"
     )
+    commands(args.url, source, records_file)
+
+
+def commands(admin_url: str, readings: Path, records: Path) -> None:
+    """`readings replay` and `records submit` as whole processes into a fresh PostgreSQL
+    database and a fresh SQLite file; seconds of each, and PostgreSQL over SQLite."""
+    seconds: dict[str, float] = {}
+    for label, argv in (
+        ("readings_replay", ["readings", "replay", str(readings)]),
+        ("records_submit", ["records", "submit", str(records)]),
+    ):
+        name = f"pk_bench_{uuid.uuid4().hex[:8]}"
+        url = database(admin_url, name)
+        sqlite_file = WORK / f"{name}.db"
+        try:
+            for store, target in (("postgresql", url), ("sqlite", str(sqlite_file))):
+                started = time.perf_counter()
+                done = subprocess.run(
+                    [sys.executable, "-m", "patientkit", *argv, "--db", target],
+                    capture_output=True,
+                )
+                seconds[f"{label}_{store}"] = time.perf_counter() - started
+                if done.returncode != 0:
+                    raise SystemExit(f"{label} into {store} failed: {done.stderr.decode()}")
+        finally:
+            drop(admin_url, name)
+            for made in WORK.glob(f"{name}.db*"):
+                made.unlink()
+    result = {
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "postgres_over_sqlite": {
+            label: round(seconds[f"{label}_postgresql"] / seconds[f"{label}_sqlite"], 2)
+            for label in ("readings_replay", "records_submit")
+        },
+        "inputs": {"readings": readings.name, "records": records.name},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "method": "whole processes (python -m patientkit), start-up included, fresh stores",
+    }
+    path = save("postgres", "command", result)
+    print(f"whole commands: {json.dumps(result['seconds'])} -> {path}")
 
 
 if __name__ == "__main__":
