@@ -23,31 +23,29 @@ REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
 
 
-@pytest.fixture(scope="module")
-def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """300,000 readings and the store one clean replay of them makes."""
-    folder = tmp_path_factory.mktemp("interrupts")
-    source = folder / "r.ndjson"
-    generate_readings(source, 300_000, devices=400)
-    clean = folder / "clean.db"
+def readings_and_clean_store(folder: Path, readings: int) -> tuple[Path, Path]:
+    """`readings` readings of 400 devices in folder/r.ndjson, and the store one clean
+    replay of them makes."""
+    source, clean = folder / "r.ndjson", folder / "clean.db"
+    generate_readings(source, readings, devices=400)
     done = run_cli("readings", "replay", str(source), "--db", str(clean))
     assert done.code == 0, done.err
     return source, clean
+
+
+@pytest.fixture(scope="module")
+def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """300,000 readings and the store one clean replay of them makes."""
+    return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), 300_000)
 
 
 @pytest.fixture(scope="module")
 def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """100,000 readings and the store one clean replay of them makes: with
-    `--batch-size 500` a replay --to reads at most 64,000 ahead of what is delivered
-    (requests of 500 a device, batches of 16,000, four batches pending), so an interrupt
-    at 20,000 stored comes before the end of the file, and a rerun over HTTP is short."""
-    folder = tmp_path_factory.mktemp("api-interrupts")
-    source = folder / "r.ndjson"
-    generate_readings(source, 100_000, devices=400)
-    clean = folder / "clean.db"
-    done = run_cli("readings", "replay", str(source), "--db", str(clean))
-    assert done.code == 0, done.err
-    return source, clean
+    """100,000 readings and their clean store: with `--batch-size 500` a replay --to reads
+    at most 64,000 ahead of what is delivered (requests of 500 a device, batches of
+    16,000, four batches pending), so an interrupt at 20,000 stored comes before the end
+    of the file, and a rerun over HTTP is short."""
+    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), 100_000)
 
 
 def start(*args: str) -> subprocess.Popen[bytes]:
