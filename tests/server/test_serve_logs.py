@@ -4,6 +4,7 @@ and the line that says where it serves; never a query value or a record's conten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import cli_env
 
@@ -113,6 +115,29 @@ def test_json_is_the_default_in_a_pipe_and_quiet_keeps_no_request_lines(tmp_path
         stop(process)
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert events == ["serving"]  # no per-request line, no info at all
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_log_level_warning_keeps_the_serving_line_and_warnings_only(tmp_path, workers):
+    """--log-level warning: no info line but those that say where it serves and that it
+    stopped; a request chaos broke on purpose is a warning, kept, and no server error."""
+    log = tmp_path / "serve.log"
+    args = ["--db", str(tmp_path / "s.db"), "--log-level", "warning", "--workers", workers]
+    process = start(log, *args, "--chaos", "1.0")
+    try:
+        line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
+        url = json.loads(line.string)["url"]
+        assert httpx.get(f"{url}/api/ping").status_code == 200  # ping is never broken
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(f"{url}/tests", params={"clinic_id": "C"})
+        wait_for(log, re.compile(r'^\{.*"event": "request"'))
+    finally:
+        stop(process)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["event"] for line in lines if line["level"] == "info"] == ["serving", "stopped"]
+    assert [line for line in lines if line["level"] == "error"] == []
+    requests = [line for line in lines if line["event"] == "request"]
+    assert [(r["level"], r["route"]) for r in requests] == [("warning", "/tests")]
 
 
 def test_json_without_quiet_has_a_line_a_request(tmp_path):

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import cli_env, run_cli_process
@@ -97,7 +98,8 @@ def big_export(folder, megabytes):
     return download, path.stat().st_size
 
 
-def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop):
     for workers in ("1", "2"):
         exports = tmp_path / f"exports-{workers}"
         download, size = big_export(exports, 40)
@@ -114,7 +116,7 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path):
             with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
                 chunks = answer.iter_raw()
                 received = len(next(chunks))
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(stop)
                 time.sleep(0.5)
                 with_new = None
                 try:

@@ -129,13 +129,11 @@ def serve(
         raise UsageError(f"--chaos must be between 0 and 1, not {chaos}")
     if exports is not None and not exports.is_dir():
         raise UsageError(f"--exports {exports}: no such folder")
-    import logging  # here, not at the top: every command imports this module at start-up
 
     import uvicorn
 
     from patientkit.server import auth, logs
     from patientkit.server.app import build_app
-    from patientkit.server.middleware import QuietCuts
     from patientkit.stores import shown
 
     tokens = auth.load_tokens(token_file)
@@ -151,9 +149,7 @@ def serve(
     if log_format is None:
         log_format = LogFormat.text if sys.stderr.isatty() else LogFormat.json
     quiet = output.is_quiet()
-    logs.configure(log_format.value, quiet=quiet, level=log_level.value)
-    if chaos:
-        logging.getLogger("uvicorn.error").addFilter(QuietCuts())
+    logs.configure(log_format.value, quiet=quiet, level=log_level.value, chaos=bool(chaos))
     sock = _bind(host, port)
     settings: dict[str, object] = {
         "db": db,

@@ -19,7 +19,7 @@ from patientkit.server.auth import BearerAuth, error_body
 from patientkit.server.bodies import MAX_BODY
 from patientkit.server.logs import log
 from patientkit.server.metrics import Metrics
-from patientkit.server.middleware import Chaos, RequestLog
+from patientkit.server.middleware import Chaos, ChaosCut, RequestLog
 from patientkit.server.stores import Stores
 
 
@@ -40,8 +40,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def server_error(request: Request, exc: Exception) -> Response:
     """A fault of ours: 500 in the API's shape; the log says what (no request data). A
-    client that hung up is no fault (RequestLog logs it; nobody gets this answer)."""
-    if not isinstance(exc, ClientDisconnect | OSError):
+    client that hung up is no fault (RequestLog logs it; nobody gets this answer), nor is
+    an answer chaos cuts on purpose (ChaosCut: RequestLog names it)."""
+    if not isinstance(exc, ClientDisconnect | OSError | ChaosCut):
         log(
             "server error",
             logging.ERROR,
@@ -95,5 +96,5 @@ def worker_app(settings: dict[str, object], log_format: str, quiet: bool, level:
     its logs configured as the parent's, then build_app(**settings)."""
     from patientkit.server import logs
 
-    logs.configure(log_format, quiet=quiet, level=level)
+    logs.configure(log_format, quiet=quiet, level=level, chaos=bool(settings.get("chaos")))
     return build_app(**settings)  # type: ignore[arg-type]

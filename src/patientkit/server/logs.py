@@ -98,11 +98,14 @@ LEVELS = {
 }
 
 
-def configure(fmt: str = "json", quiet: bool = False, level: str = "info") -> None:
+def configure(
+    fmt: str = "json", quiet: bool = False, level: str = "info", chaos: bool = False
+) -> None:
     """Send our logs and uvicorn's to stderr, as JSON lines (`fmt` "json") or lines for
     people ("text": uvicorn's start-up and shut-down chatter is left out). `level` (a key
     of LEVELS) is the least level written; with `quiet`, only warnings, errors and the
-    `serving` line."""
+    `serving` line. With `chaos`, uvicorn's complaint about an answer chaos cut on
+    purpose is left out (each process of `serve --workers N` configures its own)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     if quiet:
@@ -113,12 +116,20 @@ def configure(fmt: str = "json", quiet: bool = False, level: str = "info") -> No
     for name in ("patientkit.server", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
+        logger.filters[:] = [QuietCuts()] if chaos and name == "uvicorn.error" else []
         quieter = name == "uvicorn.error" and fmt == "text"
         logger.setLevel(max(least, logging.WARNING) if quieter else least)
         logger.propagate = False
     if least > logging.INFO:  # the `serving` and `stopped` lines say where, whatever the level
         handler.addFilter(_AtLeast(least))
         logging.getLogger("patientkit.server").setLevel(logging.INFO)
+
+
+class QuietCuts(logging.Filter):
+    """Drops uvicorn's complaint about the answers that Chaos cuts on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
 
 
 class _AtLeast(logging.Filter):

@@ -113,7 +113,9 @@ class RequestLog:
                 self.observe(scope["method"], route, status, seconds)
             log(
                 "request",
-                logging.WARNING if outcome != "ok" or status >= 500 or dropped else logging.INFO,
+                logging.WARNING
+                if outcome != "ok" or status >= 500 or dropped or scope["state"].get("chaos")
+                else logging.INFO,
                 request_id=request_id,
                 method=scope["method"],
                 route=route,
@@ -160,22 +162,23 @@ class Chaos:
                 await send(message)
                 return
             if not message.get("more_body", False):
-                raise _Cut  # a whole answer: never sent
+                raise ChaosCut  # a whole answer: never sent
             body = message.get("body", b"")
             if len(body) >= budget:
                 await send({"type": "http.response.body", "body": body[:budget], "more_body": True})
-                raise _Cut
+                raise ChaosCut
             budget -= len(body)
             await send(message)
 
         try:
             await self.app(scope, receive, cutting_send)
-        except* _Cut:
+        except* ChaosCut:
             pass  # uvicorn closes a connection whose answer is not complete
 
 
-class _Cut(Exception):
-    """Raised inside chaos to drop the connection without a complete answer."""
+class ChaosCut(Exception):
+    """Raised inside chaos to drop the connection without a complete answer (on purpose:
+    no fault of the server, never logged as one)."""
 
     pass
 
@@ -194,10 +197,3 @@ async def _unavailable(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class QuietCuts(logging.Filter):
-    """Drops uvicorn's complaint about the answers that Chaos cuts on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "without completing response" not in record.getMessage()
