@@ -171,10 +171,6 @@ def count_attempt(job: Job, topic: str) -> Attempt:
         raise failed(describe(exc)) from None
     except RetryableError as exc:
         raise failed(exc.reason, exc.retry_after) from None
-    except httpx.DecodingError as exc:  # its Content-Encoding: truncated or corrupt
-        raise Refused(
-            f"download {job.download_id}: cannot decode it, truncated or corrupt ({exc})", 1
-        ) from None
     except PatientkitError as exc:
         raise Refused(str(exc), exc.exit_code) from None
     finally:

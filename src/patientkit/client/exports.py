@@ -94,7 +94,8 @@ class ExportClient(ApiClient):
         """Stream one download through a counter: one attempt, no retry.
 
         Raises RetryableError for a failure worth another attempt (transport, 5xx, a short
-        download), CsvError for bad data, RemoteError for a final refusal.
+        download), CsvError for bad data, RemoteError for a final refusal, DeliveryError
+        for more rows than the metadata says or a body that cannot be decoded.
         `on_chunk(rows, bytes)` reports progress.
         """
         source = f"{export_id}/{download_id}"
@@ -102,11 +103,16 @@ class ExportClient(ApiClient):
         path = f"/api/export/{export_id}/{download_id}/data"
         with self.http.stream("GET", path) as response:
             self._check(response, path, f"download {source} not found")
-            for chunk in response.iter_bytes(CHUNK):
-                rows = counter.counts.rows
-                counter.feed(chunk)
-                if on_chunk is not None:
-                    on_chunk(counter.counts.rows - rows, len(chunk))
+            try:
+                for chunk in response.iter_bytes(CHUNK):
+                    rows = counter.counts.rows
+                    counter.feed(chunk)
+                    if on_chunk is not None:
+                        on_chunk(counter.counts.rows - rows, len(chunk))
+            except httpx.DecodingError as exc:  # its Content-Encoding: truncated or corrupt
+                raise DeliveryError(
+                    f"download {download_id}: cannot decode it, truncated or corrupt ({exc})"
+                ) from None
         try:
             counts = counter.finish()
         except CsvError:

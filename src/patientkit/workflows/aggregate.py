@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from patientkit.client.exports import ExportClient
 from patientkit.client.http import DEFAULT_RETRY, transport_failure
 from patientkit.core import workers
@@ -97,13 +95,6 @@ def count_download(job: Job) -> DownloadCount:
         except RetryableError as exc:
             flush()
             return DownloadCount(job.download_id, None, error=f"download {job.download_id}: {exc}")
-        except httpx.DecodingError as exc:  # its Content-Encoding: truncated or corrupt
-            flush()
-            return DownloadCount(
-                job.download_id,
-                None,
-                error=f"download {job.download_id}: cannot decode it, truncated or corrupt ({exc})",
-            )
         except PatientkitError as exc:
             flush()
             return DownloadCount(job.download_id, None, error=str(exc), exit_code=exc.exit_code)
