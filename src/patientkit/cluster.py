@@ -88,15 +88,6 @@ class AttemptFailed(Exception):
         self.run, self.unreachable = run, unreachable
 
 
-class Refused(Exception):
-    """In a task: a failure that another attempt would not mend (a malformed row, more
-    rows than the metadata says, a 404). `exit_code` as the error it stands for."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message, exit_code)
-        self.message, self.exit_code = message, exit_code
-
-
 class Cancelled(Exception):
     """In a task: the client cancelled it (Ctrl-C); the download stops at once."""
 
@@ -125,8 +116,10 @@ def distributed_module() -> ModuleType:
 def count_attempt(job: Job, topic: str) -> Attempt:
     """In a Dask task: one attempt at counting `job`'s download, from the start.
 
-    Returns an Attempt; raises AttemptFailed (another attempt may succeed), Refused (it
-    would not) or Cancelled. Progress goes to the client as events on `topic`."""
+    Returns an Attempt; raises AttemptFailed (another attempt may succeed), a PatientkitError
+    (it would not: a malformed row, more rows than the metadata says, a 404, an untrusted
+    certificate; it arrives at the client as itself) or Cancelled. Progress goes to the
+    client as events on `topic`."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -164,15 +157,12 @@ def count_attempt(job: Job, topic: str) -> Attempt:
     except httpx.ConnectError as exc:
         problem = certificate_problem(exc)
         if problem is not None:  # fails the same way every time: never retried
-            error = untrusted(job.server, problem)
-            raise Refused(str(error), error.exit_code) from None
+            raise untrusted(job.server, problem) from None
         raise failed(describe_connect(exc), unreachable=True) from None
     except httpx.TransportError as exc:
         raise failed(describe(exc)) from None
     except RetryableError as exc:
         raise failed(exc.reason, exc.retry_after) from None
-    except PatientkitError as exc:
-        raise Refused(str(exc), exc.exit_code) from None
     finally:
         report()
     return Attempt(job.download_id, run, counts, total[0])
@@ -401,10 +391,8 @@ class _Run:
             reason = "its worker died while counting it, more than Dask allows"
             self._retry_or_fail(download, reason, None, None)
             return False
-        if isinstance(exc, Refused):
-            error = DeliveryError(exc.message)
-            error.exit_code = exc.exit_code
-            raise error
+        if isinstance(exc, PatientkitError):  # would fail again; it pickles whole (errors.py)
+            raise exc
         raise DeliveryError(
             f"download {job.download_id}: its task failed on the cluster: "
             f"{type(exc).__name__}: {_first_line(exc)}"
