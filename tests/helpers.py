@@ -197,3 +197,22 @@ def record(test_id="T1", clinic="C1", **changes):
     }
     value.update(changes)
     return value
+
+
+def run_scripts_at_once(
+    script: str, argvs: list[list[str]], timeout: float = 300
+) -> list[tuple[int, bytes, bytes]]:
+    """`python -c script *argv` for each argv, all running at once (separate processes);
+    each one's exit code, stdout and stderr, in the order given."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for argv in argvs
+    ]
+    try:
+        outcomes = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outcomes, strict=True)]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,6 +22,7 @@ import pytest
 
 from patientkit.errors import UsageError
 from tests.core.test_store import DEVICE, OTHER, reading, record
+from tests.helpers import run_scripts_at_once
 from tests.pg import needs_pg, new_database
 
 
@@ -158,17 +157,9 @@ FIRST_USER = textwrap.dedent("""
 @needs_pg
 def test_concurrent_first_users_do_not_race_the_migration(pg_url):
     start = time.time() + 3.0  # every process imported and waiting by then
-    users = [
-        subprocess.Popen(
-            [sys.executable, "-c", FIRST_USER, pg_url, str(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(6)
-    ]
-    outcomes = [user.communicate(timeout=120) for user in users]
-    assert [user.returncode for user in users] == [0] * 6, [err.decode() for _, err in outcomes]
-    assert [out.decode() for out, _ in outcomes] == ["1 0\n"] * 6
+    outcomes = run_scripts_at_once(FIRST_USER, [[pg_url, str(start)]] * 6, timeout=120)
+    assert [code for code, _, _ in outcomes] == [0] * 6, [err.decode() for *_, err in outcomes]
+    assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 6
     import psycopg
 
     with psycopg.connect(pg_url) as conn:

@@ -10,13 +10,10 @@ advisory-locked migration, dropped connections, passwords in errors)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ from hypothesis import strategies as st
 from patientkit.core.model import RECORD_FIELDS, Reading, RecordAnswer
 from patientkit.core.store import Store
 from patientkit.stores import open_store
+from tests.helpers import run_scripts_at_once
 from tests.pg import STORES, new_database
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
@@ -349,20 +347,9 @@ WRITER = textwrap.dedent("""
 
 def test_many_writer_processes_lose_nothing_double_nothing_and_see_no_lock_errors(target, opened):
     opened().close()
-    with ExitStack() as stack:
-        workers = [
-            stack.enter_context(
-                subprocess.Popen(
-                    [sys.executable, "-c", WRITER, target, str(n)],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
-            for n in range(6)
-        ]
-        outcomes = [w.communicate(timeout=300) for w in workers]
-    assert [w.returncode for w in workers] == [0] * 6, [err.decode() for _, err in outcomes]
-    created = sum(int(out) for out, _ in outcomes)
+    outcomes = run_scripts_at_once(WRITER, [[target, str(n)] for n in range(6)])
+    assert [code for code, _, _ in outcomes] == [0] * 6, [err.decode() for *_, err in outcomes]
+    created = sum(int(out) for _, out, _ in outcomes)
     unique = {(n * 7 + b) % 60 for n in range(6) for b in range(40)}
     with opened() as store:
         shared = 5 * 40 * 50
