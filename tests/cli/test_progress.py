@@ -153,3 +153,23 @@ def test_workers_report_rows_and_bytes_as_they_go(tmp_path):
     assert len(heard) >= 4  # two pieces of 6 MiB, each told every 2 MiB
     header = len("patient_id,event_time,event_type,value\n")
     assert sum(b for _, b in heard) == path.stat().st_size - header
+
+
+def test_a_job_that_tells_no_bytes_draws_no_megabytes():
+    """`readings replay` and `records submit` count readings and records, not bytes: their
+    line has no `0.0 MB` that never moves, at any width."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from patientkit.cli.progress import _columns
+
+    for wide, sized in [(False, False), (True, False), (False, True), (True, True)]:
+        console = Console(file=io.StringIO(), width=200 if wide else 80)
+        progress = Progress(*_columns("records", wide=wide, sized=sized), console=console)
+        progress.add_task("submitting", rows=123_456, bytes=0, total_rows=None, done="")
+        console.print(progress.make_tasks_table(progress.tasks))
+        text = console.file.getvalue()
+        assert ("123,456 records" if wide else "0.12M records") in text, text
+        assert ("MB" in text) == sized, text

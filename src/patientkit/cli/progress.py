@@ -19,11 +19,11 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:,.2f}M"
 
 
-def _columns(unit: str, wide: bool) -> list[ProgressColumn]:
+def _columns(unit: str, wide: bool, sized: bool = True) -> list[ProgressColumn]:
     """The columns of the progress line, each kept on one line (cut short, never
     wrapped onto the next): description, bar (wide only), percentage, rows (exact when
-    wide, in millions otherwise), MB and the rates, parts done, time left. At 80 columns
-    the narrow set fits a line whole."""
+    wide, in millions otherwise), MB (when `sized`: the job tells its bytes) and the
+    rates, parts done, time left. At 80 columns the narrow set fits a line whole."""
     from rich.progress import (
         BarColumn,
         ProgressColumn,
@@ -46,10 +46,12 @@ def _columns(unit: str, wide: bool) -> list[ProgressColumn]:
             rows_s = rows / elapsed if elapsed > 0 else 0.0
             if wide:
                 of = f" / {total:,}" if total is not None else ""
-                text = f"{rows:,}{of} {unit} {nbytes / 1e6:,.1f} MB {mb_s:,.0f} MB/s "
+                size = f"{nbytes / 1e6:,.1f} MB {mb_s:,.0f} MB/s " if sized else ""
+                text = f"{rows:,}{of} {unit} {size}"
             else:
                 of = f"/{_millions(total)}" if total is not None else ""
-                text = f"{_millions(rows)}{of} {unit} {nbytes / 1e6:,.1f} MB "
+                size = f"{nbytes / 1e6:,.1f} MB " if sized else ""
+                text = f"{_millions(rows)}{of} {unit} {size}"
             return Text(text + f"{_millions(int(rows_s))} {unit}/s", style="cyan")
 
     class Left(ProgressColumn):
@@ -80,8 +82,9 @@ class Meter:
     calling thread only (no refresh thread: worker pools fork safely), at most ten times
     a second."""
 
-    def __init__(self, description: str, unit: str = "rows") -> None:
-        self.description, self.unit = description, unit
+    def __init__(self, description: str, unit: str = "rows", sized: bool = True) -> None:
+        """`sized`: the job reports bytes (`advance`), so MB are drawn."""
+        self.description, self.unit, self.sized = description, unit, sized
         self.rows = self.bytes = self.parts_done = self.parts = 0
         self.total_rows: int | None = None
         self.total_bytes: int | None = None
@@ -96,7 +99,7 @@ class Meter:
 
             console = output.err_console()
             self._progress = Progress(
-                *_columns(self.unit, wide=console.width >= WIDE),
+                *_columns(self.unit, wide=console.width >= WIDE, sized=self.sized),
                 console=console,
                 transient=True,
                 auto_refresh=False,  # no refresh thread: worker pools fork safely
