@@ -5,6 +5,8 @@ stored). One application for the module; each test uses devices of its own."""
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
@@ -208,3 +210,63 @@ def test_a_count_past_int64_is_refused_and_totals_past_it_are_exact_integers(api
     assert api.get(f"/api/device-readings/{device}/cumulative-count").json() == {
         "cumulative_count": 2 * most + 1000
     }
+
+
+# --- any body (issue 9: fuzzing each server body parser, through the endpoint) ----------
+
+MESSAGES = {
+    NOT_AN_OBJECT,
+    BAD_COUNT,
+    BAD_TIMESTAMP,
+    "Field 'id' is required.",
+    "Field 'readings' is required.",
+    "Device ID must be valid UUID string.",
+}
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**63 - 1, 2**63, 10**30, 0.5, float("inf")]),
+    st.text(max_size=6),
+    st.sampled_from(["2021-09-29T16:09:15+01:00", "2021-09-29T16:09:15+0100", "\ud800", "x\x00"]),
+)
+_json = st.recursive(
+    _leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3)
+)
+_reading = st.fixed_dictionaries(
+    {}, optional={"count": st.one_of(st.integers(-2, 2**64), _json), "timestamp": _json}
+)
+_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.just(str(uuid.uuid4())), st.uuids().map(str), _json),
+        "readings": st.one_of(st.lists(_reading, max_size=3), _json),
+    },
+)
+
+
+def _encoded(value, ascii_only: bool) -> bytes:
+    import json
+
+    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.builds(_encoded, st.one_of(_bodies, _json), st.booleans()),
+    )
+)
+def test_any_create_body_gets_a_documented_answer(api, body):
+    """Bytes of any kind, JSON of any shape: 201, or 400 with one of SPEC's messages in
+    the API's error shape (413 past the body limit); never a 5xx."""
+    response = api.post("/api/device-readings/create", content=body)
+    if response.status_code == 201:
+        assert response.json() == {"status": "ok"}
+    elif response.status_code != 413:
+        assert response.status_code == 400, response.text
+        assert response.json()["error_message"] in MESSAGES, response.text
+        assert response.json() == error(response.json()["error_message"])

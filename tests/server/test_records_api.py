@@ -8,6 +8,8 @@ import uuid
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.core.storage import SQLiteStore
@@ -244,3 +246,48 @@ def test_logs_carry_the_request_id_and_no_health_data(serve, tmp_path):
     assert by_id["log-invalid"][0]["reason"] == "Invalid or missing field: result"
     assert by_id["log-list"][0]["count"] == 1
     assert [line["status"] for line in lines if line.get("request_id") == "log-dup"][-1] == 409
+
+
+# --- any body (issue 9: fuzzing each server body parser, through the endpoint) ----------
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**63, 10**30, 0.5, float("inf"), "", "x\x00", "\ud800", "ok"]),
+    st.text(max_size=6),
+)
+_json = st.recursive(
+    _leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3)
+)
+_records = st.fixed_dictionaries(
+    {}, optional={name: st.one_of(st.text(min_size=1, max_size=6), _json) for name in FIELDS}
+)
+RECORD_ERRORS = {"Invalid JSON", *(f"Invalid or missing field: {name}" for name in FIELDS)}
+
+
+def _encoded(value, ascii_only: bool) -> bytes:
+    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.builds(_encoded, st.one_of(_records, _json), st.booleans()),
+    )
+)
+def test_any_post_body_gets_a_documented_answer(api, body):
+    """Bytes of any kind, JSON of any shape: 200 with the test_id, 409, or 400 with one of
+    SPEC's messages (413 past the body limit); never a 5xx."""
+    response = api.post("/tests", content=body)
+    answer = response.json()
+    if response.status_code == 200:
+        assert answer["status"] == "success" and isinstance(answer["test_id"], str)
+    elif response.status_code == 409:
+        assert answer == {"error": "Conflict: test_id exists"}
+    elif response.status_code != 413:
+        assert response.status_code == 400, response.text
+        assert answer["error"] in RECORD_ERRORS, response.text
