@@ -200,6 +200,8 @@ def connect(distributed: ModuleType, scheduler: str, timeout: float) -> Client:
             f"--scheduler {scheduler!r} is not a Dask scheduler address "
             "(expected tcp://HOST:PORT, as `dask scheduler` prints)"
         )
+    if scheme in ("tcp", "tls", "ws", "wss"):  # over TCP: a refused connect is said at once
+        _refused(scheduler, rest, timeout)
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # our one line instead
     try:
         with warnings.catch_warnings():
@@ -211,6 +213,25 @@ def connect(distributed: ModuleType, scheduler: str, timeout: float) -> Client:
             f"{timeout:g}s): is it running? Start one with `dask scheduler`"
         ) from None
     return client
+
+
+def _refused(scheduler: str, rest: str, timeout: float) -> None:
+    """RemoteError at once when nothing listens at the scheduler's address (a refused
+    connection), as every command says of a server that is not running (SPEC.md,
+    Command-line surface), rather than after Dask has retried for `timeout` seconds and
+    calling it no answer. Anything else is left to Dask's own connect."""
+    import socket
+
+    host, _, port = rest.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout, 5)).close()
+    except ConnectionRefusedError:
+        raise RemoteError(
+            f"cannot connect to the Dask scheduler {scheduler} (connection refused): is it "
+            "running? Start one with `dask scheduler`"
+        ) from None
+    except (OSError, ValueError):
+        pass
 
 
 def wait_for_workers(client: Client, scheduler: str, timeout: float) -> None:

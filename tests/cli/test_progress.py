@@ -41,14 +41,16 @@ def read_for(main: int, seconds: float) -> bytes:
     return got
 
 
-def on_a_terminal(*args: str, stdin: int | None = None) -> tuple[subprocess.Popen, int]:
+def on_a_terminal(
+    *args: str, stdin: int | None = None, columns: int = 200
+) -> tuple[subprocess.Popen, int]:
     main, child = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "patientkit", *args],
         stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=child,
-        env={**cli_env(), "COLUMNS": "200"},
+        env={**cli_env(), "COLUMNS": str(columns)},
     )
     os.close(child)
     return process, main
@@ -73,6 +75,29 @@ def test_generate_progress_advances_on_a_terminal(tmp_path):
     last = frames(second)[-1]
     assert re.search(r"\d+%", last) and "MB/s" in last and "rows/s" in last and "left" in last
     assert not list(tmp_path.glob("small/.*.tmp"))  # Ctrl-C removed its temporary files
+
+
+NARROW = re.compile(
+    r" +\d+% [\d.]+M/7\.81M rows [\d.,]+ MB [\d.]+M rows/s +(\d+:\d\d:\d\d +|-:--:-- +)?left"
+)
+
+
+def test_progress_is_one_whole_line_on_a_narrow_terminal(tmp_path):
+    """At 80 columns the line keeps its percentage, rows (in millions), MB, rate and time
+    left on one line: nothing wraps onto a second line, nothing is cut short."""
+    process, main = on_a_terminal("export", "generate", "small", str(tmp_path), columns=80)
+    try:
+        screen = read_for(main, 4.0)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+        os.close(main)
+    drawn = [line for line in frames(screen) if "%" in line]
+    assert drawn, frames(screen)
+    for line in drawn:
+        assert len(line.rstrip()) <= 80 and "…" not in line, line
+        assert NARROW.fullmatch(line.rstrip().removeprefix("generating small")), line
+    assert any(re.search(r"\d:\d\d:\d\d left", line) for line in drawn)  # a time left
 
 
 def test_count_progress_moves_while_stdin_is_read(tmp_path):
@@ -128,3 +153,23 @@ def test_workers_report_rows_and_bytes_as_they_go(tmp_path):
     assert len(heard) >= 4  # two pieces of 6 MiB, each told every 2 MiB
     header = len("patient_id,event_time,event_type,value\n")
     assert sum(b for _, b in heard) == path.stat().st_size - header
+
+
+def test_a_job_that_tells_no_bytes_draws_no_megabytes():
+    """`readings replay` and `records submit` count readings and records, not bytes: their
+    line has no `0.0 MB` that never moves, at any width."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from patientkit.cli.progress import _columns
+
+    for wide, sized in [(False, False), (True, False), (False, True), (True, True)]:
+        console = Console(file=io.StringIO(), width=200 if wide else 80)
+        progress = Progress(*_columns("records", wide=wide, sized=sized), console=console)
+        progress.add_task("submitting", rows=123_456, bytes=0, total_rows=None, done="")
+        console.print(progress.make_tasks_table(progress.tasks))
+        text = console.file.getvalue()
+        assert ("123,456 records" if wide else "0.12M records") in text, text
+        assert ("MB" in text) == sized, text

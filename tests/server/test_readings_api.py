@@ -5,9 +5,12 @@ stored). One application for the module; each test uses devices of its own."""
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
+from tests.server.bodies import LEAVES, bodies, json_values
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"  # the rule tests store nothing
 BAD_TIMESTAMP = (
@@ -208,3 +211,45 @@ def test_a_count_past_int64_is_refused_and_totals_past_it_are_exact_integers(api
     assert api.get(f"/api/device-readings/{device}/cumulative-count").json() == {
         "cumulative_count": 2 * most + 1000
     }
+
+
+# --- any body (issue 9: fuzzing each server body parser, through the endpoint) ----------
+
+MESSAGES = {
+    NOT_AN_OBJECT,
+    BAD_COUNT,
+    BAD_TIMESTAMP,
+    "Field 'id' is required.",
+    "Field 'readings' is required.",
+    "Device ID must be valid UUID string.",
+}
+_leaf = st.one_of(
+    LEAVES, st.sampled_from(["2021-09-29T16:09:15+01:00", "2021-09-29T16:09:15+0100"])
+)
+_json = json_values(_leaf)
+_reading = st.fixed_dictionaries(
+    {}, optional={"count": st.one_of(st.integers(-2, 2**64), _json), "timestamp": _json}
+)
+_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.just(str(uuid.uuid4())), st.uuids().map(str), _json),
+        "readings": st.one_of(st.lists(_reading, max_size=3), _json),
+    },
+)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bodies(_bodies))
+def test_any_create_body_gets_a_documented_answer(api, body):
+    """Bytes of any kind, JSON of any shape: 201, or 400 with one of SPEC's messages in
+    the API's error shape (413 past the body limit); never a 5xx."""
+    response = api.post("/api/device-readings/create", content=body)
+    if response.status_code == 201:
+        assert response.json() == {"status": "ok"}
+    elif response.status_code != 413:
+        assert response.status_code == 400, response.text
+        assert response.json()["error_message"] in MESSAGES, response.text
+        assert response.json() == error(response.json()["error_message"])

@@ -8,12 +8,15 @@ import uuid
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.core.storage import SQLiteStore
 from patientkit.server.app import build_app
 from patientkit.stores import open_store
 from tests.helpers import record
+from tests.server.bodies import bodies, json_values
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
 CREATED_AT = 27  # len("2025-01-02T03:04:05.123456Z")
@@ -244,3 +247,28 @@ def test_logs_carry_the_request_id_and_no_health_data(serve, tmp_path):
     assert by_id["log-invalid"][0]["reason"] == "Invalid or missing field: result"
     assert by_id["log-list"][0]["count"] == 1
     assert [line["status"] for line in lines if line.get("request_id") == "log-dup"][-1] == 409
+
+
+# --- any body (issue 9: fuzzing each server body parser, through the endpoint) ----------
+
+_field = st.one_of(st.text(min_size=1, max_size=6), json_values())
+_records = st.fixed_dictionaries({}, optional=dict.fromkeys(FIELDS, _field))
+RECORD_ERRORS = {"Invalid JSON", *(f"Invalid or missing field: {name}" for name in FIELDS)}
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bodies(_records))
+def test_any_post_body_gets_a_documented_answer(api, body):
+    """Bytes of any kind, JSON of any shape: 200 with the test_id, 409, or 400 with one of
+    SPEC's messages (413 past the body limit); never a 5xx."""
+    response = api.post("/tests", content=body)
+    answer = response.json()
+    if response.status_code == 200:
+        assert answer["status"] == "success" and isinstance(answer["test_id"], str)
+    elif response.status_code == 409:
+        assert answer == {"error": "Conflict: test_id exists"}
+    elif response.status_code != 413:
+        assert response.status_code == 400, response.text
+        assert answer["error"] in RECORD_ERRORS, response.text

@@ -129,3 +129,39 @@ def test_many_dropped_downloads_and_answers_leave_every_api_working(serve, expor
     assert all(line["status"] == 0 for line in bodies)
     text = server.log.read_text()
     assert "Traceback" not in text and '"level": "error"' not in text
+
+
+def test_dropped_record_listings_leave_the_records_api_working(serve, tmp_path):
+    """The other streamed answer, `GET /tests?clinic_id=` (records listed as they are
+    read): clients that hang up mid-listing are logged, and the API still answers."""
+    server = serve("--db", str(tmp_path / "s.db"))
+    lines = "".join(
+        json.dumps(
+            {
+                "test_id": f"T{n}",
+                "patient_id": "P1",
+                "clinic_id": "C7",
+                "test_type": "glucose",
+                "result": "5.1 mmol/L " + "x" * 1000,  # a listing of 20 MB: more than
+            }  # the socket buffers hold, so a hang-up is always mid-answer
+        )
+        + "\n"
+        for n in range(20_000)
+    )
+    ndjson = {"content-type": "application/x-ndjson"}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        rows = lines.splitlines(keepends=True)
+        for start in range(0, 20_000, 5_000):
+            part = "".join(rows[start : start + 5_000])
+            created = http.post("/tests/batch", content=part, headers=ndjson)
+            assert created.json()["created"] == 5_000, created.text
+        for n in range(10):
+            drop_download(server.url, "/tests?clinic_id=C7", reset=n % 2 == 0)
+        time.sleep(0.5)
+        assert server.process.poll() is None, server.log.read_text()[-2000:]
+        listed = http.get("/tests", params={"clinic_id": "C7"})
+        assert listed.status_code == 200
+        assert len(listed.json()) == 20_000
+    dropped = [line for line in server.log_lines() if line.get("dropped")]
+    assert len(dropped) == 10 and {line["route"] for line in dropped} == {"/tests"}
+    assert "Traceback" not in server.log.read_text()

@@ -25,6 +25,7 @@ except ValueError:  # imported outside the main thread: nothing to defer
 
 import atexit  # noqa: E402 - after the deferral: loading modules takes most of start-up
 import contextlib  # noqa: E402
+import inspect  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
@@ -94,6 +95,35 @@ app.add_typer(readings.app, name="readings")
 app.add_typer(records.app, name="records")
 app.add_typer(store.app, name="store")
 app.command("serve")(serve.serve)
+
+
+def reflow(text: str) -> str:
+    """`text` (a docstring or help) dedented, each prose paragraph on one line: a terminal
+    of any width then wraps it whole. The typer we pin keeps a docstring's line breaks
+    and rich wraps each line again, so at 80 columns a paragraph written 88 wide came
+    out with a word or two alone on every other line. A paragraph with an indented
+    line (an example) is kept as written; paragraphs are separated by blank lines."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        p if any(line[:1].isspace() for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    """Reflow (above) the help of `group`, its commands and its groups, all the way down."""
+    if isinstance(group.info.help, str):
+        group.info.help = reflow(group.info.help)
+    for command in group.registered_commands:
+        doc = command.help if command.help is not None else inspect.getdoc(command.callback)
+        if doc:
+            command.help = reflow(doc)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
+
+
+_reflow_help(app)
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 

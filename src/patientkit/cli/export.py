@@ -97,7 +97,7 @@ def aggregate(
             envvar="PATIENTKIT_SCHEDULER",
             metavar="URL",
             help="Count on this Dask cluster (tcp://HOST:8786) instead of local processes; "
-            "needs patientkit[dask]. The workers fetch from --server themselves.",
+            "needs patientkit\\[dask]. The workers fetch from --server themselves.",
         ),
     ] = None,
     scheduler_timeout: Annotated[

@@ -12,35 +12,79 @@ if TYPE_CHECKING:  # rich.progress is imported only when a bar is drawn (on a te
     from rich.progress import Progress, ProgressColumn, TaskID
 
 
-def _rate() -> ProgressColumn:
-    """A column: rows and MB so far, and their rates, from the task's fields."""
-    from rich.progress import ProgressColumn, Task
+WIDE = 110  # columns: from here the line has its bar, exact rows and MB/s too
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.2f}M"
+
+
+def _columns(unit: str, wide: bool, sized: bool = True) -> list[ProgressColumn]:
+    """The columns of the progress line, each kept on one line (cut short, never
+    wrapped onto the next): description, bar (wide only), percentage, rows (exact when
+    wide, in millions otherwise), MB (when `sized`: the job tells its bytes) and the
+    rates, parts done, time left. At 80 columns the narrow set fits a line whole."""
+    from rich.progress import (
+        BarColumn,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Column
     from rich.text import Text
 
-    class Rate(ProgressColumn):
-        """A progress column: rows and MB so far and their rates."""
+    class Counts(ProgressColumn):
+        """Rows so far (of the total, when known), MB so far, and the rates."""
 
         def render(self, task: Task) -> Text:
             elapsed = task.elapsed or 0.0
-            nbytes = task.fields.get("bytes", 0)
-            rows = task.fields.get("rows", 0)
+            nbytes, rows = task.fields.get("bytes", 0), task.fields.get("rows", 0)
+            total: int | None = task.fields.get("total_rows")
             mb_s = nbytes / elapsed / 1e6 if elapsed > 0 else 0.0
-            rows_s = rows / elapsed / 1e6 if elapsed > 0 else 0.0
-            return Text(
-                f"{nbytes / 1e6:,.1f} MB {mb_s:,.0f} MB/s {rows_s:,.2f}M rows/s", style="cyan"
-            )
+            rows_s = rows / elapsed if elapsed > 0 else 0.0
+            if wide:
+                of = f" / {total:,}" if total is not None else ""
+                size = f"{nbytes / 1e6:,.1f} MB {mb_s:,.0f} MB/s " if sized else ""
+                text = f"{rows:,}{of} {unit} {size}"
+            else:
+                of = f"/{_millions(total)}" if total is not None else ""
+                size = f"{nbytes / 1e6:,.1f} MB " if sized else ""
+                text = f"{_millions(rows)}{of} {unit} {size}"
+            return Text(text + f"{_millions(int(rows_s))} {unit}/s", style="cyan")
 
-    return Rate()
+    class Left(ProgressColumn):
+        """The word after the time left, when a time left can be known (a total)."""
+
+        def render(self, task: Task) -> Text:
+            return Text("left" if task.total is not None else "")
+
+    def line(template: str) -> TextColumn:
+        return TextColumn(template, table_column=Column(no_wrap=True))
+
+    one_line = Column(no_wrap=True)
+    return [
+        line("{task.description}"),
+        *([BarColumn(bar_width=None)] if wide else []),
+        TaskProgressColumn(table_column=one_line),
+        Counts(table_column=one_line),
+        line("{task.fields[done]}"),
+        TimeRemainingColumn(table_column=one_line),
+        Left(table_column=one_line),
+    ]
 
 
 class Meter:
     """Counts rows, bytes and finished parts, and draws them when stderr is a terminal:
     a bar with its percentage when the total (of rows, else of bytes) is known, rows so
-    far, MB, rates, time spent and time left. Drawn from the calling thread only (no
-    refresh thread: worker pools fork safely), at most ten times a second."""
+    far, MB, rates and time left, on one line at any width (`_columns`). Drawn from the
+    calling thread only (no refresh thread: worker pools fork safely), at most ten times
+    a second."""
 
-    def __init__(self, description: str, unit: str = "rows") -> None:
-        self.description, self.unit = description, unit
+    def __init__(self, description: str, unit: str = "rows", sized: bool = True) -> None:
+        """`sized`: the job reports bytes (`advance`), so MB are drawn."""
+        self.description, self.unit, self.sized = description, unit, sized
         self.rows = self.bytes = self.parts_done = self.parts = 0
         self.total_rows: int | None = None
         self.total_bytes: int | None = None
@@ -51,32 +95,18 @@ class Meter:
 
     def __enter__(self) -> Meter:
         if output.show_progress():
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import Progress
 
+            console = output.err_console()
             self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[rows]:,} {task.fields[expected]}" + self.unit),
-                _rate(),
-                TextColumn("{task.fields[done]}"),
-                TimeElapsedColumn(),
-                TextColumn("left"),
-                TimeRemainingColumn(),
-                console=output.err_console(),
+                *_columns(self.unit, wide=console.width >= WIDE, sized=self.sized),
+                console=console,
                 transient=True,
                 auto_refresh=False,  # no refresh thread: worker pools fork safely
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                self.description, total=None, bytes=0, rows=0, expected="", done=""
+                self.description, total=None, bytes=0, rows=0, total_rows=None, done=""
             )
         return self
 
@@ -86,9 +116,7 @@ class Meter:
         self.parts, self.total_rows, self.total_bytes = parts, rows, nbytes
         if self._progress is not None and self._task is not None:
             total = rows if rows is not None else nbytes
-            self._progress.update(
-                self._task, total=total, expected=f"/ {rows:,} " if rows is not None else ""
-            )
+            self._progress.update(self._task, total=total, total_rows=rows)
         self._refresh(force=True)
 
     def advance(self, rows: int, nbytes: int) -> None:

@@ -78,7 +78,7 @@ def replay(
     from patientkit.workflows.replay import run_replay
 
     one_destination(ctx, to, ONE_DESTINATION)
-    with Meter("replaying", unit="readings") as meter:
+    with Meter("replaying", unit="readings", sized=False) as meter:
         run = run_replay(
             paths,
             db=db,

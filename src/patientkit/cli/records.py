@@ -95,7 +95,7 @@ def submit(
             f"interrupted: settling {in_flight} records in flight (Ctrl-C again to stop waiting)"
         )
 
-    with Meter("submitting", unit="records") as meter:
+    with Meter("submitting", unit="records", sized=False) as meter:
         meter.start(len(paths), None)
         result = run_submit(
             paths,

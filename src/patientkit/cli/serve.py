@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -280,7 +281,7 @@ def _server_class(on_ready: Callable[[], None]) -> type:
     return Server
 
 
-serve.__doc__ = f"{serve.__doc__}\n{EXAMPLES}"
+serve.__doc__ = f"{inspect.cleandoc(serve.__doc__ or '')}\n{EXAMPLES}"
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -382,10 +382,13 @@ class Replay:
         tally = self.tally
         track = buffer.track  # with ROOM_WAIT: a full buffer is waited on in slices
         pace = _Pace(self.speed, self._stopping) if self.speed else None
+        progress = self.on_progress
         for path in paths:
             for item in read_items(path, CSV_FIELDS):
                 if self.interrupted:  # a plain attribute: cheaper than stopping.is_set()
                     return
+                if progress is not None and not item.line % 4096:  # here: the fast path
+                    progress(tally.read)  # below `continue`s, past the end of this loop
                 value = item.value
                 if type(value) is dict and pace is None and "readings" not in value:
                     # the common case, checked inline: one reading of a device seen before
@@ -424,8 +427,6 @@ class Replay:
                     except BufferFull:
                         if not self._track_slowly(buffer, (reading, item.source, item.line)):
                             return
-                if self.on_progress is not None and not item.line % 4096:
-                    self.on_progress(tally.read)
 
     def _track_slowly(self, buffer: BatchBuffer[Event], event: Event) -> bool:
         """Track an event the full buffer had no room for within ROOM_WAIT seconds: wait
