@@ -20,6 +20,7 @@ the same as one `jsontext.loads` per line (bench/inputs.py times both).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -100,8 +101,33 @@ def open_input(path: str) -> IO[bytes]:
             raise UsageError(f"{path}: is a folder, not a file") from None
     stream = raw if hasattr(raw, "peek") else io.BufferedReader(cast(io.RawIOBase, raw))
     if stream.peek(2)[:2] == GZIP_MAGIC:
-        return io.BufferedReader(gzip.GzipFile(fileobj=stream, mode="rb"), CHUNK)
+        return io.BufferedReader(_Steps(gzip.GzipFile(fileobj=stream, mode="rb")), CHUNK)
     return stream
+
+
+class _Steps(io.RawIOBase):
+    """A gzip stream whose every raw read is one decompression step (`GzipFile.read1`).
+
+    `GzipFile.read(n)` (what a buffered reader over a GzipFile calls) gathers several
+    steps into one answer and drops what it gathered when a later step raises, so a
+    truncated or corrupt gzip lost up to a chunk of whole records decompressed before
+    the cut. Here a step either gives bytes or raises, so every byte decompressed before
+    the error reaches the reader (who reads with `read1`, never gathering either)."""
+
+    def __init__(self, gz: gzip.GzipFile) -> None:
+        self._gz = gz
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._gz.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._gz.close()
+        super().close()
 
 
 def _format(path: str, stream: IO[bytes]) -> str:
@@ -344,7 +370,8 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
     is not JSON (or holds bytes that are not UTF-8 outside its strings) ends the array: its
     Item says why and that the rest is unread, since where the next element starts cannot
     be known."""
-    reader = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape")
+    read = getattr(stream, "read1", stream.read)  # read1: never a gathering read (_Steps)
+    decode = codecs.getincrementaldecoder("utf-8-sig")("surrogateescape").decode
     decoder = json.JSONDecoder()
     buffer, pos, line, eof, clean = "", 0, 1, False, True
 
@@ -352,13 +379,17 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
         nonlocal buffer, pos, eof, clean
         if eof:
             return False
-        chunk = reader.read(CHUNK)
-        eof = not chunk
+        while True:  # until text comes (a read may end inside a character) or the end
+            data = read(CHUNK)
+            chunk = decode(data, not data)
+            if chunk or not data:
+                break
+        eof = not data
         if clean and not chunk.isascii() and RAW_SURROGATE.search(chunk):
             clean = False  # a byte that is not UTF-8 came: look for it from now on
         buffer = buffer[pos:] + chunk
         pos = 0
-        return not eof
+        return bool(chunk)
 
     def skip_space() -> str | None:
         """Move past white space; the next character, or None at the end of input."""
@@ -379,7 +410,8 @@ def array_items(stream: IO[bytes], source: str) -> Iterator[Item]:
         while True:
             try:
                 value, end = decoder.raw_decode(buffer, pos)
-                if end < len(buffer) or eof:  # a number at the very end of the buffer may go on
+                # only a number ending the text read so far may go on in the next read
+                if end < len(buffer) or eof or not buffer[end - 1].isdigit():
                     if not clean and RAW_SURROGATE.search(buffer, pos, end):
                         return None, NOT_UTF8, end
                     problem = jsontext.check(value, buffer, pos, end)
