@@ -64,16 +64,14 @@ def open_store(target: str | Path) -> Store:
     return SQLiteStore(target)
 
 
-def open_existing(target: str | Path, missing: str = "{target}: no such store") -> Store:
-    """`open_store` for commands that only read: a SQLite file that does not exist is a
-    UsageError with `missing` (formatted with the target), a folder is one too, and
-    neither is created. (A PostgreSQL database exists or cannot be connected to.)"""
+def open_existing(target: str | Path) -> Store:
+    """`open_store` for commands that only read: a SQLite file that does not exist, or a
+    folder, is a UsageError (`storage.must_exist`), and neither is created. (A PostgreSQL
+    database exists or cannot be connected to.)"""
     if not is_url(target):
-        path = Path(target)
-        if not path.exists():
-            raise UsageError(missing.format(target=path))
-        if not path.is_file():
-            raise UsageError(f"{path}: is a folder, not a store")
+        from patientkit.core.storage import must_exist
+
+        must_exist(Path(target))
     return open_store(target)
 
 

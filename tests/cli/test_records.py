@@ -557,7 +557,7 @@ def test_list_usage_errors(tmp_path):
     missing = run_cli("records", "list", "--clinic", "C1", "--db", str(tmp_path / "no.db"))
     assert (missing.code, missing.err) == (
         2,
-        f"error: the store {tmp_path / 'no.db'} does not exist\n",
+        f"error: {tmp_path / 'no.db'}: no such store\n",
     )
     assert not (tmp_path / "no.db").exists()
     empty = run_cli("records", "list", "--clinic", " ", "--db", str(tmp_path / "no.db"))

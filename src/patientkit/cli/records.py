@@ -173,7 +173,7 @@ def list_records(
     else:
         from patientkit.stores import open_existing
 
-        with open_existing(db, "the store {target} does not exist") as store:
+        with open_existing(db) as store:
             emit_records(store.records_for_clinic(clinic), fmt)
 
 

@@ -426,6 +426,18 @@ def _insert_records(
     return created_in_order(records, fresh)
 
 
+def must_exist(store: Path) -> None:
+    """Raise UsageError (exit 2) unless `store` is a file: `STORE: no such store`, or
+    `STORE: is a folder, not a store`. For commands that only read, which never create a
+    store."""
+    if not store.is_file():
+        raise UsageError(
+            f"{store}: no such store"
+            if not store.exists()
+            else f"{store}: is a folder, not a store"
+        )
+
+
 def describe(path: str | Path) -> dict[str, object]:
     """What a SQLite store holds, without creating, migrating or writing it:
     `{"backend": "sqlite", "schema_version", "readings", "devices", "records", "clinics",
@@ -437,12 +449,7 @@ def describe(path: str | Path) -> dict[str, object]:
     have yet count 0). Raises UsageError for a missing file or one that is not a store.
     """
     store = Path(path)
-    if not store.is_file():
-        raise UsageError(
-            f"{store}: no such store"
-            if not store.exists()
-            else f"{store}: is a folder, not a store"
-        )
+    must_exist(store)
     db = _open_existing(store)
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
