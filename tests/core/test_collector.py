@@ -24,3 +24,14 @@ def test_restored_after_an_error_too():
     with pytest.raises(KeyError), few_collections():
         raise KeyError("x")
     assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
+
+
+def test_overlapping_jobs_restore_the_thresholds_once_the_last_ends():
+    before = gc.get_threshold()
+    first, second = few_collections(), few_collections()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the other job runs on: still rare collections
+    assert gc.get_threshold()[0] == 100_000 and gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
