@@ -25,6 +25,7 @@ except ValueError:  # imported outside the main thread: nothing to defer
 
 import atexit  # noqa: E402 - after the deferral: loading modules takes most of start-up
 import contextlib  # noqa: E402
+import importlib  # noqa: E402
 import inspect  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -35,7 +36,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from patientkit import __version__  # noqa: E402
-from patientkit.cli import export, output, readings, records, serve, store  # noqa: E402
+from patientkit.cli import output  # noqa: E402
 from patientkit.errors import InputError, PatientkitError  # noqa: E402
 
 for _sig, _handler in _BEFORE.items():  # a plain import (tests) keeps its handlers
@@ -75,28 +76,6 @@ def _ours(exc: BaseException) -> PatientkitError:
     return Interrupted("interrupted")
 
 
-app = typer.Typer(
-    cls=_Root,
-    name="patientkit",
-    help="Move patient data between systems: aggregate exports, replay device readings, "
-    "submit test records, and serve the APIs they talk to.",
-    epilog="Examples:\n\n"
-    "  patientkit export generate demo exports\n\n"
-    "  patientkit serve --exports exports    # the three APIs on one port\n\n"
-    "  patientkit export aggregate demo --format table\n\n"
-    "  patientkit <command> --help    # each command's options and examples",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-app.add_typer(export.app, name="export")
-app.add_typer(readings.app, name="readings")
-app.add_typer(records.app, name="records")
-app.add_typer(store.app, name="store")
-app.command("serve")(serve.serve)
-
-
 def reflow(text: str) -> str:
     """`text` (a docstring or help) dedented, each prose paragraph on one line: a terminal
     of any width then wraps it whole. The typer we pin keeps a docstring's line breaks
@@ -123,9 +102,68 @@ def _reflow_help(group: typer.Typer) -> None:
             _reflow_help(sub.typer_instance)
 
 
-_reflow_help(app)
-
+# The commands, in the order `patientkit --help` lists them: a group's module (its `app`),
+# or a single command's module and function. Each module is imported only when the root is
+# built with it (`_build`): a command's run loads its own group alone.
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "export": ("patientkit.cli.export", None),
+    "readings": ("patientkit.cli.readings", None),
+    "records": ("patientkit.cli.records", None),
+    "store": ("patientkit.cli.store", None),
+    "serve": ("patientkit.cli.serve", "serve"),
+}
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+_COMPLETE = "_PATIENTKIT_COMPLETE"  # click's shell completion: it needs every command
+
+
+def _build(names: tuple[str, ...] = tuple(COMMANDS)) -> typer.Typer:
+    """The root command with the commands `names` (all of them by default)."""
+    whole = typer.Typer(
+        cls=_Root,
+        name="patientkit",
+        help="Move patient data between systems: aggregate exports, replay device readings, "
+        "submit test records, and serve the APIs they talk to.",
+        epilog="Examples:\n\n"
+        "  patientkit export generate demo exports\n\n"
+        "  patientkit serve --exports exports    # the three APIs on one port\n\n"
+        "  patientkit export aggregate demo --format table\n\n"
+        "  patientkit <command> --help    # each command's options and examples",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    whole.callback()(root)
+    for name in names:
+        module_name, function = COMMANDS[name]
+        module = importlib.import_module(module_name)
+        if function is None:
+            whole.add_typer(module.app, name=name)
+        else:
+            whole.command(name)(getattr(module, function))
+    _reflow_help(whole)
+    return whole
+
+
+def _root_for(args: list[str]) -> typer.Typer:
+    """The root for one run: with only the command `args` name when nothing but global
+    flags comes before it (what that command parses and prints is then the same as with
+    every command there, and the others are never imported); the whole root otherwise
+    (no command, an unknown one, `--help` or `--version` first, shell completion)."""
+    if _COMPLETE not in os.environ:
+        for arg in args:
+            if arg not in GLOBAL_FLAGS:
+                if arg in COMMANDS:
+                    return _build((arg,))
+                break
+    return __getattr__("app")
+
+
+def __getattr__(name: str) -> Any:
+    """`app`: the whole root, built on first use (for tests and tools that inspect it)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    whole = globals()["app"] = _build()
+    return whole
 
 
 def _version(value: bool) -> None:
@@ -142,7 +180,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Silence stderr except errors.")
@@ -225,7 +262,8 @@ def run(argv: list[str] | None = None) -> int:
         try:
             if _EARLY:  # Ctrl-C while starting up
                 raise Interrupted("interrupted")
-            app(args=args, prog_name="patientkit")  # exits; usage errors: typer's, exit 2
+            # exits; usage errors: typer's, exit 2
+            _root_for(args)(args=args, prog_name="patientkit")
             code: int = 0
         except SystemExit as exc:  # typer's exit, or a typer.Exit(code) of a command
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1

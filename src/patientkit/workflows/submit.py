@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from patientkit.core.buffer import BatchBuffer
+from patientkit.core.collector import few_collections
 from patientkit.core.delivery import BufferStopped
 from patientkit.core.model import RECORD_FIELDS
 from patientkit.core.retry import RetryPolicy
@@ -59,7 +60,8 @@ from patientkit.stores import open_store
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.records import Outcome
 
-STORE_BATCH = 5000  # records per store transaction
+STORE_BATCH = 20_000  # records per store transaction (fewer: each commit rewrites more pages)
+STORE_PENDING = 3  # store batches read ahead of the one being written (bounded memory)
 HTTP_BATCH = 2000  # records per POST /tests/batch (the server takes up to 10,000)
 PARKED_PER_WORKER = 4  # same-test_id records waiting behind one in flight (bounded memory)
 PROGRESS_EVERY = 1000
@@ -210,7 +212,7 @@ class StoreTarget:
             self._sink,
             max_batch=batch,
             flush_interval=0.5,
-            max_pending=batch * 8,
+            max_pending=batch * STORE_PENDING,
             retry_policy=RetryPolicy(initial=0.05, maximum=5.0),
             failure_limit=10,
             dead_letter=self._refused,
@@ -218,7 +220,7 @@ class StoreTarget:
 
     def _sink(self, batch: list[Item]) -> None:
         try:  # one transaction: a refused batch stores nothing
-            created = sum(self.store.add_records([item.value for item in batch]))  # five fields
+            created = sum(self.store.add_records(list(map(_value, batch))))  # five fields
         except DATA_ERRORS as exc:
             raise PoisonError(f"refused by the store: {refusal(exc)}") from exc
         with self._lock:
@@ -677,4 +679,5 @@ def run_submit(
             target = http_target(to, concurrency, tally, report, retry, batch, batch_size)
         else:
             target = StoreTarget(db, tally, report)
-        return submit(Source(paths, tally, report, on_progress), target, on_interrupt)
+        with few_collections():
+            return submit(Source(paths, tally, report, on_progress), target, on_interrupt)

@@ -1,0 +1,116 @@
+"""What keeps a command's start-up short changes nothing it prints: the root built with
+the one command a run names (`cli.app._root_for`), and unstyled lines written without rich
+(`output._plain`)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from typer.testing import CliRunner
+
+from patientkit.cli import app as cli_app
+from patientkit.cli import output
+from tests.helpers import cli_env
+
+# argv a run may start with: global flags, then a command (or not), then anything
+GLOBALS = st.lists(st.sampled_from(["-q", "--quiet", "--debug"]), max_size=2)
+COMMANDS = st.sampled_from([*cli_app.COMMANDS, "recordz", "--help", "-h", "--version", ""])
+REST = st.lists(
+    st.sampled_from(
+        [
+            *("submit", "list", "generate", "info", "replay", "latest", "count", "aggregate"),
+            *("--help", "-h", "--bogus", "nope.db", "x"),
+        ]
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(flags=GLOBALS, command=COMMANDS, rest=REST)
+def test_the_root_with_one_command_answers_as_the_whole_root(flags, command, rest):
+    """Help, usage errors and their exit codes are the same from the root that
+    `_root_for` builds for the arguments as from the root with every command. (No
+    command runs: each argv ends with --help, or holds an unknown option.)"""
+    args = [*flags, *([command] if command else []), *rest]
+    if "--bogus" not in args:
+        args.append("--help")
+    runner = CliRunner()
+    whole = runner.invoke(cli_app.__getattr__("app"), args, env={"COLUMNS": "120"})
+    chosen = runner.invoke(cli_app._root_for(args), args, env={"COLUMNS": "120"})
+    assert (chosen.exit_code, chosen.output) == (whole.exit_code, whole.output), args
+
+
+def test_a_run_of_one_command_builds_and_imports_that_command_alone():
+    root = cli_app._root_for(["-q", "records", "submit", "x"])
+    assert [group.name for group in root.registered_groups] == ["records"]
+    assert root.registered_commands == []
+    assert cli_app._root_for(["serve", "--help"]).registered_commands[0].name == "serve"
+    for whole in (["--help", "records"], ["recordz"], [], ["--version"]):
+        assert cli_app._root_for(whole) is cli_app.app
+    code = (
+        "import sys; from patientkit.cli.app import run; run(['records', 'submit', '--help']);"
+        "print(sorted(m for m in sys.modules if m.startswith('patientkit.cli.') or m == 'rich'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env()
+    )
+    loaded = done.stdout.strip().splitlines()[-1]
+    for other in ("patientkit.cli.export", "patientkit.cli.serve", "patientkit.cli.store"):
+        assert other not in loaded, loaded
+
+
+def test_shell_completion_gets_the_whole_root(monkeypatch):
+    monkeypatch.setenv("_PATIENTKIT_COMPLETE", "bash_complete")
+    assert cli_app._root_for(["records"]) is cli_app.app
+
+
+def rich_writes(message: str, **console: object) -> str:
+    """What `output.info` writes through rich: its console's settings, on a file."""
+    file = io.StringIO()
+    Console(file=file, highlight=False, soft_wrap=True, emoji=False, **console).print(
+        message, markup=False
+    )
+    return file.getvalue()
+
+
+@settings(max_examples=500, deadline=None)
+@given(message=st.text(max_size=300) | st.text(alphabet=st.characters(max_codepoint=127)))
+def test_an_unstyled_line_written_plain_is_what_rich_writes(message):
+    """Whatever the text: `_plain` either declines (rich writes it) or writes exactly what
+    rich would, on a file that is not a terminal."""
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FORCE_COLOR", raising=False)
+        patch.delenv("TTY_COMPATIBLE", raising=False)
+        patch.setattr(sys, "stderr", stderr)
+        written = output._plain(message)
+    if written:
+        assert stderr.getvalue() == rich_writes(message)
+        assert stderr.getvalue() == rich_writes(message, force_terminal=True)  # colours on
+    else:
+        assert stderr.getvalue() == ""
+        assert not (message.isascii() and message.isprintable())
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("case", ["terminal", "force-color", "console made"])
+def test_rich_writes_when_it_may_differ(monkeypatch, case):
+    stderr = Terminal() if case == "terminal" else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    if case == "force-color":
+        monkeypatch.setenv("FORCE_COLOR", "1")
+    if case == "console made":
+        output.err_console()
+    assert not output._plain("submitted 1 records: 1 created, 0 duplicates in 0.01s")
+    assert stderr.getvalue() == ""
