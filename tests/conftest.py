@@ -15,6 +15,13 @@ from patientkit.samples.exports import generate_export
 from tests.helpers import ROOT, Server
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files marked `slow` first, each file's tests in their order: with the suite
+    spread over processes a file at a time (pyproject's addopts), a long file started
+    last would keep the run going after the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _repository_files() -> set[str]:
     """Every file under the repository that git does not track, ignored ones too, but
     the caches that tools keep there (bytecode, pytest's, hypothesis's, ruff's)."""

@@ -20,6 +20,8 @@ import pytest
 from patientkit.samples.exports import plan_export
 from tests.helpers import ROOT, cli_env, run_cli
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 
 def demo_report(exports_dir: Path) -> dict:
     result = run_cli("export", "count", str(exports_dir / "demo"))

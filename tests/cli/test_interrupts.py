@@ -2,9 +2,11 @@
 one or two SIGINTs end the job within about two seconds, exit 130, one error line, no
 traceback, no process left behind (the replay's store process); a rerun completes it."""
 
+import contextlib
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +20,8 @@ from patientkit.samples.inputs import generate_readings
 from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
 from tests.helpers import cli_env, run_cli, wait_until_reading
+
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
 REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
@@ -91,6 +95,20 @@ def feed(pipe: IO[bytes], data: bytes) -> None:
         pass
 
 
+def wait_for_records(db: Path, process: subprocess.Popen[bytes]) -> None:
+    """Poll the store of a running `records submit` until it holds a record."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        with (
+            contextlib.suppress(sqlite3.OperationalError),  # not made yet, or locked
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn,
+        ):
+            if conn.execute("SELECT count(*) FROM test_records").fetchone()[0]:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the submit ended (or stalled) before it stored a record")
+
+
 def assert_ended_cleanly(seconds: float, err: str, last_line: str) -> None:
     assert seconds < PROMPT, f"took {seconds:.1f}s to stop\n{err}"
     assert "Traceback" not in err and "Aborted" not in err, err
@@ -142,7 +160,7 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     held_back = lines.index(b"\n", len(lines) - 10_000 * len(lines) // 50_000)
     feeder = threading.Thread(target=feed, args=(process.stdin, lines[: held_back + 1]))
     feeder.start()
-    time.sleep(1.5)
+    wait_for_records(db, process)  # the job began (not a fixed time: start-up varies)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
     assert process.returncode == 130, err

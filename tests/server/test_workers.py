@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import cli_env, run_cli_process
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 
 def write_records(path, count, prefix="W"):
     with path.open("w") as out:
