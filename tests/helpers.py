@@ -237,3 +237,14 @@ def wait_until_reading(pid: int, fd: int = 0, timeout: float = 30) -> None:
         assert Path(f"/proc/{pid}").exists(), f"process {pid} ended before it read fd {fd}"
         time.sleep(0.01)
     raise AssertionError(f"process {pid} did not read fd {fd} within {timeout} s")
+
+
+EXAMPLES = float(os.environ.get("PATIENTKIT_TEST_EXAMPLES", "0.3"))
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test written for `n`: a share of them in an
+    ordinary run (PATIENTKIT_TEST_EXAMPLES, 0.3 unless set; at least 20), all of them with
+    PATIENTKIT_TEST_EXAMPLES=1, more with a larger factor. Failing examples found before
+    are replayed first whatever the count (the example database in .hypothesis/)."""
+    return max(20, round(n * EXAMPLES))
