@@ -4,6 +4,7 @@ enough that a download takes a moment to count (a worker can be killed in the mi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 
 from tests.helpers import Server, cli_env
 
-distributed = pytest.importorskip("distributed")
+if importlib.util.find_spec("distributed") is None:  # imported where used: seconds of import
+    pytest.skip("could not import 'distributed' (the dask extra)", allow_module_level=True)
 
 ADDRESS = re.compile(r"Scheduler at:\s+(tcp://[0-9.]+:[0-9]+)")
 DASK = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
@@ -84,6 +86,8 @@ class Cluster:
         self.folder = folder
         self.scheduler, self.address = start_scheduler(folder)
         self.workers = [start_worker(folder, self.address) for _ in range(workers)]
+        import distributed
+
         self.client = distributed.Client(self.address, set_as_default=False, timeout=30)
         self.wait_for(workers)
 
