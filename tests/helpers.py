@@ -1,5 +1,5 @@
 """What the tests share that is not a fixture: running the CLI, a `patientkit serve`
-process, a valid test record.
+process, a valid test record, a wait for a process to read its input.
 
 Two ways to run the CLI, both through `patientkit.cli.app.run`, the function `main` exits
 with:
@@ -216,3 +216,35 @@ def run_scripts_at_once(
         for process in processes:
             process.kill()
     return [(p.returncode, out, err) for p, (out, err) in zip(processes, outcomes, strict=True)]
+
+
+_READ = {"x86_64": 0, "aarch64": 63}  # the read(2) system call's number (/proc/PID/syscall)
+
+
+def wait_until_reading(pid: int, fd: int = 0, timeout: float = 30) -> None:
+    """Until a thread of process `pid` waits in read(2) on `fd` (Linux /proc): the
+    program got past its start-up to reading its input. Raises AssertionError after
+    `timeout` seconds or when the process is gone."""
+    waiting = f"{_READ[os.uname().machine]} {fd:#x} "
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            calls = [task.read_text() for task in Path(f"/proc/{pid}/task").glob("*/syscall")]
+        except OSError:
+            calls = []
+        if any(call.startswith(waiting) for call in calls):
+            return
+        assert Path(f"/proc/{pid}").exists(), f"process {pid} ended before it read fd {fd}"
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not read fd {fd} within {timeout} s")
+
+
+EXAMPLES = float(os.environ.get("PATIENTKIT_TEST_EXAMPLES", "0.3"))
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test written for `n`: a share of them in an
+    ordinary run (PATIENTKIT_TEST_EXAMPLES, 0.3 unless set; at least 20), all of them with
+    PATIENTKIT_TEST_EXAMPLES=1, more with a larger factor. Failing examples found before
+    are replayed first whatever the count (the example database in .hypothesis/)."""
+    return max(20, round(n * EXAMPLES))

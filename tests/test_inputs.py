@@ -17,6 +17,7 @@ from patientkit import inputs
 from patientkit.core import jsontext
 from patientkit.errors import UsageError
 from patientkit.inputs import Item, read_items
+from tests.helpers import examples
 
 
 def reference(data: bytes, source: str = "x") -> list[Item]:
@@ -99,7 +100,7 @@ FRAGMENTS = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     lines=st.lists(st.sampled_from(FRAGMENTS), max_size=12),
     ending=st.sampled_from([b"\n", b"\r\n"]),
@@ -301,7 +302,7 @@ JSON_ELEMENTS = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(elements=st.lists(JSON_ELEMENTS, max_size=6), gz=st.booleans())
 def test_the_array_reader_gives_one_item_per_element_as_jsontext_would(elements, gz):
     """Whatever each element is (JSON, a number too long, too deep, a lone surrogate,
@@ -354,7 +355,7 @@ FUZZ_PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     data=st.one_of(st.binary(max_size=300), st.lists(FUZZ_PIECES, max_size=12).map(b"".join)),
     name=st.sampled_from(["in.ndjson", "in.json", "in.csv", "in", "in.jsonl"]),

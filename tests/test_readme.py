@@ -25,6 +25,8 @@ import pytest
 
 from tests.helpers import ROOT, cli_env
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 README = ROOT / "README.md"
 SETUP_INSTALL = "pip install -e '.[test,dask,postgres]' && "
 SETUP_FIRST = "patientkit export generate demo exports && patientkit export count exports/demo"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patientkit.rejects import UNWRITABLE, Rejects, entry_line
-from tests.helpers import run_cli
+from tests.helpers import examples, run_cli
 
 DEVICE = "55555555-5555-4555-8555-555555555555"
 
@@ -112,7 +112,7 @@ def _has_nonfinite(value: object) -> bool:
     return False
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(source=st.text(), reason=st.text(), record=json_ish)
 def test_every_entry_is_one_line_of_strict_utf8_json_that_reads_back(source, reason, record):
     line = entry_line({"source": source, "line": 3, "reason": reason}, record)
@@ -142,7 +142,7 @@ def test_the_rejects_file_takes_such_an_entry(tmp_path):
     assert rejects.count == 2
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(source=st.text(), reason=st.text(), line=st.integers(min_value=1), count=st.integers(1))
 def test_the_leftover_lines_of_a_replay_read_as_entry_line_writes_them(source, reason, line, count):
     """replay writes the readings handed back after Ctrl-C by formatting (fast); each line

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patientkit.cli.formats import report_csv, report_json, report_table
-from tests.helpers import run_cli
+from tests.helpers import examples, run_cli
 
 CSV = (
     "patient_id,event_time,event_type,value\n"
@@ -190,7 +190,7 @@ def as_report(patients: dict[str, dict[str, int]]) -> dict:
     return {"patients": patients, "totals": totals}
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(reports)
 def test_csv_and_table_say_what_json_says(patients):
     report = as_report(patients)

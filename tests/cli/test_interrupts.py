@@ -2,9 +2,11 @@
 one or two SIGINTs end the job within about two seconds, exit 130, one error line, no
 traceback, no process left behind (the replay's store process); a rerun completes it."""
 
+import contextlib
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +19,9 @@ import pytest
 from patientkit.samples.inputs import generate_readings
 from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
-from tests.helpers import cli_env, run_cli
+from tests.helpers import cli_env, run_cli, wait_until_reading
+
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
 REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
@@ -35,17 +39,22 @@ def readings_and_clean_store(folder: Path, readings: int) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """300,000 readings and the store one clean replay of them makes."""
-    return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), 300_000)
+    """60,000 readings and the store one clean replay of them makes: with `--batch-size
+    500` the replay holds at most 2,000 read ahead of the store, which takes some 50,000
+    a second on two idle cores, so an interrupt at 10,000 stored (or 0.6 s in) comes with
+    most of the file still to read. (The reader must be busy when the Ctrl-C comes: one
+    Ctrl-C while it waits on an idle pipe is not seen until more input comes.)"""
+    return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), 60_000)
 
 
 @pytest.fixture(scope="module")
 def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """100,000 readings and their clean store: with `--batch-size 500` a replay --to reads
-    at most 64,000 ahead of what is delivered (requests of 500 a device, batches of
-    16,000, four batches pending), so an interrupt at 20,000 stored comes before the end
-    of the file, and a rerun over HTTP is short."""
-    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), 100_000)
+    """20,000 readings and their clean store: with `--batch-size 50` a replay --to reads
+    at most 6,400 ahead of what is delivered (batches of 1,600 readings, four pending,
+    each batch some 400 requests of a device's few readings), so an interrupt at 2,000
+    stored comes before the end of the file, with more requests pending than the second
+    it has to deliver them; a rerun over HTTP is short."""
+    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), 20_000)
 
 
 def start(*args: str) -> subprocess.Popen[bytes]:
@@ -86,6 +95,20 @@ def feed(pipe: IO[bytes], data: bytes) -> None:
         pass
 
 
+def wait_for_records(db: Path, process: subprocess.Popen[bytes]) -> None:
+    """Poll the store of a running `records submit` until it holds a record."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        with (
+            contextlib.suppress(sqlite3.OperationalError),  # not made yet, or locked
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn,
+        ):
+            if conn.execute("SELECT count(*) FROM test_records").fetchone()[0]:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the submit ended (or stalled) before it stored a record")
+
+
 def assert_ended_cleanly(seconds: float, err: str, last_line: str) -> None:
     assert seconds < PROMPT, f"took {seconds:.1f}s to stop\n{err}"
     assert "Traceback" not in err and "Aborted" not in err, err
@@ -104,14 +127,14 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
     if moment == "starting":
         time.sleep(0.6)  # the command runs (start-up done), little or nothing stored yet
     else:
-        wait_for_rows(db, 20_000, process)
+        wait_for_rows(db, 10_000, process)
     seconds, out, err = interrupt(process, times)
     assert process.returncode == 130, err
     if moment == "starting" and not out:  # stopped before the job began: the generic line
         assert_ended_cleanly(seconds, err, "error: interrupted")
     else:
         assert_ended_cleanly(seconds, err, REPLAY_LINE)
-        assert json.loads(out)["read"] < 300_000
+        assert json.loads(out)["read"] < 60_000
     assert processes_using(db, within=2.0) == [], "the store process outlived the replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0, again.err
@@ -120,10 +143,9 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
 
 @pytest.mark.parametrize("times", [1, 2])
 def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, times):
-    """The store takes 200,000 records in about a second on an idle machine, so the first
-    run reads them from a pipe that holds back the last 10,000: it is mid-job (storing,
-    or waiting for the rest) whenever the Ctrl-C comes."""
-    lines = records_lines(200_000)
+    """The first run reads the records from a pipe that holds back the last 10,000: it
+    is mid-job (storing, or waiting for the rest) whenever the Ctrl-C comes."""
+    lines = records_lines(50_000)
     source = tmp_path / "t.ndjson"
     source.write_bytes(lines)
     db = tmp_path / "s.db"
@@ -135,10 +157,10 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
         env=cli_env(),
     )
     assert process.stdin is not None
-    held_back = lines.index(b"\n", len(lines) - 10_000 * len(lines) // 200_000)
+    held_back = lines.index(b"\n", len(lines) - 10_000 * len(lines) // 50_000)
     feeder = threading.Thread(target=feed, args=(process.stdin, lines[: held_back + 1]))
     feeder.start()
-    time.sleep(1.5)
+    wait_for_records(db, process)  # the job began (not a fixed time: start-up varies)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
     assert process.returncode == 130, err
@@ -147,11 +169,11 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     line = f"error: interrupted{lost}: run the same command again to finish the job"
     assert_ended_cleanly(seconds, err, line)
     first = json.loads(out)
-    assert first["read"] < 200_000
+    assert first["read"] < 50_000
     again = run_cli("records", "submit", str(source), "--db", str(db))
     assert again.code == 0, again.err
     summary = again.json()
-    assert summary["created"] + summary["duplicates"] == summary["read"] == 200_000
+    assert summary["created"] + summary["duplicates"] == summary["read"] == 50_000
     # what the first run confirmed is a duplicate now; records it gave up on in flight
     # (counted failed) may have landed too
     assert first["created"] <= summary["duplicates"] <= first["created"] + first["failed"]
@@ -175,7 +197,7 @@ def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
         stderr=subprocess.PIPE,
         env=cli_env(),
     )
-    time.sleep(1.5)
+    wait_until_reading(process.pid)  # past start-up: the replay waits for its first line
     seconds, out, err = interrupt(process, 2)
     assert process.returncode == 130, err
     assert_ended_cleanly(seconds, err, REPLAY_LINE)
@@ -195,15 +217,15 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
     db = tmp_path / "api.db"
     server = serve("--db", str(db))
     extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
-    small = ("--batch-size", "500")
+    small = ("--batch-size", "50")
     process = start("readings", "replay", str(source), "--to", server.url, *small, *extra)
-    wait_for_rows(db, 20_000, process)
+    wait_for_rows(db, 2_000, process)
     seconds, out, err = interrupt(process, times)
     assert process.returncode == 130, err
     assert_ended_cleanly(seconds, err, REPLAY_LINE)
     assert [line for line in err.splitlines() if line.strip()] == [REPLAY_LINE]
     summary = json.loads(out)
-    assert summary["read"] < 100_000
+    assert summary["read"] < 20_000
     if dead_letter:
         lines = (tmp_path / "dead.ndjson").read_text(encoding="utf-8").splitlines()
         assert len(lines) == summary["dead_lettered"] > 0

@@ -41,6 +41,20 @@ def read_for(main: int, seconds: float) -> bytes:
     return got
 
 
+def read_until(main: int, seen, timeout: float = 30) -> bytes:
+    """Read the terminal until `seen(screen so far)` is true (or `timeout` seconds)."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while not seen(got) and time.monotonic() < deadline:
+        got += read_for(main, 0.1)
+    return got
+
+
+def rows_shown(screen: bytes) -> list[int]:
+    """The rows counted so far of each progress frame drawn."""
+    return [int(m[1].replace(",", "")) for m in map(ROWS.search, frames(screen)) if m]
+
+
 def on_a_terminal(
     *args: str, stdin: int | None = None, columns: int = 200
 ) -> tuple[subprocess.Popen, int]:
@@ -58,9 +72,16 @@ def on_a_terminal(
 
 def test_generate_progress_advances_on_a_terminal(tmp_path):
     process, main = on_a_terminal("export", "generate", "small", str(tmp_path))
-    try:
-        first = read_for(main, 3.0)
-        second = first + read_for(main, 2.0)
+    try:  # until rows were shown, then until more were (not fixed times: the machine varies)
+        first = read_until(main, lambda screen: max(rows_shown(screen), default=0) > 0)
+        early = max(rows_shown(first), default=0)
+
+        def moved(screen: bytes) -> bool:
+            last = frames(screen)[-1] if frames(screen) else ""
+            done = all(part in last for part in ("%", "MB/s", "rows/s", "left"))
+            return done and max(rows_shown(screen), default=0) > early
+
+        second = first + read_until(main, lambda screen: moved(first + screen))
     finally:
         process.send_signal(signal.SIGINT)  # enough seen: stop it (it cleans up)
         process.communicate(timeout=30)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from patientkit.errors import ReadError
 from patientkit.inputs import read_items
 from patientkit.samples.inputs import generate_readings
-from tests.helpers import run_cli
+from tests.helpers import examples, run_cli
 
 CASE = Path(__file__).resolve().parents[1] / "cases" / "08-truncated-gzip"
 HALF = CASE / "half.ndjson.gz"
@@ -204,7 +204,7 @@ _LINES = records_lines(400)
 _GZ = gzip.compress(_LINES)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     end=st.integers(min_value=0, max_value=len(_GZ)),
     flips=st.lists(

@@ -17,6 +17,8 @@ import pytest
 from patientkit.samples.inputs import generate_readings
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 A = "063c5957-8905-45f9-bfe3-960713788919"
 B = "f728b4fa-4248-4e3a-8a5d-2f346baa9455"
 
@@ -302,15 +304,15 @@ def processes_using(path: Path, within: float = 10.0) -> list[int]:
 
 def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 150_000, devices=500, duplicates=0.02)
+    generate_readings(source, 60_000, devices=500, duplicates=0.02)
     clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
     assert clean.code == 0, clean.err
     db = tmp_path / "killed.db"
     process = start_replay(source, db, subprocess.DEVNULL)
-    stored = wait_for_rows(db, 20_000, process)
+    stored = wait_for_rows(db, 10_000, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert 0 < stored < 150_000
+    assert 0 < stored < 60_000
     assert processes_using(db) == [], "the store process outlived the killed replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0, again.err
@@ -320,7 +322,7 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
 
 def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 150_000, devices=300)
+    generate_readings(source, 60_000, devices=300)
     db = tmp_path / "r.db"
     process = start_replay(source, db, subprocess.PIPE)
     wait_for_rows(db, 5_000, process)
@@ -328,7 +330,7 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
     summary = json.loads(out)
-    assert 0 < summary["read"] < 150_000
+    assert 0 < summary["read"] < 60_000
     assert summary["delivered"] == summary["read"]  # what was read was delivered, not dropped
     assert "interrupted; run the same command again to finish" in err.decode()
     readings, _ = dump(db)

@@ -17,6 +17,8 @@ import pytest
 
 from tests.helpers import cli_env, run_cli, run_cli_process
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 SUMMARY_KEYS = {
     "read",
     "created",
@@ -388,7 +390,7 @@ def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
     db = tmp_path / "shared.db"
     files = []
     for n in range(8):
-        ids = [(n * 3000 + i) % 30000 for i in range(12000)]
+        ids = [(n * 750 + i) % 7500 for i in range(3000)]
         path = tmp_path / f"part{n}.ndjson"
         path.write_text(ndjson(rec(f"T{i:05d}", clinic=f"C{i % 13}", result=str(i)) for i in ids))
         files.append(path)
@@ -402,9 +404,9 @@ def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
             )
         )
     assert [r.code for r in results] == [0] * 8, [r.err for r in results]
-    unique = {(n * 3000 + i) % 30000 for n in range(8) for i in range(12000)}
-    assert sum(r.json()["created"] for r in results) == len(unique) == 30000
-    assert sum(r.json()["duplicates"] for r in results) == 8 * 12000 - len(unique)
+    unique = {(n * 750 + i) % 7500 for n in range(8) for i in range(3000)}
+    assert sum(r.json()["created"] for r in results) == len(unique) == 7500
+    assert sum(r.json()["duplicates"] for r in results) == 8 * 3000 - len(unique)
     assert stored(db) == [
         (f"T{i:05d}", "P1", f"C{i % 13}", "glucose", str(i)) for i in sorted(unique)
     ]
@@ -647,13 +649,13 @@ def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
     same records stored."""
     source = tmp_path / "tests.ndjson"
     made = run_cli(
-        "records", "generate", str(source), "--records", "3000", "--invalid", "0.05",
+        "records", "generate", str(source), "--records", "1000", "--invalid", "0.05",
         "--duplicates", "0.05", "--seed", "7",
     )  # fmt: skip
     assert made.code == 0, made.err
     runs = {}
     for name, serve_args, submit_args in [
-        ("batches", [], ["--concurrency", "3", "--batch-size", "250"]),
+        ("batches", [], ["--concurrency", "3", "--batch-size", "100"]),
         ("fallback", ["--no-bulk"], []),
         ("store", None, None),
     ]:
@@ -673,4 +675,4 @@ def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
     code, summary, *_ = runs["batches"]
     assert code == 1
     assert summary["invalid"] > 0 and summary["duplicates"] > 0
-    assert summary["read"] == 3000
+    assert summary["read"] == 1000

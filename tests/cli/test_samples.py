@@ -21,7 +21,7 @@ from patientkit.samples.inputs import (
     generate_records,
 )
 from patientkit.workflows.replay import CSV_FIELDS, Parser
-from tests.helpers import run_cli
+from tests.helpers import examples, run_cli
 
 FORMATS = [
     ("r.ndjson", "ndjson"),
@@ -212,7 +212,9 @@ def count_records(path: Path) -> tuple[int, int, int]:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     count=st.integers(0, 400),

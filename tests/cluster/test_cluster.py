@@ -16,9 +16,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
 from tests.cluster.conftest import start_scheduler, start_worker, stop
 from tests.helpers import cli_env, run_cli
+
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
 
 def on_cluster(scheduler: str, server_url: str, *args: str, **kwargs):

@@ -29,6 +29,7 @@ from tests.core.buffer_helpers import (
     advance_to_next_deadline,
     in_thread,
 )
+from tests.helpers import examples
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 
@@ -689,7 +690,7 @@ def test_tracks_racing_with_close_are_either_kept_or_refused():
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,

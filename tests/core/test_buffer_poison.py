@@ -27,6 +27,7 @@ from patientkit.inputs import Item
 from patientkit.rejects import Rejects
 from patientkit.workflows.store_process import StoreProcess, StoreRefused
 from patientkit.workflows.submit import Report, StoreTarget, SubmitTally
+from tests.helpers import examples
 
 WAIT = 10.0
 
@@ -166,7 +167,7 @@ def test_events_the_spool_cannot_encode_are_dead_lettered_alone(buffers, tmp_pat
 
 
 @settings(
-    max_examples=120,
+    max_examples=examples(120),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

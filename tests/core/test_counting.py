@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patientkit.core.counting import Counts, CsvCounter, CsvError, count_chunks, records
+from tests.helpers import examples
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 
@@ -277,7 +278,7 @@ def csv_texts(draw: st.DrawFn) -> str:
 
 
 @settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
 )
@@ -294,7 +295,7 @@ def test_counter_equals_the_csv_module_on_random_texts(text, size):
     assert (got.rows, pairs(got)) == want
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.binary(max_size=200), size=st.integers(1, 16))
 def test_any_bytes_give_counts_or_a_csv_error(data, size):
     try:
@@ -306,7 +307,7 @@ def test_any_bytes_give_counts_or_a_csv_error(data, size):
 
 
 @settings(
-    max_examples=100,
+    max_examples=examples(100),
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from patientkit.core import jsontext
 from patientkit.core.jsontext import MAX_DEPTH, NOT_UTF8, TOO_DEEP, BadJson
 from patientkit.server.bodies import NotJson, parse_json
+from tests.helpers import examples
 
 SURROGATE = "lone surrogate escape (\\ud800-\\udfff without its pair), not valid in UTF-8"
 REASON = re.compile(
@@ -133,7 +134,7 @@ def documented(data):
     assert jsontext.depth(value) <= MAX_DEPTH
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_and_the_server_body_parser_agrees(data):
     documented(data)
@@ -146,14 +147,14 @@ def test_any_bytes_and_the_server_body_parser_agrees(data):
         assert parse_json(data) == taken
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(PIECES, max_size=10).map("".join))
 def test_json_ish_text(text):
     documented(text)
     documented(text.encode("utf-8", "surrogatepass"))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(JSONISH)
 def test_dumped_values(value):
     text = json.dumps(value)  # escapes: "\ud800" becomes the six characters \ud800
@@ -161,7 +162,7 @@ def test_dumped_values(value):
     documented(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(alphabet='{}[]":,\\ \t\x01abu0123456789.-e', max_size=30))
 def test_no_reason_ends_mid_sentence(text):
     try:

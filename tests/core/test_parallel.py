@@ -19,6 +19,7 @@ from patientkit.core.parallel import (
 )
 from patientkit.core.workers import WorkerDied, WorkerPool
 from patientkit.errors import ReadError, UsageError
+from tests.helpers import examples
 
 HEADER = b"patient_id,event_time,event_type,value\n"
 
@@ -126,7 +127,9 @@ LINE_ENDS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     records=st.lists(

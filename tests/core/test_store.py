@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from patientkit.core.model import RECORD_FIELDS, Reading, RecordAnswer
 from patientkit.core.store import Store
 from patientkit.stores import open_store
-from tests.helpers import run_scripts_at_once
+from tests.helpers import examples, run_scripts_at_once
 from tests.pg import STORES, new_database
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
@@ -143,7 +143,9 @@ def test_huge_totals_of_many_readings_are_exact(opened):
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(st.integers(1, MAX), min_size=1, max_size=40), st.integers(1, 7))
 def test_any_counts_sum_exactly_whatever_the_batches(opened, counts, per_batch):

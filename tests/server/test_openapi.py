@@ -18,6 +18,8 @@ from starlette.testclient import TestClient
 from patientkit.server.app import build_app
 from patientkit.server.openapi import document
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 TOKEN = "openapi-token-5"
 
 

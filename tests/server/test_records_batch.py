@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
-from tests.helpers import record
+from tests.helpers import examples, record
 
 NDJSON = {"content-type": "application/x-ndjson"}
 CONFLICT = "Conflict: test_id exists"
@@ -310,7 +310,9 @@ elements = st.one_of(records_, records_, values)
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(elements, max_size=12), st.booleans())
 def test_each_verdict_is_the_single_posts_answer(apps, elements, as_array):
@@ -351,7 +353,9 @@ def test_each_verdict_is_the_single_posts_answer(apps, elements, as_array):
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     st.one_of(

@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import cli_env, run_cli_process
 
+pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
+
 
 def write_records(path, count, prefix="W"):
     with path.open("w") as out:
@@ -88,13 +90,26 @@ def start(tmp_path, *args):
 
 
 def big_export(folder, megabytes):
+    """One download of about `megabytes` MB, far more than the sockets between server and
+    reader buffer, with its metadata (which the server would otherwise scan all rows for
+    after each download, for its metrics)."""
     download = str(uuid.uuid4())
     (folder / "big").mkdir(parents=True)
     row = b"P001,2025-08-26T00:00:02.760570Z,spo2,97\n"
     path = folder / "big" / f"{download}.csv"
+    rows = megabytes * 1_000_000 // len(row)
     with path.open("wb") as out:
         out.write(b"patient_id,event_time,event_type,value\n")
-        out.write(row * (megabytes * 1_000_000 // len(row)))
+        out.write(row * rows)
+    meta = {
+        "id": download,
+        "rows": rows,
+        "event_types": ["spo2"],
+        "patients": ["P001"],
+        "start_time": "2025-08-26T00:00:02.760570Z",
+        "end_time": "2025-08-26T00:00:02.760570Z",
+    }
+    (folder / "big" / f"{download}.meta.json").write_text(json.dumps(meta))
     return download, path.stat().st_size
 
 
@@ -102,7 +117,7 @@ def big_export(folder, megabytes):
 def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop):
     for workers in ("1", "2"):
         exports = tmp_path / f"exports-{workers}"
-        download, size = big_export(exports, 40)
+        download, size = big_export(exports, 16)
         process, url, log = start(
             tmp_path,
             "--exports",
@@ -138,7 +153,7 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, sto
 
 def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
     exports = tmp_path / "exports"
-    download, _size = big_export(exports, 40)
+    download, _size = big_export(exports, 16)
     process, url, _log = start(
         tmp_path, "--exports", str(exports), "--db", str(tmp_path / "g.db"), "--grace", "1"
     )
