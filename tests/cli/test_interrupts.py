@@ -313,3 +313,51 @@ def test_one_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
     assert_ended_cleanly(seconds, err, line)
     if command != "count":
         assert json.loads(out)["read"] == 0
+
+
+@pytest.fixture
+def refusing_server():
+    """Answers its ping; every create request gets 503 (retryable, for ever)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, status: int) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            self.rfile.read(length)
+            body = b"{}"
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self.answer(200 if self.path == "/api/ping" else 404)
+
+        def do_POST(self):
+            self.answer(503)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_one_ctrl_c_ends_a_replay_waiting_to_deliver_the_rest(refusing_server, tmp_path):
+    """The whole input was read; the replay waits for the API to take the rest (it
+    answers 503, so the buffer retries). One Ctrl-C gives delivery INTERRUPTED_CLOSE
+    seconds, then the readings not delivered are counted (dead letters), exit 130."""
+    source = tmp_path / "r.ndjson"
+    generate_readings(source, 20, devices=2)
+    process = start("readings", "replay", str(source), "--to", refusing_server)
+    time.sleep(2.0)  # read, and retrying
+    assert process.poll() is None
+    seconds, out, err = interrupt(process, 1)
+    assert process.returncode == 130, err
+    assert_ended_cleanly(seconds, err, REPLAY_LINE)
+    summary = json.loads(out)
+    assert summary["read"] == summary["dead_lettered"] == 20
+    assert summary["delivered"] == 0

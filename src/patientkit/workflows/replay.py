@@ -372,7 +372,8 @@ class Replay:
 
     def _close(self, buffer: BatchBuffer[Event]) -> list[Event] | str:
         """Close the buffer: the events not delivered, or why the buffer stopped. After
-        an interrupt, delivery gets INTERRUPTED_CLOSE seconds; after a second one, none."""
+        an interrupt (also one that comes while it waits here), delivery gets
+        INTERRUPTED_CLOSE seconds; after a second one, none."""
         timeout = None
         if self.abandoned:
             timeout = 0.0
@@ -380,8 +381,13 @@ class Replay:
             timeout = INTERRUPTED_CLOSE
         try:
             try:
-                with interrupts.wait_point():  # a (second) Ctrl-C stops this wait
-                    return buffer.close(timeout=timeout)
+                try:
+                    with interrupts.wait_point():  # a Ctrl-C stops this wait
+                        return buffer.close(timeout=timeout)
+                except interrupts.StopReading:  # the first, while the rest was delivered
+                    self.interrupted = True
+                    with interrupts.wait_point():
+                        return buffer.close(timeout=INTERRUPTED_CLOSE)
             except BufferStopped as exc:
                 return exc.reason
             except KeyboardInterrupt:
