@@ -73,6 +73,12 @@ def lost() -> bool:
     return was
 
 
+def defer() -> None:
+    """Note an interrupt to raise at the next `checkpoint()` (or `wait_point` entry):
+    for a signal handler whose main thread is not at a wait point now."""
+    _state.lost = True
+
+
 def checkpoint() -> None:
     """Raise KeyboardInterrupt if an interrupt was swallowed by a finalizer: it is
     delivered here, late but not lost."""
