@@ -26,6 +26,7 @@ import gzip
 import io
 import json
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,7 +35,7 @@ from itertools import count, repeat
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
-from patientkit.core import jsontext
+from patientkit.core import interrupts, jsontext
 from patientkit.core.jsontext import (
     ESCAPED_SURROGATE_BYTES,
     MAX_DEPTH,
@@ -91,10 +92,10 @@ def check_paths(paths: Iterable[str]) -> None:
 def open_input(path: str) -> IO[bytes]:
     """A buffered binary stream of a file or of stdin (`-`), gunzipped if it is gzip."""
     if path == "-":
-        raw: IO[bytes] = sys.stdin.buffer
+        raw: IO[bytes] = _waiting(sys.stdin.buffer, owned=False)
     else:
         try:
-            raw = Path(path).open("rb")  # noqa: SIM115 - read_items closes it
+            raw = _waiting(Path(path).open("rb"))  # noqa: SIM115 - read_items closes it
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file") from None
         except IsADirectoryError:
@@ -103,6 +104,26 @@ def open_input(path: str) -> IO[bytes]:
     if stream.peek(2)[:2] == GZIP_MAGIC:
         return io.BufferedReader(_Steps(gzip.GzipFile(fileobj=stream, mode="rb")), CHUNK)
     return stream
+
+
+def _waiting(stream: IO[bytes], owned: bool = True) -> IO[bytes]:
+    """`stream` itself for a regular file (a read never waits long); for a pipe, FIFO,
+    socket or terminal, a buffered stream whose reads are wait points that a Ctrl-C
+    ends (core/interrupts.py: Python retries a read a signal interrupted, so a replay
+    waiting on an idle pipe did not see its first Ctrl-C). Called before anything was
+    read from `stream` (nothing is in its buffer)."""
+    try:
+        fd = stream.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return stream  # no file descriptor (a test's BytesIO): nothing waits
+    raw = getattr(stream, "raw", None)
+    if regular or raw is None or not hasattr(stream, "peek"):
+        return stream
+    waiting = io.BufferedReader(cast(io.RawIOBase, interrupts.Waiting(raw, owned)), CHUNK)
+    if owned:
+        cast(io.BufferedReader, stream).detach()  # the raw file is the new reader's now
+    return cast(IO[bytes], waiting)
 
 
 class _Steps(io.RawIOBase):

@@ -520,3 +520,34 @@ def test_a_rerun_completes_an_interrupted_folder_and_count_checks_every_file(tmp
             f"changed?): {folder / two} (counted {rows:,} rows, its metadata says "
             f"{meta['rows']:,})"
         )
+
+
+def test_a_ctrl_c_after_one_a_finalizer_swallowed_still_ends_the_export(capsys):
+    """The first Ctrl-C of an export lands in a `__del__` (CPython swallows what it
+    raises there): it is noted, not printed, and the next Ctrl-C ends the job (before,
+    every later one was ignored and the export ran to its end with exit 0)."""
+    import typer
+
+    from patientkit.cli.export import interruptible
+    from patientkit.core import interrupts
+
+    class InterruptedWhileCollected:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside __del__
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with (
+            interrupts.catching_lost(),
+            pytest.raises(typer.Exit) as ended,
+            interruptible("nothing was counted"),
+        ):
+            InterruptedWhileCollected()
+            assert "Exception ignored" not in capsys.readouterr().err
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("the second Ctrl-C was ignored")
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert ended.value.exit_code == 130
+    assert capsys.readouterr().err == "error: interrupted: nothing was counted\n"

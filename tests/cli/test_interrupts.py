@@ -4,6 +4,7 @@ traceback, no process left behind (the replay's store process); a rerun complete
 
 import contextlib
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -233,3 +234,130 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
     again = run_cli("readings", "replay", str(source), "--to", server.url)
     assert again.code == 0, again.err
     assert dump(db) == dump(clean)
+
+
+def fd_of(pid: int, path: Path, timeout: float = 30) -> int:
+    """The descriptor under which process `pid` has `path` open (Linux /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for link in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                if str(link.readlink()) == str(path):
+                    return int(link.name)
+        assert Path(f"/proc/{pid}").exists(), f"process {pid} ended before it opened {path}"
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not open {path} within {timeout} s")
+
+
+@pytest.mark.parametrize("lines", [0, 5])
+@pytest.mark.parametrize("command", ["replay", "submit"])
+def test_one_ctrl_c_ends_a_command_waiting_on_an_idle_named_pipe(tmp_path, command, lines):
+    """A named pipe held open with no data (or after some lines): Python retries a read
+    a signal interrupted, so one Ctrl-C went unseen until more input came. Now it ends
+    the read at once: what was read is delivered, the summary printed, exit 130."""
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # held open: the reader never sees an end
+    try:
+        if command == "replay":
+            generate_readings(tmp_path / "r.ndjson", 5, devices=2)
+            data = (tmp_path / "r.ndjson").read_bytes()
+        else:
+            data = records_lines(5)
+        os.write(writer, b"".join(data.splitlines(keepends=True)[:lines]))
+        args = ["readings", "replay"] if command == "replay" else ["records", "submit"]
+        process = start(*args, str(fifo), "--db", str(tmp_path / "s.db"))
+        wait_until_reading(process.pid, fd_of(process.pid, fifo))
+        if lines:  # the lines were read: now it waits for more
+            time.sleep(0.3)
+            wait_until_reading(process.pid, fd_of(process.pid, fifo))
+        seconds, out, err = interrupt(process, 1)
+    finally:
+        os.close(writer)
+    assert process.returncode == 130, err
+    assert f"{fifo}:" not in err, err  # every record was valid
+    line = (
+        REPLAY_LINE
+        if command == "replay"
+        else "error: interrupted: run the same command again to finish the job"
+    )
+    assert_ended_cleanly(seconds, err, line)
+    summary = json.loads(out)
+    assert summary["read"] == lines
+    delivered = summary["delivered"] if command == "replay" else summary["created"]
+    assert delivered == lines
+
+
+@pytest.mark.parametrize("command", ["replay", "submit", "count"])
+def test_one_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
+    args = {
+        "replay": ["readings", "replay", "-", "--db", str(tmp_path / "i.db")],
+        "submit": ["records", "submit", "-", "--db", str(tmp_path / "i.db")],
+        "count": ["export", "count", "-"],
+    }[command]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    wait_until_reading(process.pid)
+    seconds, out, err = interrupt(process, 1, stdin_open=True)
+    assert process.returncode == 130, err
+    line = {
+        "replay": REPLAY_LINE,
+        "submit": "error: interrupted: run the same command again to finish the job",
+        "count": "error: interrupted: nothing was counted",
+    }[command]
+    assert_ended_cleanly(seconds, err, line)
+    if command != "count":
+        assert json.loads(out)["read"] == 0
+
+
+@pytest.fixture
+def refusing_server():
+    """Answers its ping; every create request gets 503 (retryable, for ever)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, status: int) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            self.rfile.read(length)
+            body = b"{}"
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self.answer(200 if self.path == "/api/ping" else 404)
+
+        def do_POST(self):
+            self.answer(503)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_one_ctrl_c_ends_a_replay_waiting_to_deliver_the_rest(refusing_server, tmp_path):
+    """The whole input was read; the replay waits for the API to take the rest (it
+    answers 503, so the buffer retries). One Ctrl-C gives delivery INTERRUPTED_CLOSE
+    seconds, then the readings not delivered are counted (dead letters), exit 130."""
+    source = tmp_path / "r.ndjson"
+    generate_readings(source, 20, devices=2)
+    process = start("readings", "replay", str(source), "--to", refusing_server)
+    time.sleep(2.0)  # read, and retrying
+    assert process.poll() is None
+    seconds, out, err = interrupt(process, 1)
+    assert process.returncode == 130, err
+    assert_ended_cleanly(seconds, err, REPLAY_LINE)
+    summary = json.loads(out)
+    assert summary["read"] == summary["dead_lettered"] == 20
+    assert summary["delivered"] == 0

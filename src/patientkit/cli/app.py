@@ -37,6 +37,7 @@ from typer.core import TyperGroup  # noqa: E402
 
 from patientkit import __version__  # noqa: E402
 from patientkit.cli import output  # noqa: E402
+from patientkit.core import interrupts  # noqa: E402
 from patientkit.errors import InputError, PatientkitError  # noqa: E402
 
 for _sig, _handler in _BEFORE.items():  # a plain import (tests) keeps its handlers
@@ -263,7 +264,8 @@ def run(argv: list[str] | None = None) -> int:
             if _EARLY:  # Ctrl-C while starting up
                 raise Interrupted("interrupted")
             # exits; usage errors: typer's, exit 2
-            _root_for(args)(args=args, prog_name="patientkit")
+            with interrupts.catching_lost():  # a Ctrl-C a finalizer swallowed: not lost
+                _root_for(args)(args=args, prog_name="patientkit")
             code: int = 0
         except SystemExit as exc:  # typer's exit, or a typer.Exit(code) of a command
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1

@@ -16,6 +16,7 @@ from patientkit.cli import output
 from patientkit.cli.formats import ReportFormat, ReportFormatOption, emit_report
 from patientkit.cli.options import DEFAULT_SERVER, Concurrency, OutFile, Server, cpu_count
 from patientkit.cli.progress import Meter
+from patientkit.core import interrupts
 from patientkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -45,12 +46,17 @@ def interruptible(hint: str) -> Iterator[None]:
     """Ctrl-C (or SIGTERM) ends the command inside: the first one raises KeyboardInterrupt
     where the job is (which stops its worker processes and removes its temporary files on
     the way out); any later one is ignored while that happens, so that nothing cuts the
-    clean-up short. Then one line on stderr and exit 130."""
+    clean-up short. Then one line on stderr and exit 130.
+
+    An interrupt that lands in a finalizer (a `__del__`) is swallowed by CPython: then it
+    is not lost but noted (`interrupts.catching_lost`, set up by cli/app.py), raised again
+    where the job waits for its workers (`interrupts.checkpoint`), and the next Ctrl-C
+    raises again too."""
     asked = False
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal asked
-        if not asked:
+        if not asked or interrupts.lost():
             asked = True
             raise KeyboardInterrupt
 

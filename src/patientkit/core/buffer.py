@@ -614,6 +614,10 @@ class BatchBuffer(Generic[E]):
             self._in_flight = 0
             if journaled:
                 self._batches += 1
+            if outcome.closed:  # the sink takes nothing more: hand everything back
+                self._stop(outcome.closed)
+                logger.info("the sink was closed (%s); the buffer stopped", outcome.closed)
+                return
             if outcome.invalid:
                 self._stop(f"delivery stopped: {outcome.invalid}")
                 logger.error("sink broke its contract (invalid result); the buffer stopped")

@@ -8,7 +8,9 @@ batch to a permanent reason; `SinkResult.retry` lists indices to send again;
 `PermanentError` to dead-letter all of it, `PayloadTooLarge` to have it split,
 `PoisonError` when some event of it can never be taken and the sink cannot say which
 (the buffer bisects it, dead-letters the poison events alone and delivers the rest, with
-no backoff and no step towards `failure_limit`). Any other exception is a retryable
+no backoff and no step towards `failure_limit`), `SinkClosed` when it takes nothing any
+more (it was stopped or shut down: the buffer stops at once, nothing of the batch
+settled, and hands every undelivered event back; never retried). Any other exception is a retryable
 failure; it never kills the flusher.
 
 With a `key`, the sink must keep per-key order inside a batch: once it asks to retry an
@@ -37,6 +39,7 @@ __all__ = [
     "PoisonError",
     "RetryableError",
     "Settlement",
+    "SinkClosed",
     "SinkError",
     "SinkResult",
     "settle",
@@ -77,6 +80,16 @@ class PoisonError(SinkError):
         self.reason = reason
 
 
+class SinkClosed(SinkError):
+    """The sink takes nothing any more (stopped after Ctrl-C, its request pool shut
+    down): delivery ends now; the batch is not settled but handed back (`reason` says
+    why). Retrying could only fail again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class PayloadTooLarge(SinkError):
     """The batch is too large for the server: the buffer splits it in halves (a single
     event that is still too large is dead-lettered as `PAYLOAD_TOO_LARGE`)."""
@@ -103,7 +116,8 @@ class Settlement:
     `failure` / `failure_kind` say why for the log and the stop reason. `split` asks for
     the batch to be sent as two halves. `invalid` says the answer could not be read
     (nothing is settled, the buffer stops); `broken_order` says the sink broke per-key
-    order (the answer is applied as given, then the buffer stops).
+    order (the answer is applied as given, then the buffer stops). `closed` says the sink
+    takes nothing more (`SinkClosed`): nothing is settled and the buffer stops.
     """
 
     accepted: Sequence[int] = ()
@@ -115,6 +129,7 @@ class Settlement:
     split: bool = False
     invalid: str = ""
     broken_order: str = ""
+    closed: str = ""
 
 
 def settle(
@@ -168,6 +183,8 @@ def _settle_raised(size: int, exc: Exception) -> Settlement:
         if size == 1:
             return Settlement(rejected=[(0, PAYLOAD_TOO_LARGE)])
         return Settlement(split=True)
+    if isinstance(exc, SinkClosed):
+        return Settlement(closed=exc.reason)
     if isinstance(exc, PermanentError):
         return Settlement(rejected=[(i, exc.reason) for i in range(size)])
     if isinstance(exc, PoisonError):

@@ -30,12 +30,14 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
+from patientkit.core import interrupts
 from patientkit.errors import PatientkitError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 STOP_WAIT = 1.0  # seconds terminated workers get to exit before they are killed
+CHECK_EVERY = 0.2  # seconds between looks for a lost interrupt while waiting for workers
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 _conn: Connection | None = None  # in a worker: where send() writes, if the parent listens
@@ -138,7 +140,9 @@ class WorkerPool:
                 index, item = todo.popleft()
                 self.conns[worker].send((index, fn, item))
                 busy[self.conns[worker]] = worker
-            for conn in wait(list(busy)):
+            ready = wait(list(busy), timeout=CHECK_EVERY)
+            interrupts.checkpoint()  # an interrupt a finalizer swallowed is raised here
+            for conn in ready:
                 assert isinstance(conn, Connection)
                 try:
                     kind, *rest = conn.recv()

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from patientkit.client.readings import Answer, ReadingsClient
-from patientkit.core import validation
+from patientkit.core import interrupts, validation
 from patientkit.core.buffer import BatchBuffer
 from patientkit.core.delivery import BufferFull, BufferStopped
 from patientkit.core.model import Reading
-from patientkit.core.sinks import PoisonError, RetryableError, SinkResult
+from patientkit.core.sinks import PoisonError, RetryableError, SinkClosed, SinkResult
 from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects, entry_line
@@ -48,6 +48,7 @@ Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast)
 _DIGITS = re.compile(r"[0-9]+")
 UNENCODABLE = -1  # the status ApiSink gives a request whose body could not be encoded
 ROOM_WAIT = 0.1  # seconds a reading waits for room in a full buffer before a Ctrl-C is seen
+SINK_STOPPED = "interrupted"  # the reason of a buffer whose ApiSink stopped (SinkClosed)
 INTERRUPTED_CLOSE = 1.0  # seconds to deliver what was read after Ctrl-C (the rest: dead letters)
 API_BATCH = 5_000  # readings in one create request, by default
 API_MOST_BATCH = 50_000  # readings in one buffer batch to an API (many devices' requests)
@@ -214,7 +215,14 @@ class ApiSink:
         rejected: dict[int, str] = {}
         retry: list[int] = []
         failures = []
-        sent = [self.pool.submit(self._device, d, batch, i, rejected) for d, i in groups.items()]
+        if self._stopping.is_set():  # stopped: the batch is handed back, never retried
+            raise SinkClosed(SINK_STOPPED)
+        try:
+            sent = [
+                self.pool.submit(self._device, d, batch, i, rejected) for d, i in groups.items()
+            ]
+        except RuntimeError:  # the request pool is shut down (a second Ctrl-C)
+            raise SinkClosed(SINK_STOPPED) from None
         for future in sent:
             waiting, failed = future.result()
             if failed is not None:
@@ -297,6 +305,11 @@ class Replay:
         self.interrupted = True
         self._stopping.set()
 
+    def abandon(self) -> None:
+        """Stop waiting for delivery too (a second Ctrl-C; safe from a signal handler)."""
+        self.interrupted = self.abandoned = True
+        self._stopping.set()
+
     def run(self, paths: Iterable[str]) -> ReplayTally:
         """Read, check and deliver every reading; close the buffer, delivering what is
         pending; write what could not be delivered to the dead-letter file.
@@ -323,6 +336,8 @@ class Replay:
             stop_reason = exc.reason
         except PatientkitError as exc:  # an input unreadable part way: deliver what was read
             self.error = exc
+        except interrupts.StopReading:  # a Ctrl-C while an input read waited: deliver
+            self.interrupted = True
         except KeyboardInterrupt:
             self.interrupted = self.abandoned = True
         except Exception as exc:  # a bug of ours: deliver what was read first
@@ -331,6 +346,10 @@ class Replay:
         leftovers = self._close(buffer)
         if isinstance(leftovers, str):
             stop_reason, leftovers = leftovers, buffer.drain_pending()
+        if stop_reason == SINK_STOPPED:  # the ApiSink stopped after Ctrl-C: not a failure
+            stop_reason, self.interrupted = "", True
+        if interrupts.lost():  # a second Ctrl-C swallowed by a finalizer: not lost here
+            self.interrupted = self.abandoned = True
         reason = f"not delivered: {stop_reason or 'interrupted'}"
         try:
             self.rejects.write_lines(
@@ -353,7 +372,8 @@ class Replay:
 
     def _close(self, buffer: BatchBuffer[Event]) -> list[Event] | str:
         """Close the buffer: the events not delivered, or why the buffer stopped. After
-        an interrupt, delivery gets INTERRUPTED_CLOSE seconds; after a second one, none."""
+        an interrupt (also one that comes while it waits here), delivery gets
+        INTERRUPTED_CLOSE seconds; after a second one, none."""
         timeout = None
         if self.abandoned:
             timeout = 0.0
@@ -361,7 +381,13 @@ class Replay:
             timeout = INTERRUPTED_CLOSE
         try:
             try:
-                return buffer.close(timeout=timeout)
+                try:
+                    with interrupts.wait_point():  # a Ctrl-C stops this wait
+                        return buffer.close(timeout=timeout)
+                except interrupts.StopReading:  # the first, while the rest was delivered
+                    self.interrupted = True
+                    with interrupts.wait_point():
+                        return buffer.close(timeout=INTERRUPTED_CLOSE)
             except BufferStopped as exc:
                 return exc.reason
             except KeyboardInterrupt:
@@ -519,12 +545,12 @@ def run_replay(
             on_invalid=on_invalid,
             on_progress=on_progress,
         )
-        with stop_requests(run.stop):
+        with stop_requests(run.stop, run.abandon):
             try:
                 run.run(paths)
             finally:  # a second Ctrl-C stops waiting for the store or the API
                 if isinstance(destination, StoreProcess):
-                    destination.close(timeout=1.0 if run.abandoned else 30.0)
+                    destination.close(30.0, hurry=lambda: run.abandoned)
                 else:
                     destination.close()
                 if isinstance(sink, ApiSink):

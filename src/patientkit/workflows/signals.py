@@ -1,5 +1,10 @@
 """Ctrl-C and SIGTERM as a request to stop: the job stops reading, settles what it has
-taken, reports, and exits 130. A second Ctrl-C aborts at once."""
+taken, reports, and exits 130. A second Ctrl-C stops waiting for delivery.
+
+The handler raises nothing at an arbitrary point (where an exception could land in a
+`__del__` and be swallowed, or print a traceback): it records the request, and raises
+only while the main thread waits at a point of ours that expects it (a blocking read of
+an input, the wait for delivery; see core/interrupts.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +13,38 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from patientkit.core import interrupts
+
 
 @contextmanager
-def stop_requests(on_stop: Callable[[], None]) -> Iterator[None]:
-    """While inside, the first SIGINT or SIGTERM calls on_stop(); the next raises
-    KeyboardInterrupt. The previous handlers come back on the way out."""
+def stop_requests(
+    on_stop: Callable[[], None], on_abandon: Callable[[], None] = lambda: None
+) -> Iterator[None]:
+    """While inside, the first SIGINT or SIGTERM calls on_stop() (and ends a read that
+    waits for input with StopReading); the next ones call on_abandon() and raise
+    KeyboardInterrupt if the main thread waits at a wait point (`interrupts.wait_point`).
+    Both callbacks must be safe in a signal handler (set flags, take no lock). The
+    previous handlers come back on the way out."""
     asked = False
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal asked
-        if asked:
+        if not asked:
+            asked = True
+            interrupts.request_stop()
+            on_stop()
+            if interrupts.waiting():
+                raise interrupts.StopReading
+            return
+        on_abandon()
+        if interrupts.waiting():
             raise KeyboardInterrupt
-        asked = True
-        on_stop()
 
+    interrupts.reset()
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        interrupts.reset()

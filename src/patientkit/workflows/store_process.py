@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import pickle
 import signal
+import time
+from collections.abc import Callable
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -26,6 +28,7 @@ from patientkit.errors import PatientkitError, UsageError
 from patientkit.stores import open_store
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+HURRIED = 1.0  # seconds the child gets to finish after a second Ctrl-C
 
 
 class StoreUnavailable(PatientkitError):
@@ -129,14 +132,21 @@ class StoreProcess:
             raise StoreUnavailable(value)
         return value
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0, hurry: Callable[[], bool] = lambda: False) -> None:
         """Ask the child to finish (it ends the transaction in progress, if any) and wait
-        up to `timeout` seconds; a child still running then is terminated (SIGTERM: an
-        unfinished transaction is rolled back), so no process outlives the job."""
+        up to `timeout` seconds, or HURRIED seconds once hurry() is True (a second Ctrl-C,
+        noted by a signal handler: looked at every 0.05 s); a child still running then is
+        terminated (SIGTERM: an unfinished transaction is rolled back), so no process
+        outlives the job."""
         if self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.conn.send(None)
-            self.process.join(timeout=timeout)
+            deadline = time.monotonic() + timeout
+            hurried = False
+            while self.process.is_alive() and time.monotonic() < deadline:
+                if not hurried and hurry():
+                    hurried, deadline = True, min(deadline, time.monotonic() + HURRIED)
+                self.process.join(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
             if self.process.is_alive():
                 self.process.terminate()
                 self.process.join(timeout=5)

@@ -29,12 +29,15 @@ server saw them), so nothing is lost: fix and send the file again.
 Ctrl-C (or SIGTERM) stops reading; records read but not yet sent are put back (not
 counted: the next run reads them again), the requests in flight are settled, and the
 summary so far is returned. A second Ctrl-C stops waiting: the records still in flight
-count as failed (they may have landed; the next run reports those as duplicates).
+count as failed (they may have landed; the next run reports those as duplicates). It is
+raised only where the job waits for them (`_second_at_wait_points`), never in the
+handling of the first or in a finalizer, where it escaped as a bare `error: interrupted`.
 """
 
 from __future__ import annotations
 
 import operator
+import signal
 import threading
 import time
 import uuid
@@ -44,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from patientkit.core import interrupts
 from patientkit.core.buffer import BatchBuffer
 from patientkit.core.collector import few_collections
 from patientkit.core.delivery import BufferStopped
@@ -622,19 +626,50 @@ def submit(
         try:
             target.run(source)
         except KeyboardInterrupt:
+            _second_at_wait_points()
             result.interrupted = True
             if isinstance(target, HttpTarget):
                 target.stop_reading()
             else:
                 source.stop()
             on_interrupt(target.in_flight())
-        target.finish()
+        with interrupts.wait_point():  # raises a second Ctrl-C that came before
+            target.finish()
     except KeyboardInterrupt:
         result.interrupted = True
         result.abandoned = target.abandon()
+    finally:
+        _restore_handlers()
     result.error = source.error or target.error
     result.seconds = time.perf_counter() - started
     return result
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_handlers: dict[int, Any] = {}
+
+
+def _second_at_wait_points() -> None:
+    """After the first Ctrl-C (raised where the job was, which it handles), a second one
+    stops waiting: raised only while the main thread waits at a wait point (the end of
+    delivery), else at the next one, so that it never lands in a finalizer or in the
+    handling of the first (core/interrupts.py). Main thread only; else nothing changes."""
+
+    def second(signum: int, frame: Any) -> None:
+        if interrupts.waiting():
+            raise KeyboardInterrupt
+        interrupts.defer()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in _SIGNALS:
+            _handlers.setdefault(sig, signal.signal(sig, second))
+
+
+def _restore_handlers() -> None:
+    while _handlers:
+        sig, handler = _handlers.popitem()
+        signal.signal(sig, handler)
+    interrupts.reset()
 
 
 def run_submit(
