@@ -17,7 +17,8 @@
     ├── SinkError                core.sinks: how a sink says a whole batch went
     │   ├── PermanentError       rejected for good: every event dead-lettered
     │   ├── PoisonError          some event can never be taken: bisect to find it
-    │   └── PayloadTooLarge      too large: send it in halves
+    │   ├── PayloadTooLarge      too large: send it in halves
+    │   └── SinkClosed           the sink was stopped (Ctrl-C): stop, hand every event back
     ├── SpoolError               core.spool: the spool file cannot be read or written
     ├── WorkerDied               core.workers: a worker process ended without an answer
     ├── StoreUnavailable         writer: the store process cannot be used (exit 1)
