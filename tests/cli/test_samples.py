@@ -2,9 +2,11 @@
 back with exactly the counts they were made with, in every format, the same bytes for a
 seed."""
 
+import contextlib
 import gzip
 import json
 import re
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,9 @@ from patientkit.core import validation
 from patientkit.inputs import read_items
 from patientkit.samples.inputs import (
     READING_FAULTS,
+    RECENT,
     RECORD_FAULTS,
+    RECORD_HEADER,
     generate_readings,
     generate_records,
 )
@@ -132,6 +136,45 @@ def test_the_same_seed_gives_the_same_bytes(tmp_path):
         assert (tmp_path / "c.csv").read_bytes() != (tmp_path / "d.csv").read_bytes()
         plain = gzip.decompress((tmp_path / "a.ndjson.gz").read_bytes()).decode()
         assert plain.count("\n") == int(extra[1])
+
+
+def test_generated_records_are_written_as_json_dumps_writes_them(tmp_path):
+    """The records' fast rendering gives the very text json.dumps gives (every format's
+    line of a valid or duplicate record; broken ones go through json.dumps itself), and
+    every test id is a version 4 UUID as the uuid module writes it."""
+    path = tmp_path / "r.ndjson"
+    run_cli("records", "generate", str(path), "--records", "3000", "--invalid", "0.1",
+            "--duplicates", "0.1", "--seed", "7")  # fmt: skip
+    parsed = 0
+    for line in path.read_text(errors="surrogateescape").splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:  # an invalid entry made not to be JSON
+            continue
+        if isinstance(value, dict) and list(value) == list(RECORD_HEADER):
+            parsed += 1
+            assert json.dumps(value, ensure_ascii=False) == line
+            with contextlib.suppress(ValueError, AttributeError):  # a broken id: no UUID
+                assert str(uuid.UUID(value["test_id"])) == value["test_id"]
+    assert parsed > 2700
+
+
+def test_a_duplicate_resends_one_of_the_latest_records(tmp_path):
+    """Duplicates come from the latest RECENT valid records (a bounded memory), and each
+    resends a test id that came before it."""
+    path = tmp_path / "r.ndjson"
+    run_cli("records", "generate", str(path), "--records", "30000", "--duplicates", "0.05",
+            "--seed", "1")  # fmt: skip
+    seen: dict[str, int] = {}
+    resent = 0
+    for number, line in enumerate(path.read_text().splitlines()):
+        test_id = json.loads(line)["test_id"]
+        if test_id in seen:
+            resent += 1
+            assert number - seen[test_id] <= RECENT * 1.2, (number, seen[test_id])
+        else:
+            seen[test_id] = number
+    assert resent == 1500
 
 
 def test_stdout_gets_the_data_and_stderr_the_summary():
