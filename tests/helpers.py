@@ -25,7 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -248,3 +250,24 @@ def examples(n: int) -> int:
     PATIENTKIT_TEST_EXAMPLES=1, more with a larger factor. Failing examples found before
     are replayed first whatever the count (the example database in .hypothesis/)."""
     return max(20, round(n * EXAMPLES))
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stand-in server's request handler that logs nothing."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def stand_in_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server of the test's own that answers as `handler` says (what patientkit's server
+    never does: nonsense, for ever 503, a false encoding), on a free port in a thread;
+    yields its URL and stops it after."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -102,7 +102,7 @@ def open_input(path: str) -> IO[bytes]:
             raise UsageError(f"{path}: is a folder, not a file") from None
     stream = raw if hasattr(raw, "peek") else io.BufferedReader(cast(io.RawIOBase, raw))
     if stream.peek(2)[:2] == GZIP_MAGIC:
-        return io.BufferedReader(_Steps(gzip.GzipFile(fileobj=stream, mode="rb")), CHUNK)
+        return io.BufferedReader(_Steps(stream), CHUNK)
     return stream
 
 
@@ -135,8 +135,9 @@ class _Steps(io.RawIOBase):
     the cut. Here a step either gives bytes or raises, so every byte decompressed before
     the error reaches the reader (who reads with `read1`, never gathering either)."""
 
-    def __init__(self, gz: gzip.GzipFile) -> None:
-        self._gz = gz
+    def __init__(self, compressed: IO[bytes]) -> None:
+        self._compressed = compressed
+        self._gz = gzip.GzipFile(fileobj=compressed, mode="rb")
 
     def readable(self) -> bool:
         return True
@@ -147,7 +148,10 @@ class _Steps(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
+        """Close the gzip reader and the compressed stream under it (GzipFile leaves a
+        stream it was given open: the file stayed open until collected)."""
         self._gz.close()
+        self._compressed.close()
         super().close()
 
 

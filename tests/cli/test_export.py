@@ -8,17 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from patientkit.samples.exports import plan_export
-from tests.helpers import ROOT, cli_env, run_cli
+from tests.helpers import ROOT, QuietHandler, cli_env, run_cli, stand_in_server
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -90,7 +88,7 @@ def test_unknown_export_is_exit_2(demo_server):
 
 @pytest.fixture
 def nonsense_server():
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             body = b"{this is not json"
             self.send_response(200)
@@ -99,13 +97,8 @@ def nonsense_server():
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with stand_in_server(Handler) as url:
+        yield url
 
 
 def test_malformed_json_is_exit_2(nonsense_server):
@@ -303,7 +296,7 @@ def corrupt_gzip_server():
     """An export server whose one download says it is gzip-encoded and is not."""
     download_id = str(uuid.uuid4())
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             data: dict = {"export_ids": ["x"], "id": "x", "download_ids": [download_id]}
             if self.path.endswith(download_id):
@@ -320,13 +313,8 @@ def corrupt_gzip_server():
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", download_id
-    httpd.shutdown()
+    with stand_in_server(Handler) as url:
+        yield url, download_id
 
 
 def test_a_download_that_fails_to_decode_fails_aggregate_in_one_line(corrupt_gzip_server):

@@ -20,7 +20,7 @@ import pytest
 from patientkit.samples.inputs import generate_readings
 from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
-from tests.helpers import cli_env, run_cli, wait_until_reading
+from tests.helpers import QuietHandler, cli_env, run_cli, stand_in_server, wait_until_reading
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -318,9 +318,8 @@ def test_one_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
 @pytest.fixture
 def refusing_server():
     """Answers its ping; every create request gets 503 (retryable, for ever)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def answer(self, status: int) -> None:
             length = int(self.headers.get("content-length") or 0)
             self.rfile.read(length)
@@ -337,13 +336,8 @@ def refusing_server():
         def do_POST(self):
             self.answer(503)
 
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with stand_in_server(Handler) as url:
+        yield url
 
 
 def test_one_ctrl_c_ends_a_replay_waiting_to_deliver_the_rest(refusing_server, tmp_path):
