@@ -58,13 +58,33 @@ def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), 20_000)
 
 
-def start(*args: str) -> subprocess.Popen[bytes]:
+def start(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "patientkit", *args],
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cli_env(),
     )
+
+
+def start_holding_back(
+    source: Path, held_back: int, *args: str
+) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+    """`patientkit ARGS` reading `source` from stdin, a pipe that gets all of it but the
+    last `held_back` lines and stays open: the job is mid-way (reading, or waiting for
+    the rest) whenever its Ctrl-C comes, however fast this machine is. (A fixed wait or
+    a count of rows stored was a guess: on an idle machine the whole file was read
+    before the Ctrl-C.) The caller joins the feeding thread."""
+    data = source.read_bytes()
+    cut = len(data)
+    for _ in range(held_back):
+        cut = data.rindex(b"\n", 0, cut - 1) + 1
+    process = start(*args, stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    feeder = threading.Thread(target=feed, args=(process.stdin, data[:cut]))
+    feeder.start()
+    return process, feeder
 
 
 def interrupt(
@@ -124,12 +144,14 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
 ):
     source, clean = readings_file
     db = tmp_path / "r.db"
-    process = start("readings", "replay", str(source), "--db", str(db), "--batch-size", "500")
+    args = ("readings", "replay", "-", "--db", str(db), "--batch-size", "500")
+    process, feeder = start_holding_back(source, 10_000, *args)
     if moment == "starting":
         time.sleep(0.6)  # the command runs (start-up done), little or nothing stored yet
     else:
         wait_for_rows(db, 10_000, process)
-    seconds, out, err = interrupt(process, times)
+    seconds, out, err = interrupt(process, times, stdin_open=True)
+    feeder.join()
     assert process.returncode == 130, err
     if moment == "starting" and not out:  # stopped before the job began: the generic line
         assert_ended_cleanly(seconds, err, "error: interrupted")
@@ -150,17 +172,7 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     source = tmp_path / "t.ndjson"
     source.write_bytes(lines)
     db = tmp_path / "s.db"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "patientkit", "records", "submit", "-", "--db", str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env(),
-    )
-    assert process.stdin is not None
-    held_back = lines.index(b"\n", len(lines) - 10_000 * len(lines) // 50_000)
-    feeder = threading.Thread(target=feed, args=(process.stdin, lines[: held_back + 1]))
-    feeder.start()
+    process, feeder = start_holding_back(source, 10_000, "records", "submit", "-", "--db", str(db))
     wait_for_records(db, process)  # the job began (not a fixed time: start-up varies)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
@@ -219,9 +231,11 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
     server = serve("--db", str(db))
     extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
     small = ("--batch-size", "50")
-    process = start("readings", "replay", str(source), "--to", server.url, *small, *extra)
+    args = ("readings", "replay", "-", "--to", server.url, *small, *extra)
+    process, feeder = start_holding_back(source, 2_000, *args)
     wait_for_rows(db, 2_000, process)
-    seconds, out, err = interrupt(process, times)
+    seconds, out, err = interrupt(process, times, stdin_open=True)
+    feeder.join()
     assert process.returncode == 130, err
     assert_ended_cleanly(seconds, err, REPLAY_LINE)
     assert [line for line in err.splitlines() if line.strip()] == [REPLAY_LINE]

@@ -4,11 +4,17 @@ taken, reports, and exits 130. A second Ctrl-C stops waiting for delivery.
 The handler raises nothing at an arbitrary point (where an exception could land in a
 `__del__` and be swallowed, or print a traceback): it records the request, and raises
 only while the main thread waits at a point of ours that expects it (a blocking read of
-an input, the wait for delivery; see core/interrupts.py)."""
+an input, the wait for delivery; see core/interrupts.py).
+
+A job that was asked to stop ends by reporting (its summary, its one error line, exit
+130). From its end until the command has written that report, a further Ctrl-C changes
+nothing (`absorb_stops`): with the raising handler back, one pressed just as the job ended
+cut the report short to a bare `error: interrupted` and lost the summary."""
 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,10 +47,29 @@ def stop_requests(
             raise KeyboardInterrupt
 
     interrupts.reset()
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        if asked:
+            absorb_stops()
         interrupts.reset()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _absorb(signum: int, frame: Any) -> None:
+    """A Ctrl-C or SIGTERM after the job was asked to stop and ended: already stopping."""
+
+
+def absorb_stops() -> None:
+    """From now on, SIGINT and SIGTERM change nothing (see the module docstring): for a
+    job that was asked to stop, as it ends, so that its report is written whole. The CLI
+    (`cli.app.run`) puts its own handlers back once the command has ended. Main thread
+    only; elsewhere nothing changes."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _absorb)

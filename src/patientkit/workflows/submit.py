@@ -60,6 +60,7 @@ from patientkit.errors import PatientkitError, RemoteError
 from patientkit.inputs import Item, read_chunks
 from patientkit.rejects import Rejects
 from patientkit.stores import open_store
+from patientkit.workflows.signals import STOP_SIGNALS, absorb_stops
 
 if TYPE_CHECKING:  # httpx is imported only when records go to an API
     from patientkit.client.records import Outcome
@@ -640,12 +641,13 @@ def submit(
         result.abandoned = target.abandon()
     finally:
         _restore_handlers()
+        if result.interrupted:  # the report is written whole (workflows/signals.py)
+            absorb_stops()
     result.error = source.error or target.error
     result.seconds = time.perf_counter() - started
     return result
 
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _handlers: dict[int, Any] = {}
 
 
@@ -661,7 +663,7 @@ def _second_at_wait_points() -> None:
         interrupts.defer()
 
     if threading.current_thread() is threading.main_thread():
-        for sig in _SIGNALS:
+        for sig in STOP_SIGNALS:
             _handlers.setdefault(sig, signal.signal(sig, second))
 
 
