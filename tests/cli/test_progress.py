@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from patientkit.core.parallel import count_each
-from tests.helpers import cli_env, run_cli
+from tests.helpers import cli_env, run_cli, wait_until_reading
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 MOVE = re.compile(r"\x1b\[[0-9;?]*[A-Za-ln-z]")  # cursor moves, erasing: between frames
@@ -139,13 +139,15 @@ def test_count_progress_moves_while_stdin_is_read(tmp_path):
     reader, writer = os.pipe()
     process, main = on_a_terminal("export", "count", "-", stdin=reader)
     os.close(reader)
-    try:  # a pause before each block: drawn at most every 0.1 s, its first read draws
+    try:  # drawn at most every 0.1 s: a block that comes 0.2 s after the last is drawn
         os.write(writer, b"patient_id,event_time,event_type,value\n")
-        os.write(writer, block.encode())  # returns once nearly all of it was read
-        time.sleep(0.3)
+        os.write(writer, block.encode())
+        wait_until_reading(process.pid)  # all of it read: it waits for more
+        time.sleep(0.2)
         os.write(writer, block.encode())  # its first read draws what the first block made
         first = read_until(main, lambda screen: max(counted(screen), default=0) > 0)
-        time.sleep(0.3)
+        wait_until_reading(process.pid)
+        time.sleep(0.2)
         os.write(writer, block.encode())  # the input still comes: it is drawn as it is read
         most = max(counted(first), default=0)
         second = read_until(main, lambda screen: max(counted(screen), default=0) > most)
