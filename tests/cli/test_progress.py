@@ -132,6 +132,39 @@ def test_progress_is_one_whole_line_on_a_narrow_terminal(tmp_path):
     assert with_time_left(screen)  # a time left
 
 
+def test_the_narrow_line_fits_to_the_end_of_the_job():
+    """What the narrow terminal above is not watched long enough to draw: the line near
+    the end of `export generate small` (three-digit MB, 100%, a faster rate), at 80
+    columns, drawn as the Meter draws it, fits one line and the same pattern."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from patientkit.cli.progress import _columns
+
+    total = 7_805_757
+    clock = [0.0]  # the seconds rich's Progress sees
+    for seconds, rows in [(9.5, 7_805_000), (0.5, 7_805_757), (3.0, 2_400_000)]:
+        clock[0] = 0.0
+        console = Console(file=io.StringIO(), width=80)
+        progress = Progress(
+            *_columns("rows", wide=False, sized=True), console=console, get_time=lambda: clock[0]
+        )
+        task = progress.add_task(
+            "generating small", total=total, rows=0, bytes=0, total_rows=total, done=""
+        )
+        for fraction in (0.1, 1.0):  # two samples: a rate and a time left
+            clock[0] = seconds * fraction
+            done = int(rows * fraction)
+            progress.update(task, completed=done, rows=done, bytes=done * 44)
+        console.print(progress.make_tasks_table(progress.tasks))
+        line = console.file.getvalue().rstrip("\n")
+        assert len(line.rstrip()) <= 80 and "…" not in line and "\n" not in line, line
+        assert NARROW.fullmatch(line.rstrip().removeprefix("generating small")), line
+        assert re.search(r" [\d]{3}\.\d MB ", line), line
+
+
 def test_count_progress_moves_while_stdin_is_read(tmp_path):
     """Rows go up on the screen while the input is still coming."""
     row = "P0001,2025-01-01T00:00:00Z,bp_sys,120\n"
