@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from patientkit.samples.exports import plan_export
-from tests.helpers import ROOT, QuietHandler, cli_env, run_cli, stand_in_server
+from tests.helpers import ROOT, QuietHandler, Server, cli_env, run_cli, stand_in_server
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -109,6 +110,26 @@ def test_malformed_json_is_exit_2(nonsense_server):
     )
 
 
+@pytest.fixture(scope="module")
+def exports_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exports folder of this module's tests, each export under a name of one test's
+    own (the server reads the folder afresh on each request)."""
+    return tmp_path_factory.mktemp("own-exports")
+
+
+@pytest.fixture(scope="module")
+def exports_server(
+    exports_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One `patientkit serve --exports exports_root` for the tests that only read their
+    own exports from it (not one server each: its start-up is most of such a test)."""
+    server = Server(
+        tmp_path_factory.mktemp("logs") / "exports-serve.log", "--exports", str(exports_root)
+    )
+    yield server
+    server.stop()
+
+
 def one_download(root: Path, export_id: str, text: str) -> str:
     """Write an export of one download under root; return the download's id."""
     folder = root / export_id
@@ -118,8 +139,8 @@ def one_download(root: Path, export_id: str, text: str) -> str:
     return download_id
 
 
-def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_path):
-    download_id = one_download(tmp_path, "short", "patient_id,event_type\nP1,a\nP2,b\n")
+def test_a_download_shorter_than_its_metadata_fails_after_retries(exports_server, exports_root):
+    download_id = one_download(exports_root, "short", "patient_id,event_type\nP1,a\nP2,b\n")
     meta = {
         "id": download_id,
         "rows": 3,
@@ -128,8 +149,8 @@ def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_pat
         "start_time": None,
         "end_time": None,
     }
-    (tmp_path / "short" / f"{download_id}.meta.json").write_text(json.dumps(meta))
-    server = serve("--exports", str(tmp_path))
+    (exports_root / "short" / f"{download_id}.meta.json").write_text(json.dumps(meta))
+    server = exports_server
     result = run_cli("export", "aggregate", "short", "--server", server.url, "--attempts", "2")
     assert result.code == 1
     assert result.out == ""  # partial totals are never printed
@@ -138,9 +159,9 @@ def test_a_download_shorter_than_its_metadata_fails_after_retries(serve, tmp_pat
     )
 
 
-def test_a_malformed_download_fails_naming_download_and_line(serve, tmp_path):
-    download_id = one_download(tmp_path, "bad", "patient_id,event_type\nP1,a\nP2\n")
-    server = serve("--exports", str(tmp_path))
+def test_a_malformed_download_fails_naming_download_and_line(exports_server, exports_root):
+    download_id = one_download(exports_root, "bad", "patient_id,event_type\nP1,a\nP2\n")
+    server = exports_server
     result = run_cli("export", "aggregate", "bad", "--server", server.url)
     assert result.code == 1
     assert result.err.strip() == f"error: bad/{download_id}:3: expected 2 fields, found 1"
@@ -215,7 +236,9 @@ CR_REPORT = {
 }
 
 
-def test_cr_only_line_ends_count_the_same_locally_over_http_and_in_the_metadata(serve, tmp_path):
+def test_cr_only_line_ends_count_the_same_locally_over_http_and_in_the_metadata(
+    exports_server, exports_root
+):
     case = CASES / "07-cr-only-line-ends" / "cr.csv"
     if case.is_file():
         assert case.read_bytes() == CR_CSV
@@ -224,15 +247,15 @@ def test_cr_only_line_ends_count_the_same_locally_over_http_and_in_the_metadata(
         "blank": b"\r\n" + CR_CSV.replace(b"\rP002", b"\r\r\n\nP002") + b"\n\r",
         "crlf": CR_CSV.replace(b"\r", b"\r\n"),
     }
-    ids = {name: one_download(tmp_path, name, "") for name in variants}
+    ids = {name: one_download(exports_root, name, "") for name in variants}
     for name, data in variants.items():
-        path = tmp_path / name / f"{ids[name]}.csv"
+        path = exports_root / name / f"{ids[name]}.csv"
         path.write_bytes(data)
         local = run_cli("export", "count", str(path))
         assert (local.code, json.loads(local.out)) == (0, CR_REPORT), (name, local.err)
         piped = run_cli("export", "count", "-", input=gzip.compress(data))
         assert json.loads(piped.out) == CR_REPORT, name
-    server = serve("--exports", str(tmp_path))
+    server = exports_server
     for name in variants:
         meta = httpx.get(f"{server.url}/api/export/{name}/{ids[name]}").json()["data"]
         assert meta["rows"] == 3, name
@@ -276,12 +299,14 @@ def test_a_truncated_gzip_is_one_line_no_counts_exit_1(tmp_path):
     assert len(result.err.splitlines()) == 1
 
 
-def test_a_truncated_gzip_on_the_server_fails_aggregate_in_one_line(serve, tmp_path):
-    download_id = one_download(tmp_path, "half", "")
-    folder = tmp_path / "half"
+def test_a_truncated_gzip_on_the_server_fails_aggregate_in_one_line(
+    exports_server, exports_root, tmp_path
+):
+    download_id = one_download(exports_root, "half", "")
+    folder = exports_root / "half"
     (folder / f"{download_id}.csv").unlink()
     truncated_gzip(tmp_path).rename(folder / f"{download_id}.csv.gz")
-    server = serve("--exports", str(tmp_path))
+    server = exports_server
     result = run_cli("export", "aggregate", "half", "--server", server.url, "--attempts", "1")
     assert (result.code, result.out) == (2, "")
     assert result.err.splitlines()[-1].startswith(
@@ -414,11 +439,11 @@ def big_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def big_exports(big_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An exports root whose `big` export is `big_folder`'s downloads (hard links) with
-    the metadata the server would otherwise scan 5.2 M rows for at each start (seconds of
-    CPU per server, none of it what the Ctrl-C tests test)."""
-    folder = tmp_path_factory.mktemp("big-served") / "big"
+def big_export(big_folder: Path, exports_root: Path) -> str:
+    """The export `big` of exports_root: `big_folder`'s downloads (hard links) with the
+    metadata the server would otherwise scan 5.2 M rows for (seconds of CPU, none of it
+    what the Ctrl-C tests test). Returns its id."""
+    folder = exports_root / "big"
     folder.mkdir()
     for path in big_folder.glob("*.csv"):
         os.link(path, folder / path.name)
@@ -431,7 +456,7 @@ def big_exports(big_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> P
             "end_time": "2025-08-26T00:00:00.000000Z",
         }
         (folder / f"{path.stem}.meta.json").write_text(json.dumps(meta))
-    return folder.parent
+    return folder.name
 
 
 @pytest.mark.parametrize(
@@ -445,9 +470,9 @@ def test_ctrl_c_ends_export_count_at_once(big_folder, when, after, twice):
 
 
 @pytest.mark.parametrize(("after", "twice"), [(0.0, None), (0.3, 0.2), (0.6, None)])
-def test_ctrl_c_ends_export_aggregate_at_once(serve, big_exports, after, twice):
-    server = serve("--exports", str(big_exports))
-    args = ["export", "aggregate", "big", "--server", server.url, "--concurrency", "2"]
+def test_ctrl_c_ends_export_aggregate_at_once(exports_server, big_export, after, twice):
+    server = exports_server
+    args = ["export", "aggregate", big_export, "--server", server.url, "--concurrency", "2"]
     assert_interrupted(interrupt(args, "pool", after, twice), "nothing was counted")
 
 

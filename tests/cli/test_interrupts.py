@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -38,24 +39,29 @@ def readings_and_clean_store(folder: Path, readings: int) -> tuple[Path, Path]:
     return source, clean
 
 
+READINGS = 20_000  # in readings_file
+API_READINGS = 10_000  # in api_readings_file
+
+
 @pytest.fixture(scope="module")
 def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """60,000 readings and the store one clean replay of them makes: with `--batch-size
-    500` the replay holds at most 2,000 read ahead of the store, which takes some 50,000
-    a second on two idle cores, so an interrupt at 10,000 stored (or 0.6 s in) comes with
-    most of the file still to read. (The reader must be busy when the Ctrl-C comes: one
-    Ctrl-C while it waits on an idle pipe is not seen until more input comes.)"""
-    return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), 60_000)
+    """20,000 readings and the store one clean replay of them makes. The interrupted run
+    reads them from a pipe that holds back the last 2,000 (start_holding_back), so it is
+    mid-way whenever its Ctrl-C comes (0.6 s in, or at 4,000 stored: with `--batch-size
+    500` it holds at most 2,000 read ahead of the store); the file need not outlast the
+    wait, and the rerun that completes the store is short."""
+    return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), READINGS)
 
 
 @pytest.fixture(scope="module")
 def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """20,000 readings and their clean store: with `--batch-size 50` a replay --to reads
-    at most 6,400 ahead of what is delivered (batches of 1,600 readings, four pending,
-    each batch some 400 requests of a device's few readings), so an interrupt at 2,000
-    stored comes before the end of the file, with more requests pending than the second
-    it has to deliver them; a rerun over HTTP is short."""
-    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), 20_000)
+    """10,000 readings and their clean store: with `--batch-size 50` a replay --to holds
+    up to 6,400 read ahead of what is delivered (batches of 1,600 readings, four pending,
+    each batch some 400 requests of a device's few readings). Its pipe holds back the
+    last 1,000, so at 400 stored the buffer is full (more requests pending than the
+    second it has to deliver them after Ctrl-C) and the reader waits on the rest; a rerun
+    over HTTP is short."""
+    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), API_READINGS)
 
 
 def start(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
@@ -145,11 +151,11 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
     source, clean = readings_file
     db = tmp_path / "r.db"
     args = ("readings", "replay", "-", "--db", str(db), "--batch-size", "500")
-    process, feeder = start_holding_back(source, 10_000, *args)
+    process, feeder = start_holding_back(source, 2_000, *args)
     if moment == "starting":
         time.sleep(0.6)  # the command runs (start-up done), little or nothing stored yet
     else:
-        wait_for_rows(db, 10_000, process)
+        wait_for_rows(db, 4_000, process)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
     assert process.returncode == 130, err
@@ -157,7 +163,7 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
         assert_ended_cleanly(seconds, err, "error: interrupted")
     else:
         assert_ended_cleanly(seconds, err, REPLAY_LINE)
-        assert json.loads(out)["read"] < 60_000
+        assert json.loads(out)["read"] < READINGS
     assert processes_using(db, within=2.0) == [], "the store process outlived the replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0, again.err
@@ -232,15 +238,15 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
     extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
     small = ("--batch-size", "50")
     args = ("readings", "replay", "-", "--to", server.url, *small, *extra)
-    process, feeder = start_holding_back(source, 2_000, *args)
-    wait_for_rows(db, 2_000, process)
+    process, feeder = start_holding_back(source, 1_000, *args)
+    wait_for_rows(db, 400, process)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
     assert process.returncode == 130, err
     assert_ended_cleanly(seconds, err, REPLAY_LINE)
     assert [line for line in err.splitlines() if line.strip()] == [REPLAY_LINE]
     summary = json.loads(out)
-    assert summary["read"] < 20_000
+    assert summary["read"] < API_READINGS
     if dead_letter:
         lines = (tmp_path / "dead.ndjson").read_text(encoding="utf-8").splitlines()
         assert len(lines) == summary["dead_lettered"] > 0
@@ -330,8 +336,10 @@ def test_one_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
 
 
 @pytest.fixture
-def refusing_server():
-    """Answers its ping; every create request gets 503 (retryable, for ever)."""
+def refusing_server() -> Iterator[tuple[str, list[str]]]:
+    """Answers its ping; every create request gets 503 (retryable, for ever). Yields its
+    URL and the paths of the POSTs it answered, in order."""
+    posts: list[str] = []
 
     class Handler(QuietHandler):
         def answer(self, status: int) -> None:
@@ -349,19 +357,24 @@ def refusing_server():
 
         def do_POST(self):
             self.answer(503)
+            posts.append(self.path)
 
     with stand_in_server(Handler) as url:
-        yield url
+        yield url, posts
 
 
 def test_one_ctrl_c_ends_a_replay_waiting_to_deliver_the_rest(refusing_server, tmp_path):
     """The whole input was read; the replay waits for the API to take the rest (it
     answers 503, so the buffer retries). One Ctrl-C gives delivery INTERRUPTED_CLOSE
     seconds, then the readings not delivered are counted (dead letters), exit 130."""
+    url, posts = refusing_server
     source = tmp_path / "r.ndjson"
     generate_readings(source, 20, devices=2)
-    process = start("readings", "replay", str(source), "--to", refusing_server)
-    time.sleep(2.0)  # read, and retrying
+    process = start("readings", "replay", str(source), "--to", url)
+    deadline = time.monotonic() + 30
+    while len(posts) < 2:  # read, sent, and retrying (not a fixed time: the machine varies)
+        assert process.poll() is None and time.monotonic() < deadline, "no retry came"
+        time.sleep(0.01)
     assert process.poll() is None
     seconds, out, err = interrupt(process, 1)
     assert process.returncode == 130, err

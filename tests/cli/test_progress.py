@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 from patientkit.core.parallel import count_each
-from tests.helpers import cli_env, run_cli
+from tests.helpers import cli_env, run_cli, wait_until_reading
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 MOVE = re.compile(r"\x1b\[[0-9;?]*[A-Za-ln-z]")  # cursor moves, erasing: between frames
 ROWS = re.compile(r"([\d,]+) / ([\d,]+) rows")
 COUNTED = re.compile(r"([\d,]+) rows +[\d.,]+ MB")
+TIME_LEFT = re.compile(r"\d:\d\d:\d\d left")
 
 
 def frames(screen: bytes) -> list[str]:
@@ -53,6 +54,11 @@ def read_until(main: int, seen, timeout: float = 30) -> bytes:
 def rows_shown(screen: bytes) -> list[int]:
     """The rows counted so far of each progress frame drawn."""
     return [int(m[1].replace(",", "")) for m in map(ROWS.search, frames(screen)) if m]
+
+
+def counted(screen: bytes) -> list[int]:
+    """The rows counted so far of each `export count` frame drawn (no total known)."""
+    return [int(m[1].replace(",", "")) for m in map(COUNTED.search, frames(screen)) if m]
 
 
 def on_a_terminal(
@@ -103,12 +109,17 @@ NARROW = re.compile(
 )
 
 
+def with_time_left(screen: bytes) -> list[str]:
+    """The lines drawn with a time left (h:mm:ss)."""
+    return [line for line in frames(screen) if "%" in line and TIME_LEFT.search(line)]
+
+
 def test_progress_is_one_whole_line_on_a_narrow_terminal(tmp_path):
     """At 80 columns the line keeps its percentage, rows (in millions), MB, rate and time
     left on one line: nothing wraps onto a second line, nothing is cut short."""
     process, main = on_a_terminal("export", "generate", "small", str(tmp_path), columns=80)
-    try:
-        screen = read_for(main, 4.0)
+    try:  # until several lines with a time left were drawn (not a fixed time)
+        screen = read_until(main, lambda screen: len(with_time_left(screen)) >= 5)
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
@@ -118,7 +129,40 @@ def test_progress_is_one_whole_line_on_a_narrow_terminal(tmp_path):
     for line in drawn:
         assert len(line.rstrip()) <= 80 and "…" not in line, line
         assert NARROW.fullmatch(line.rstrip().removeprefix("generating small")), line
-    assert any(re.search(r"\d:\d\d:\d\d left", line) for line in drawn)  # a time left
+    assert with_time_left(screen)  # a time left
+
+
+def test_the_narrow_line_fits_to_the_end_of_the_job():
+    """What the narrow terminal above is not watched long enough to draw: the line near
+    the end of `export generate small` (three-digit MB, 100%, a faster rate), at 80
+    columns, drawn as the Meter draws it, fits one line and the same pattern."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from patientkit.cli.progress import _columns
+
+    total = 7_805_757
+    clock = [0.0]  # the seconds rich's Progress sees
+    for seconds, rows in [(9.5, 7_805_000), (0.5, 7_805_757), (3.0, 2_400_000)]:
+        clock[0] = 0.0
+        console = Console(file=io.StringIO(), width=80)
+        progress = Progress(
+            *_columns("rows", wide=False, sized=True), console=console, get_time=lambda: clock[0]
+        )
+        task = progress.add_task(
+            "generating small", total=total, rows=0, bytes=0, total_rows=total, done=""
+        )
+        for fraction in (0.1, 1.0):  # two samples: a rate and a time left
+            clock[0] = seconds * fraction
+            done = int(rows * fraction)
+            progress.update(task, completed=done, rows=done, bytes=done * 44)
+        console.print(progress.make_tasks_table(progress.tasks))
+        line = console.file.getvalue().rstrip("\n")
+        assert len(line.rstrip()) <= 80 and "…" not in line and "\n" not in line, line
+        assert NARROW.fullmatch(line.rstrip().removeprefix("generating small")), line
+        assert re.search(r" [\d]{3}\.\d MB ", line), line
 
 
 def test_count_progress_moves_while_stdin_is_read(tmp_path):
@@ -128,20 +172,23 @@ def test_count_progress_moves_while_stdin_is_read(tmp_path):
     reader, writer = os.pipe()
     process, main = on_a_terminal("export", "count", "-", stdin=reader)
     os.close(reader)
-    try:
+    try:  # drawn at most every 0.1 s: a block that comes 0.2 s after the last is drawn
         os.write(writer, b"patient_id,event_time,event_type,value\n")
         os.write(writer, block.encode())
-        time.sleep(1.0)
+        wait_until_reading(process.pid)  # all of it read: it waits for more
+        time.sleep(0.2)
         os.write(writer, block.encode())  # its first read draws what the first block made
-        first = read_for(main, 2.0)
-        os.write(writer, block.encode())
-        second = read_for(main, 2.0)
+        first = read_until(main, lambda screen: max(counted(screen), default=0) > 0)
+        wait_until_reading(process.pid)
+        time.sleep(0.2)
+        os.write(writer, block.encode())  # the input still comes: it is drawn as it is read
+        most = max(counted(first), default=0)
+        second = read_until(main, lambda screen: max(counted(screen), default=0) > most)
         os.close(writer)
         out, _ = process.communicate(timeout=30)
     finally:
         os.close(main)
-    before = [int(m[1].replace(",", "")) for m in map(COUNTED.search, frames(first)) if m]
-    after = [int(m[1].replace(",", "")) for m in map(COUNTED.search, frames(second)) if m]
+    before, after = counted(first), counted(second)
     assert before and after, (frames(first), frames(second))
     assert max(after) > max(before) > 0
     assert process.returncode == 0

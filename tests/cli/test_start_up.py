@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from patientkit.cli import app as cli_app
 from patientkit.cli import output
-from tests.helpers import cli_env
+from tests.helpers import cli_env, examples
 
 # argv a run may start with: global flags, then a command (or not), then anything
 GLOBALS = st.lists(st.sampled_from(["-q", "--quiet", "--debug"]), max_size=2)
@@ -32,7 +32,7 @@ REST = st.lists(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(flags=GLOBALS, command=COMMANDS, rest=REST)
 def test_the_root_with_one_command_answers_as_the_whole_root(flags, command, rest):
     """Help, usage errors and their exit codes are the same from the root that
@@ -80,7 +80,7 @@ def rich_writes(message: str, **console: object) -> str:
     return file.getvalue()
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(message=st.text(max_size=300) | st.text(alphabet=st.characters(max_codepoint=127)))
 def test_an_unstyled_line_written_plain_is_what_rich_writes(message):
     """Whatever the text: `_plain` either declines (rich writes it) or writes exactly what
