@@ -101,8 +101,8 @@ def test_without_the_extra_each_command_says_how_to_install_it(tmp_path, monkeyp
 @needs_pg
 def test_every_command_answers_as_on_sqlite(pg, tmp_path):
     readings, records = tmp_path / "r.ndjson", tmp_path / "t.csv"
-    generate_readings(readings, 3000, devices=30, duplicates=0.1, invalid=0.02)
-    generate_records(records, 800, clinics=7, duplicates=0.05, invalid=0.02)
+    generate_readings(readings, 1000, devices=30, duplicates=0.1, invalid=0.02)
+    generate_records(records, 300, clinics=7, duplicates=0.05, invalid=0.02)
     sqlite = str(tmp_path / "s.db")
     answers = {}
     for name, db in (("sqlite", sqlite), ("postgresql", pg)):
