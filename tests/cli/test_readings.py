@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from patientkit.samples.inputs import generate_readings
-from tests.helpers import run_cli
+from tests.helpers import Server, run_cli
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -378,6 +379,7 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
 MAX = 2**63 - 1
 E = "55555555-5555-4555-8555-555555555555"
 F = "66666666-6666-4666-8666-666666666666"
+G = "77777777-7777-4777-8777-777777777777"
 BAD_COUNT = "Field 'readings' contains invalid 'count' value. Must be positive integer."
 TOO_DEEP = "nesting too deep (more than 100 levels of arrays and objects)"
 TOO_LARGE = "count: number too large for the store (at most 9223372036854775807)"
@@ -395,7 +397,16 @@ def total(device: str, *where: str) -> object:
     return json.loads(result.out)["cumulative_count"]
 
 
-def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve, tmp_path):
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory) -> Iterator[Server]:
+    """One server for the tests that each write only devices of their own (E and F; G)."""
+    folder = tmp_path_factory.mktemp("shared")
+    server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
+    yield server
+    server.stop()
+
+
+def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(shared_server, tmp_path):
     """Case 03: two readings of 2^63 - 1 sum to 18446744073709551614, and counts added
     after a total passed 2^63 - 1 are not lost."""
     max2 = tmp_path / "max2.ndjson"
@@ -405,7 +416,7 @@ def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve
         "".join(line(F, c, s) + "\n" for c, s in [(MAX, 15), (1, 16), (1, 17), (1000, 18)])
     )
     db = tmp_path / "m.db"
-    server = serve("--db", str(tmp_path / "api.db"))
+    server = shared_server
     for source in (max2, plus):
         assert run_cli("readings", "replay", str(source), "--db", str(db)).code == 0
         assert run_cli("readings", "replay", str(source), "--to", server.url).code == 0
@@ -423,10 +434,10 @@ def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve
         ]
 
 
-def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path):
+def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(shared_server, tmp_path):
     source = tmp_path / "big.ndjson"
-    source.write_text(line(E, MAX + 1, 15) + "\n" + line(E, MAX, 16) + "\n")
-    server = serve("--db", str(tmp_path / "api.db"))
+    source.write_text(line(G, MAX + 1, 15) + "\n" + line(G, MAX, 16) + "\n")
+    server = shared_server
     for where in (("--db", str(tmp_path / "s.db")), ("--to", server.url)):
         result = run_cli("readings", "replay", str(source), *where)
         assert result.code == 1
@@ -437,10 +448,10 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path
             "delivered": 1,
             "invalid": 1,
         }
-        assert total(E, *where) == MAX
+        assert total(G, *where) == MAX
     answer = httpx.post(
         f"{server.url}/api/device-readings/create",
-        json={"id": E, "readings": [{"count": MAX + 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
+        json={"id": G, "readings": [{"count": MAX + 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
     )
     assert (answer.status_code, answer.json()["error_message"]) == (400, BAD_COUNT)
 
