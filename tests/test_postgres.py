@@ -146,18 +146,21 @@ def test_records_use_the_clinic_index(pg_url):
 
 FIRST_USER = textwrap.dedent("""
     import sys, time
+    from pathlib import Path
     from patientkit.postgres import PostgresStore
-    url, start = sys.argv[1], float(sys.argv[2])
-    time.sleep(max(0.0, start - time.time()))
+    url, folder, me, everyone = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    (folder / me).touch()  # imported: all of them go at once when every one is
+    while len(list(folder.iterdir())) < everyone:
+        time.sleep(0.001)
     with PostgresStore(url) as store:
         print(store.schema_version(), store.add_readings([]))
 """)
 
 
 @needs_pg
-def test_concurrent_first_users_do_not_race_the_migration(pg_url):
-    start = time.time() + 3.0  # every process imported and waiting by then
-    outcomes = run_scripts_at_once(FIRST_USER, [[pg_url, str(start)]] * 6, timeout=120)
+def test_concurrent_first_users_do_not_race_the_migration(pg_url, tmp_path):
+    argvs = [[pg_url, str(tmp_path), str(n), "6"] for n in range(6)]
+    outcomes = run_scripts_at_once(FIRST_USER, argvs, timeout=120)
     assert [code for code, _, _ in outcomes] == [0] * 6, [err.decode() for *_, err in outcomes]
     assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 6
     import psycopg
@@ -194,8 +197,9 @@ def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg
     from patientkit.postgres import PostgresStore
 
     url = pg_url + "?application_name=pk_victim"
-    batch = [reading(n % 7 + 1, "t", n, f"dev-{n % 50}") for n in range(200_000)]
-    expected = sum(n % 7 + 1 for n in range(200_000))
+    size = 100_000  # a statement of some 0.1 s or more: the killer sees it running
+    batch = [reading(n % 7 + 1, "t", n, f"dev-{n % 50}") for n in range(size)]
+    expected = sum(n % 7 + 1 for n in range(size))
     with PostgresStore(url) as store:
         store.add_readings(batch[:10])
         done = threading.Event()
@@ -205,12 +209,12 @@ def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg
         )
         killer.start()
         try:
-            assert store.add_readings(batch) == 200_000 - 10
+            assert store.add_readings(batch) == size - 10
         finally:
             done.set()
             killer.join()
         assert len(killed) == 1  # the batch did die once, and was retried whole
-        assert store.reading_totals() == (50, 200_000, expected)
+        assert store.reading_totals() == (50, size, expected)
         assert store.add_records([record("after")]) == [True]  # the pool recovered
 
 

@@ -8,14 +8,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from patientkit.samples.inputs import generate_readings
-from tests.helpers import run_cli
+from tests.helpers import Server, run_cli
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -201,7 +203,7 @@ def test_replay_to_the_api_matches_the_store(serve, mixed, tmp_path):
 
 def test_replay_under_chaos_stores_what_a_clean_run_stores(serve, tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 3000, devices=40, duplicates=0.05)
+    generate_readings(source, 1000, devices=40, duplicates=0.05)
     clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
     assert clean.code == 0, clean.err
     server = serve("--db", str(tmp_path / "chaos.db"), "--chaos", "0.3", "--chaos-seed", "3")
@@ -268,23 +270,45 @@ def test_speed_keeps_the_recorded_spacing(tmp_path):
         "--db",
         str(tmp_path / "r.db"),
         "--speed",
-        "25",
+        "50",
         "--flush-interval",
         "0.05",
     )
     assert result.code == 0
-    assert json.loads(result.out)["seconds"] >= 0.8  # 20 recorded seconds / 25
+    assert json.loads(result.out)["seconds"] >= 0.4  # 20 recorded seconds / 50
 
 
-def start_replay(source: Path, db: Path, output: int) -> subprocess.Popen[bytes]:
-    """`readings replay SOURCE --db DB` in small transactions, as a process of its own."""
-    args = [sys.executable, "-m", "patientkit", "readings", "replay", str(source)]
-    return subprocess.Popen(
+def start_replay(
+    source: Path, db: Path, output: int, held_back: int
+) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+    """`readings replay - --db DB` in small transactions, as a process of its own, reading
+    `source` from a pipe that gets all of it but the last `held_back` lines and stays
+    open: the replay is mid-way whenever it is killed or interrupted, however fast the
+    machine (a file read whole could be done first). The caller joins the feeding thread."""
+    data = source.read_bytes()
+    cut = len(data)
+    for _ in range(held_back):
+        cut = data.rindex(b"\n", 0, cut - 1) + 1
+    args = [sys.executable, "-m", "patientkit", "readings", "replay", "-"]
+    process = subprocess.Popen(
         [*args, "--db", str(db), "--batch-size", "500"],
+        stdin=subprocess.PIPE,
         stdout=output,
         stderr=output,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    feeder = threading.Thread(target=_feed, args=(process.stdin, data[:cut]))
+    feeder.start()
+    return process, feeder
+
+
+def _feed(pipe, data: bytes) -> None:
+    """Write `data` to a child's stdin and keep it open; a child gone early is no error."""
+    try:
+        pipe.write(data)
+        pipe.flush()
+    except (BrokenPipeError, ValueError):
+        pass
 
 
 def processes_using(path: Path, within: float = 10.0) -> list[int]:
@@ -304,15 +328,20 @@ def processes_using(path: Path, within: float = 10.0) -> list[int]:
 
 def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 60_000, devices=500, duplicates=0.02)
+    generate_readings(source, 20_000, devices=500, duplicates=0.02)
     clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
     assert clean.code == 0, clean.err
     db = tmp_path / "killed.db"
-    process = start_replay(source, db, subprocess.DEVNULL)
-    stored = wait_for_rows(db, 10_000, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert 0 < stored < 60_000
+    process, feeder = start_replay(source, db, subprocess.DEVNULL, held_back=5_000)
+    try:
+        stored = wait_for_rows(db, 3_000, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        process.kill()
+        feeder.join()
+        process.stdin.close()
+    assert 0 < stored < 20_000
     assert processes_using(db) == [], "the store process outlived the killed replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0, again.err
@@ -322,15 +351,20 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
 
 def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 60_000, devices=300)
+    generate_readings(source, 20_000, devices=300)
     db = tmp_path / "r.db"
-    process = start_replay(source, db, subprocess.PIPE)
-    wait_for_rows(db, 5_000, process)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    process, feeder = start_replay(source, db, subprocess.PIPE, held_back=5_000)
+    try:
+        wait_for_rows(db, 3_000, process)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)  # stdin stays open: an end of input must not race the Ctrl-C
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        feeder.join()
     assert process.returncode == 130, err.decode()
     summary = json.loads(out)
-    assert 0 < summary["read"] < 60_000
+    assert 0 < summary["read"] < 20_000
     assert summary["delivered"] == summary["read"]  # what was read was delivered, not dropped
     assert "interrupted; run the same command again to finish" in err.decode()
     readings, _ = dump(db)
@@ -345,6 +379,7 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
 MAX = 2**63 - 1
 E = "55555555-5555-4555-8555-555555555555"
 F = "66666666-6666-4666-8666-666666666666"
+G = "77777777-7777-4777-8777-777777777777"
 BAD_COUNT = "Field 'readings' contains invalid 'count' value. Must be positive integer."
 TOO_DEEP = "nesting too deep (more than 100 levels of arrays and objects)"
 TOO_LARGE = "count: number too large for the store (at most 9223372036854775807)"
@@ -362,7 +397,16 @@ def total(device: str, *where: str) -> object:
     return json.loads(result.out)["cumulative_count"]
 
 
-def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve, tmp_path):
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory) -> Iterator[Server]:
+    """One server for the tests that each write only devices of their own (E and F; G)."""
+    folder = tmp_path_factory.mktemp("shared")
+    server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
+    yield server
+    server.stop()
+
+
+def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(shared_server, tmp_path):
     """Case 03: two readings of 2^63 - 1 sum to 18446744073709551614, and counts added
     after a total passed 2^63 - 1 are not lost."""
     max2 = tmp_path / "max2.ndjson"
@@ -372,7 +416,7 @@ def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve
         "".join(line(F, c, s) + "\n" for c, s in [(MAX, 15), (1, 16), (1, 17), (1000, 18)])
     )
     db = tmp_path / "m.db"
-    server = serve("--db", str(tmp_path / "api.db"))
+    server = shared_server
     for source in (max2, plus):
         assert run_cli("readings", "replay", str(source), "--db", str(db)).code == 0
         assert run_cli("readings", "replay", str(source), "--to", server.url).code == 0
@@ -390,10 +434,10 @@ def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(serve
         ]
 
 
-def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path):
+def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(shared_server, tmp_path):
     source = tmp_path / "big.ndjson"
-    source.write_text(line(E, MAX + 1, 15) + "\n" + line(E, MAX, 16) + "\n")
-    server = serve("--db", str(tmp_path / "api.db"))
+    source.write_text(line(G, MAX + 1, 15) + "\n" + line(G, MAX, 16) + "\n")
+    server = shared_server
     for where in (("--db", str(tmp_path / "s.db")), ("--to", server.url)):
         result = run_cli("readings", "replay", str(source), *where)
         assert result.code == 1
@@ -404,10 +448,10 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(serve, tmp_path
             "delivered": 1,
             "invalid": 1,
         }
-        assert total(E, *where) == MAX
+        assert total(G, *where) == MAX
     answer = httpx.post(
         f"{server.url}/api/device-readings/create",
-        json={"id": E, "readings": [{"count": MAX + 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
+        json={"id": G, "readings": [{"count": MAX + 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
     )
     assert (answer.status_code, answer.json()["error_message"]) == (400, BAD_COUNT)
 

@@ -324,22 +324,24 @@ def test_threads_with_their_own_stores_lose_and_double_nothing(opened):
         assert store.record_count() == len(unique) == sum(created)
 
 
-WRITER = textwrap.dedent("""
+BATCHES = 20  # each writer's: enough to overlap the others' many times
+
+WRITER = textwrap.dedent(f"""
     import sys
     from patientkit.core.model import Reading
     from patientkit.stores import open_store
     target, worker = sys.argv[1], int(sys.argv[2])
     store = open_store(target)
     created = 0
-    for batch in range(40):
-        readings = [Reading(f"00000000-0000-4000-8000-{device:012d}", 1, "t", batch * 1000 + i)
+    for batch in range({BATCHES}):
+        readings = [Reading(f"00000000-0000-4000-8000-{{device:012d}}", 1, "t", batch * 1000 + i)
                     for device in range(5) for i in range(50)]
         store.add_readings(readings)  # all workers write the same readings: duplicates
-        own = [Reading(f"00000000-0000-4000-9000-{worker:012d}", 2, "t", batch * 1000 + i)
+        own = [Reading(f"00000000-0000-4000-9000-{{worker:012d}}", 2, "t", batch * 1000 + i)
                for i in range(50)]
         store.add_readings(own)
-        records = [{"test_id": f"T{(worker * 7 + batch) % 60:03d}-{i}", "patient_id": "p",
-                    "clinic_id": f"C{i % 3}", "test_type": "x", "result": str(worker)}
+        records = [{{"test_id": f"T{{(worker * 7 + batch) % 60:03d}}-{{i}}", "patient_id": "p",
+                    "clinic_id": f"C{{i % 3}}", "test_type": "x", "result": str(worker)}}
                    for i in range(30)]
         created += sum(store.add_records(records))
     store.close()
@@ -352,13 +354,13 @@ def test_many_writer_processes_lose_nothing_double_nothing_and_see_no_lock_error
     outcomes = run_scripts_at_once(WRITER, [[target, str(n)] for n in range(6)])
     assert [code for code, _, _ in outcomes] == [0] * 6, [err.decode() for *_, err in outcomes]
     created = sum(int(out) for _, out, _ in outcomes)
-    unique = {(n * 7 + b) % 60 for n in range(6) for b in range(40)}
+    unique = {(n * 7 + b) % 60 for n in range(6) for b in range(BATCHES)}
     with opened() as store:
-        shared = 5 * 40 * 50
-        own = 6 * 40 * 50
+        shared = 5 * BATCHES * 50
+        own = 6 * BATCHES * 50
         assert store.reading_totals() == (5 + 6, shared + own, shared + own * 2)
-        assert store.cumulative_count("00000000-0000-4000-8000-000000000003") == 40 * 50
-        assert store.cumulative_count("00000000-0000-4000-9000-000000000005") == 40 * 50 * 2
+        assert store.cumulative_count("00000000-0000-4000-8000-000000000003") == BATCHES * 50
+        assert store.cumulative_count("00000000-0000-4000-9000-000000000005") == BATCHES * 50 * 2
         assert store.record_count() == len(unique) * 30 == created
         listed = [r for c in ("C0", "C1", "C2") for r in store.records_for_clinic(c, page=100)]
         assert len(listed) == len({r["test_id"] for r in listed}) == created
