@@ -85,6 +85,7 @@ class Cluster:
 
     def __init__(self, folder: Path, workers: int) -> None:
         self.folder = folder
+        self.size = workers
         self.stack = contextlib.ExitStack()
         self.address = self.stack.enter_context(scheduler_here())
         self.workers = [start_worker(folder, self.address) for _ in range(workers)]
@@ -104,6 +105,14 @@ class Cluster:
     def add_worker(self) -> None:
         self.workers.append(start_worker(self.folder, self.address))
 
+    def refill(self) -> None:
+        """Back to `size` workers: the ended ones reaped, as many new ones started, until
+        the scheduler knows exactly that many (at once when none ended)."""
+        self.workers = [worker for worker in self.workers if worker.poll() is None]
+        for _ in range(self.size - len(self.workers)):
+            self.add_worker()
+        self.wait_for(self.size)
+
     def close(self) -> None:
         self.client.close()
         for worker in self.workers:
@@ -112,11 +121,19 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Two single-threaded worker processes and their scheduler, for the module."""
+def running_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     running = Cluster(tmp_path_factory.mktemp("dask"), workers=2)
     yield running
     running.close()
+
+
+@pytest.fixture
+def cluster(running_cluster: Cluster) -> Cluster:
+    """Two single-threaded worker processes and their scheduler, for the module; a test
+    that kills a worker leaves it to the next test that uses the cluster to start
+    another (none when it was the last)."""
+    running_cluster.refill()
+    return running_cluster
 
 
 BULK_PATIENTS = ("B001", "B002", "B003", "B004", "B005")

@@ -88,43 +88,6 @@ def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
     assert "on worker tcp://127.0.0.1:" in done.err  # the retries, with where they failed
 
 
-def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
-    """SIGKILL the worker counting a download, mid-download: Dask re-runs its task on the
-    other worker; the totals are still exact. (The command runs in this process; a thread
-    watches the cluster for the first download under way and kills its worker.)"""
-    before = data_requests(bulk_server)
-    old_topics = set(cluster.client.get_events())  # of earlier runs
-    victims: list[str] = []
-
-    def kill_the_first_counting_worker() -> None:
-        deadline = time.monotonic() + 60
-        while not victims and time.monotonic() < deadline:
-            for topic, events in cluster.client.get_events().items():
-                if topic.startswith("patientkit-progress-") and topic not in old_topics and events:
-                    victims.append(events[0][1][4])  # the worker of the first download under way
-                    break
-            else:
-                time.sleep(0.02)
-        if victims:
-            pids = cluster.client.run(os.getpid, workers=victims[:1])
-            os.kill(pids[victims[0]], signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_the_first_counting_worker, daemon=True)
-    killer.start()
-    try:
-        done = on_cluster(cluster.address, bulk_server.url, "bulk")
-        killer.join(timeout=60)
-        assert victims, "no download started"
-        assert done.code == 0, done.err
-        assert done.json() == local_count(bulk_server.root / "bulk")
-        assert data_requests(bulk_server) - before == 9  # the killed one, and its re-run
-    finally:
-        killer.join(timeout=60)
-        cluster.workers = [w for w in cluster.workers if w.poll() is None]
-        cluster.add_worker()
-        cluster.wait_for(2)
-
-
 def test_progress_reaches_the_terminal(cluster, bulk_server):
     process, main = on_a_terminal(
         "export", "aggregate", "bulk", "--server", bulk_server.url, "--scheduler", cluster.address
@@ -303,3 +266,38 @@ def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
         for done in (local, remote):
             assert (done.code, done.out) == (1, ""), done.err
             assert done.err.splitlines()[-1] == last
+
+
+def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
+    """SIGKILL the worker counting a download, mid-download: Dask re-runs its task on the
+    other worker; the totals are still exact. (The command runs in this process; a thread
+    watches the cluster for the first download under way and kills its worker. Last in
+    the module: no test after it waits for a new worker.)"""
+    before = data_requests(bulk_server)
+    old_topics = set(cluster.client.get_events())  # of earlier runs
+    victims: list[str] = []
+
+    def kill_the_first_counting_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not victims and time.monotonic() < deadline:
+            for topic, events in cluster.client.get_events().items():
+                if topic.startswith("patientkit-progress-") and topic not in old_topics and events:
+                    victims.append(events[0][1][4])  # the worker of the first download under way
+                    break
+            else:
+                time.sleep(0.02)
+        if victims:
+            pids = cluster.client.run(os.getpid, workers=victims[:1])
+            os.kill(pids[victims[0]], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_first_counting_worker, daemon=True)
+    killer.start()
+    try:
+        done = on_cluster(cluster.address, bulk_server.url, "bulk")
+        killer.join(timeout=60)
+        assert victims, "no download started"
+        assert done.code == 0, done.err
+        assert done.json() == local_count(bulk_server.root / "bulk")
+        assert data_requests(bulk_server) - before == 9  # the killed one, and its re-run
+    finally:
+        killer.join(timeout=60)  # the next test of the cluster starts another worker
