@@ -64,14 +64,6 @@ def test_demo_equals_the_local_count_in_every_format(cluster, demo_server, expor
     assert local.out.startswith("patient_id,event_type,count\n")
 
 
-def test_bulk_equals_the_local_count(cluster, bulk_server):
-    done = on_cluster(cluster.address, bulk_server.url, "bulk")
-    assert done.code == 0, done.err
-    expected = local_count(bulk_server.root / "bulk")
-    assert done.json() == expected
-    assert sum(expected["totals"].values()) == 8 * 199_995 + sum(range(8))
-
-
 def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
     """`serve --chaos 0.3`: 503s and downloads cut short, on the workers' requests too;
     each failed attempt is retried from the start and the totals are exact."""
@@ -88,19 +80,24 @@ def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
     assert "on worker tcp://127.0.0.1:" in done.err  # the retries, with where they failed
 
 
-def test_progress_reaches_the_terminal(cluster, bulk_server):
+def test_bulk_equals_the_local_count_and_its_progress_reaches_the_terminal(cluster, bulk_server):
+    """The bulk export on the cluster, its progress on a terminal (stderr) and its JSON
+    on stdout (a pipe): the local count's, and rows shown as they came in."""
     process, main = on_a_terminal(
         "export", "aggregate", "bulk", "--server", bulk_server.url, "--scheduler", cluster.address
     )
     try:
         screen = read_for(main, 0.5)
         while process.poll() is None:
-            screen += read_for(main, 0.5)
+            screen += read_for(main, 0.1)
         screen += read_for(main, 0.2)
     finally:
         os.close(main)
     out, _ = process.communicate(timeout=30)
     assert process.returncode == 0
+    expected = local_count(bulk_server.root / "bulk")
+    assert json.loads(out) == expected
+    assert sum(expected["totals"].values()) == 8 * 199_995 + sum(range(8))
     total = sum(json.loads(out)["totals"].values())
     found = [m for f in frames(screen) if (m := ROWS.search(f))]
     shown = [int(m.group(1).replace(",", "")) for m in found]
