@@ -136,12 +136,15 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, sto
                 process.send_signal(stop)
                 with_new = None
                 deadline = time.monotonic() + 10
-                while with_new is None and time.monotonic() < deadline:
-                    try:  # until the signal is seen: then refused (or cut) at once
-                        httpx.get(f"{url}/api/ping", timeout=2)
-                    except httpx.TransportError as exc:
-                        with_new = exc
-                    time.sleep(0.02)
+                # a new connection a request (one client: not a TLS set-up a ping)
+                fresh = httpx.Limits(max_keepalive_connections=0)
+                with httpx.Client(timeout=2, limits=fresh) as pings:
+                    while with_new is None and time.monotonic() < deadline:
+                        try:  # until the signal is seen: then refused (or cut) at once
+                            pings.get(f"{url}/api/ping")
+                        except httpx.TransportError as exc:
+                            with_new = exc
+                        time.sleep(0.05)
                 assert with_new is not None  # no longer accepting
                 # and not taken in and left unanswered (a listening socket kept open)
                 assert not isinstance(with_new, httpx.TimeoutException), repr(with_new)
