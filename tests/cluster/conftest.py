@@ -136,6 +136,7 @@ def cluster(running_cluster: Cluster) -> Cluster:
     return running_cluster
 
 
+BULK_DOWNLOADS = 4  # two a worker: enough to re-run one elsewhere and to see progress
 BULK_PATIENTS = ("B001", "B002", "B003", "B004", "B005")
 BULK_EVENTS = ("heart_rate", "spo2", "bp_sys")
 
@@ -170,9 +171,10 @@ def write_bulk(root: Path, name: str, downloads: int, rows: int) -> Path:
 
 @pytest.fixture(scope="module")
 def bulk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`bulk` (8 downloads of 200,000 rows, 8 MB each) and `many` (8 of 10,000 rows)."""
+    """`bulk` (BULK_DOWNLOADS downloads of 200,000 rows, 8 MB each: a download takes a
+    moment to count) and `many` (8 of 10,000 rows)."""
     root = tmp_path_factory.mktemp("bulk")
-    write_bulk(root, "bulk", downloads=8, rows=200_000)
+    write_bulk(root, "bulk", downloads=BULK_DOWNLOADS, rows=200_000)
     write_bulk(root, "many", downloads=8, rows=10_000)
     server = Server(tmp_path_factory.mktemp("logs") / "bulk-serve.log", "--exports", str(root))
     server.root = root  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
-from tests.cluster.conftest import scheduler_here, start_worker, stop
+from tests.cluster.conftest import BULK_DOWNLOADS, scheduler_here, start_worker, stop
 from tests.helpers import cli_env, run_cli
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
@@ -97,7 +97,7 @@ def test_bulk_equals_the_local_count_and_its_progress_reaches_the_terminal(clust
     assert process.returncode == 0
     expected = local_count(bulk_server.root / "bulk")
     assert json.loads(out) == expected
-    assert sum(expected["totals"].values()) == 8 * 199_995 + sum(range(8))
+    assert sum(expected["totals"].values()) == BULK_DOWNLOADS * 199_995 + sum(range(BULK_DOWNLOADS))
     total = sum(json.loads(out)["totals"].values())
     found = [m for f in frames(screen) if (m := ROWS.search(f))]
     shown = [int(m.group(1).replace(",", "")) for m in found]
@@ -295,6 +295,7 @@ def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
         assert victims, "no download started"
         assert done.code == 0, done.err
         assert done.json() == local_count(bulk_server.root / "bulk")
-        assert data_requests(bulk_server) - before == 9  # the killed one, and its re-run
+        # each download once, and the killed one again
+        assert data_requests(bulk_server) - before == BULK_DOWNLOADS + 1
     finally:
         killer.join(timeout=60)  # the next test of the cluster starts another worker
