@@ -5,7 +5,7 @@ a download takes a moment to count (a worker can be killed in the middle).
 The scheduler is distributed's own `Scheduler`, the one `dask scheduler` runs, served over
 TCP from this process (`scheduler_here`): the CLI and the workers reach it at its
 tcp:// address as they would a `dask scheduler` process, without a second interpreter
-importing distributed (about a CPU-second each). The workers stay processes: they are
+importing distributed (half a CPU-second to start). The workers stay processes: they are
 killed, and one runs another patientkit."""
 
 from __future__ import annotations
