@@ -1,12 +1,18 @@
-"""A real Dask cluster for the cluster tests: `dask scheduler` and `dask worker
---no-nanny` processes on 127.0.0.1, started once per module; and a bulk export big
-enough that a download takes a moment to count (a worker can be killed in the middle)."""
+"""A real Dask cluster for the cluster tests: a Dask scheduler on 127.0.0.1 and `dask
+worker --no-nanny` processes, started once per module; and a bulk export big enough that
+a download takes a moment to count (a worker can be killed in the middle).
+
+The scheduler is distributed's own `Scheduler`, the one `dask scheduler` runs, served over
+TCP from this process (`scheduler_here`): the CLI and the workers reach it at its
+tcp:// address as they would a `dask scheduler` process, without a second interpreter
+importing distributed (half a CPU-second to start). The workers stay processes: they are
+killed, and one runs another patientkit."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-import re
 import subprocess
 import sys
 import time
@@ -21,30 +27,25 @@ from tests.helpers import Server, cli_env
 if importlib.util.find_spec("distributed") is None:  # imported where used: seconds of import
     pytest.skip("could not import 'distributed' (the dask extra)", allow_module_level=True)
 
-ADDRESS = re.compile(r"Scheduler at:\s+(tcp://[0-9.]+:[0-9]+)")
-DASK = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
 WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 
 
-def start_scheduler(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A `dask scheduler` on a free loopback port; its process and address."""
-    log = folder / f"scheduler-{uuid.uuid4().hex[:6]}.log"
-    process = subprocess.Popen(
-        [*DASK, "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        cwd=folder,
-        env=cli_env(),
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = ADDRESS.search(log.read_text())
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            raise RuntimeError(f"dask scheduler exited:\n{log.read_text()}")
-        time.sleep(0.1)
-    raise RuntimeError(f"dask scheduler did not start:\n{log.read_text()}")
+@contextlib.contextmanager
+def scheduler_here() -> Iterator[str]:
+    """A Dask scheduler in this process (distributed's `Scheduler` on its own event loop
+    thread, no workers, no dashboard) on a free loopback TCP port, its few HTTP routes on
+    another (not on 8787: two run at once); yields its address."""
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=0,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP routes: any port
+    ) as local:
+        yield local.scheduler_address
 
 
 def start_worker(folder: Path, address: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -84,7 +85,9 @@ class Cluster:
 
     def __init__(self, folder: Path, workers: int) -> None:
         self.folder = folder
-        self.scheduler, self.address = start_scheduler(folder)
+        self.size = workers
+        self.stack = contextlib.ExitStack()
+        self.address = self.stack.enter_context(scheduler_here())
         self.workers = [start_worker(folder, self.address) for _ in range(workers)]
         import distributed
 
@@ -102,21 +105,38 @@ class Cluster:
     def add_worker(self) -> None:
         self.workers.append(start_worker(self.folder, self.address))
 
+    def refill(self) -> None:
+        """Back to `size` workers: the ended ones reaped, as many new ones started, until
+        the scheduler knows exactly that many (at once when none ended)."""
+        self.workers = [worker for worker in self.workers if worker.poll() is None]
+        for _ in range(self.size - len(self.workers)):
+            self.add_worker()
+        self.wait_for(self.size)
+
     def close(self) -> None:
         self.client.close()
         for worker in self.workers:
             stop(worker)
-        stop(self.scheduler)
+        self.stack.close()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Two single-threaded worker processes and their scheduler, for the module."""
+def running_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     running = Cluster(tmp_path_factory.mktemp("dask"), workers=2)
     yield running
     running.close()
 
 
+@pytest.fixture
+def cluster(running_cluster: Cluster) -> Cluster:
+    """Two single-threaded worker processes and their scheduler, for the module; a test
+    that kills a worker leaves it to the next test that uses the cluster to start
+    another (none when it was the last)."""
+    running_cluster.refill()
+    return running_cluster
+
+
+BULK_DOWNLOADS = 4  # two a worker: enough to re-run one elsewhere and to see progress
 BULK_PATIENTS = ("B001", "B002", "B003", "B004", "B005")
 BULK_EVENTS = ("heart_rate", "spo2", "bp_sys")
 
@@ -151,9 +171,10 @@ def write_bulk(root: Path, name: str, downloads: int, rows: int) -> Path:
 
 @pytest.fixture(scope="module")
 def bulk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`bulk` (8 downloads of 200,000 rows, 8 MB each) and `many` (8 of 10,000 rows)."""
+    """`bulk` (BULK_DOWNLOADS downloads of 200,000 rows, 8 MB each: a download takes a
+    moment to count) and `many` (8 of 10,000 rows)."""
     root = tmp_path_factory.mktemp("bulk")
-    write_bulk(root, "bulk", downloads=8, rows=200_000)
+    write_bulk(root, "bulk", downloads=BULK_DOWNLOADS, rows=200_000)
     write_bulk(root, "many", downloads=8, rows=10_000)
     server = Server(tmp_path_factory.mktemp("logs") / "bulk-serve.log", "--exports", str(root))
     server.root = root  # type: ignore[attr-defined]

@@ -14,12 +14,13 @@ import sys
 import threading
 import time
 import uuid
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
-from tests.cluster.conftest import start_scheduler, start_worker, stop
+from tests.cluster.conftest import BULK_DOWNLOADS, scheduler_here, start_worker, stop
 from tests.helpers import cli_env, run_cli
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
@@ -32,10 +33,12 @@ def on_cluster(scheduler: str, server_url: str, *args: str, **kwargs):
     )  # fmt: skip
 
 
+@cache
 def local_count(folder: Path) -> dict:
+    """`export count FOLDER`: the local answer (once a folder: its files do not change)."""
     done = run_cli("export", "count", str(folder), "--workers", "1")
     assert done.code == 0, done.err
-    return done.json()
+    return done.json()  # type: ignore[return-value]
 
 
 def data_requests(server) -> int:
@@ -61,14 +64,6 @@ def test_demo_equals_the_local_count_in_every_format(cluster, demo_server, expor
     assert local.out.startswith("patient_id,event_type,count\n")
 
 
-def test_bulk_equals_the_local_count(cluster, bulk_server):
-    done = on_cluster(cluster.address, bulk_server.url, "bulk")
-    assert done.code == 0, done.err
-    expected = local_count(bulk_server.root / "bulk")
-    assert done.json() == expected
-    assert sum(expected["totals"].values()) == 8 * 199_995 + sum(range(8))
-
-
 def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
     """`serve --chaos 0.3`: 503s and downloads cut short, on the workers' requests too;
     each failed attempt is retried from the start and the totals are exact."""
@@ -85,50 +80,24 @@ def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
     assert "on worker tcp://127.0.0.1:" in done.err  # the retries, with where they failed
 
 
-def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
-    """SIGKILL the worker counting a download, mid-download: Dask re-runs its task on the
-    other worker; the totals are still exact."""
-    before = data_requests(bulk_server)
-    old_topics = set(cluster.client.get_events())  # of earlier runs
-    run = subprocess.Popen(
-        [sys.executable, "-m", "patientkit", "export", "aggregate", "bulk",
-         "--server", bulk_server.url, "--scheduler", cluster.address],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
-    )  # fmt: skip
-    victim = None
-    deadline = time.monotonic() + 60
-    while victim is None and time.monotonic() < deadline:
-        for topic, events in cluster.client.get_events().items():
-            if topic.startswith("patientkit-progress-") and topic not in old_topics and events:
-                victim = events[0][1][4]  # the worker of the first download under way
-        time.sleep(0.02)
-    assert victim is not None, "no download started"
-    pids = cluster.client.run(os.getpid, workers=[victim])
-    os.kill(pids[victim], signal.SIGKILL)
-    out, err = run.communicate(timeout=120)
-    try:
-        assert run.returncode == 0, err.decode()
-        assert json.loads(out) == local_count(bulk_server.root / "bulk")
-        assert data_requests(bulk_server) - before == 9  # the killed one, and its re-run
-    finally:
-        cluster.workers = [w for w in cluster.workers if w.poll() is None]
-        cluster.add_worker()
-        cluster.wait_for(2)
-
-
-def test_progress_reaches_the_terminal(cluster, bulk_server):
+def test_bulk_equals_the_local_count_and_its_progress_reaches_the_terminal(cluster, bulk_server):
+    """The bulk export on the cluster, its progress on a terminal (stderr) and its JSON
+    on stdout (a pipe): the local count's, and rows shown as they came in."""
     process, main = on_a_terminal(
         "export", "aggregate", "bulk", "--server", bulk_server.url, "--scheduler", cluster.address
     )
     try:
         screen = read_for(main, 0.5)
         while process.poll() is None:
-            screen += read_for(main, 0.5)
+            screen += read_for(main, 0.1)
         screen += read_for(main, 0.2)
     finally:
         os.close(main)
     out, _ = process.communicate(timeout=30)
     assert process.returncode == 0
+    expected = local_count(bulk_server.root / "bulk")
+    assert json.loads(out) == expected
+    assert sum(expected["totals"].values()) == BULK_DOWNLOADS * 199_995 + sum(range(BULK_DOWNLOADS))
     total = sum(json.loads(out)["totals"].values())
     found = [m for f in frames(screen) if (m := ROWS.search(f))]
     shown = [int(m.group(1).replace(",", "")) for m in found]
@@ -216,31 +185,34 @@ def test_not_a_scheduler_address(demo_server):
 def test_no_workers_then_a_worker_of_another_version(demo_server, tmp_path):
     """A scheduler alone: the bounded wait, then one line. Then a worker whose patientkit
     says another version (a dist-info ahead of ours on its path): one line."""
-    scheduler, address = start_scheduler(tmp_path)
     worker = None
-    try:
-        done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "1")
-        assert (done.code, done.out) == (2, "")
-        assert done.err == (
-            f"error: the Dask scheduler {address} has no workers (waited 1s): start some with "
-            f"`dask worker {address}`\n"
-        )
-        fake = tmp_path / "fake" / "patientkit-9.9.9.dist-info"
-        fake.mkdir(parents=True)
-        (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: patientkit\nVersion: 9.9.9\n")
-        worker = start_worker(tmp_path, address, env={"PYTHONPATH": str(fake.parent)})
-        done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "60")
-        assert (done.code, done.out) == (2, ""), done.err
-        [line] = done.err.splitlines()
-        assert line.startswith(f"error: version mismatch on the Dask cluster {address}: worker ")
-        assert line.endswith(
-            " has patientkit 9.9.9 (here 0.1.0); install the same versions on every worker "
-            "(pip install 'patientkit[dask]==0.1.0')"
-        )
-    finally:
-        if worker is not None:
-            stop(worker)
-        stop(scheduler)
+    with scheduler_here() as address:
+        try:
+            done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "1")
+            assert (done.code, done.out) == (2, "")
+            assert done.err == (
+                f"error: the Dask scheduler {address} has no workers (waited 1s): start some with "
+                f"`dask worker {address}`\n"
+            )
+            fake = tmp_path / "fake" / "patientkit-9.9.9.dist-info"
+            fake.mkdir(parents=True)
+            (fake / "METADATA").write_text(
+                "Metadata-Version: 2.1\nName: patientkit\nVersion: 9.9.9\n"
+            )
+            worker = start_worker(tmp_path, address, env={"PYTHONPATH": str(fake.parent)})
+            done = on_cluster(address, demo_server.url, "demo", "--scheduler-timeout", "60")
+            assert (done.code, done.out) == (2, ""), done.err
+            [line] = done.err.splitlines()
+            assert line.startswith(
+                f"error: version mismatch on the Dask cluster {address}: worker "
+            )
+            assert line.endswith(
+                " has patientkit 9.9.9 (here 0.1.0); install the same versions on every worker "
+                "(pip install 'patientkit[dask]==0.1.0')"
+            )
+        finally:
+            if worker is not None:
+                stop(worker)
 
 
 def test_without_the_dask_extra(demo_server):
@@ -291,3 +263,39 @@ def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
         for done in (local, remote):
             assert (done.code, done.out) == (1, ""), done.err
             assert done.err.splitlines()[-1] == last
+
+
+def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
+    """SIGKILL the worker counting a download, mid-download: Dask re-runs its task on the
+    other worker; the totals are still exact. (The command runs in this process; a thread
+    watches the cluster for the first download under way and kills its worker. Last in
+    the module: no test after it waits for a new worker.)"""
+    before = data_requests(bulk_server)
+    old_topics = set(cluster.client.get_events())  # of earlier runs
+    victims: list[str] = []
+
+    def kill_the_first_counting_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not victims and time.monotonic() < deadline:
+            for topic, events in cluster.client.get_events().items():
+                if topic.startswith("patientkit-progress-") and topic not in old_topics and events:
+                    victims.append(events[0][1][4])  # the worker of the first download under way
+                    break
+            else:
+                time.sleep(0.02)
+        if victims:
+            pids = cluster.client.run(os.getpid, workers=victims[:1])
+            os.kill(pids[victims[0]], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_first_counting_worker, daemon=True)
+    killer.start()
+    try:
+        done = on_cluster(cluster.address, bulk_server.url, "bulk")
+        killer.join(timeout=60)
+        assert victims, "no download started"
+        assert done.code == 0, done.err
+        assert done.json() == local_count(bulk_server.root / "bulk")
+        # each download once, and the killed one again
+        assert data_requests(bulk_server) - before == BULK_DOWNLOADS + 1
+    finally:
+        killer.join(timeout=60)  # the next test of the cluster starts another worker

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import cli_env, run_cli_process
+from tests.helpers import cli_env, run_cli, run_cli_process
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -43,16 +43,18 @@ def test_two_workers_give_exact_verdicts_to_concurrent_submitters(serve, tmp_pat
     records = tmp_path / "r.ndjson"
     write_records(records, 400)
     results = []
+    args = ["records", "submit", str(records), "--to", server.url, "--concurrency", "4"]
 
     def submit():
-        args = ["records", "submit", str(records), "--to", server.url, "--concurrency", "4"]
-        results.append(run_cli_process(*args))  # at once: processes, not this one
+        results.append(run_cli_process(*args))
 
-    threads = [threading.Thread(target=submit) for _ in range(3)]
+    threads = [threading.Thread(target=submit) for _ in range(2)]
     for thread in threads:
         thread.start()
+    results.append(run_cli(*args))  # at once: two processes and this one
     for thread in threads:
         thread.join()
+    assert len(results) == 3
     summaries = [result.json() for result in results]
     assert all(result.code in (0, 1) for result in results), [r.err for r in results]
     assert sum(s["created"] for s in summaries) == 400
@@ -132,13 +134,20 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, sto
                 chunks = answer.iter_raw()
                 received = len(next(chunks))
                 process.send_signal(stop)
-                time.sleep(0.5)
                 with_new = None
-                try:
-                    httpx.get(f"{url}/api/ping", timeout=2)
-                except httpx.TransportError as exc:
-                    with_new = exc
+                deadline = time.monotonic() + 10
+                # a new connection a request (one client: not a TLS set-up a ping)
+                fresh = httpx.Limits(max_keepalive_connections=0)
+                with httpx.Client(timeout=2, limits=fresh) as pings:
+                    while with_new is None and time.monotonic() < deadline:
+                        try:  # until the signal is seen: then refused (or cut) at once
+                            pings.get(f"{url}/api/ping")
+                        except httpx.TransportError as exc:
+                            with_new = exc
+                        time.sleep(0.05)
                 assert with_new is not None  # no longer accepting
+                # and not taken in and left unanswered (a listening socket kept open)
+                assert not isinstance(with_new, httpx.TimeoutException), repr(with_new)
                 for chunk in chunks:
                     received += len(chunk)
                     time.sleep(0.0005)
@@ -193,7 +202,7 @@ def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
             )
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # mid-job: some records stored
-                time.sleep(0.1)
+                time.sleep(0.02)
                 with sqlite3.connect(db) as conn:
                     if conn.execute("select count(*) from test_records").fetchone()[0] > 0:
                         break

@@ -232,6 +232,15 @@ def _serve_workers(
             if not self.should_exit.is_set():
                 ready()
 
+        def terminate_all(self) -> None:
+            """Stopping: close this process's copy of the listening socket first, so that
+            once the workers close theirs a new client is refused at once. (Kept open, it
+            let the kernel take connections no one would answer: a client hung until
+            the workers ended, up to --grace, instead of being refused as with one.)"""
+            for sock in self.sockets:
+                sock.close()
+            super().terminate_all()
+
     try:
         Supervisor(config, sockets=[sock]).run()
     finally:
