@@ -2,11 +2,30 @@
 
 import itertools
 import re
+from functools import cache
+from typing import Any
 
+import pytest
 import typer
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
 from patientkit.cli.app import app
+
+
+@cache
+def app_command() -> Any:
+    """`app`'s click command, built once: typer's CliRunner builds it again on every
+    invoke (every command's parameters from their signatures: most of a --help's cost)."""
+    return typer.main.get_command(app)
+
+
+def invoke(runner: CliRunner, args: list[str], columns: int) -> Any:
+    """`runner.invoke(app, ARGS)` at COLUMNS, on the click command built once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.testing, "_get_command", lambda typer_app: app_command())
+        return runner.invoke(app, args, env={"COLUMNS": str(columns)})
 
 
 def all_commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -21,7 +40,7 @@ def test_every_command_shows_an_example():
     assert ("export", "aggregate") in commands and ("serve",) in commands
     runner = CliRunner()
     for command in commands:
-        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        result = invoke(runner, [*command, "--help"], 200)
         assert result.exit_code == 0, command
         assert "Example" in result.output, command
         assert "patientkit " + " ".join(command) in result.output, command
@@ -54,7 +73,7 @@ def test_help_prose_fills_a_narrow_terminal():
     the terminal ends, never a word or two alone on a line where the docstring broke."""
     runner = CliRunner()
     for command in every_help():
-        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+        result = invoke(runner, [*command, "--help"], 80)
         assert result.exit_code == 0, command
         assert ragged_lines(result.output, 80) == [], command
 
@@ -65,8 +84,8 @@ def test_help_shows_square_brackets_as_written():
     runner = CliRunner()
     seen = 0
     for command in every_help():
-        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "250"})
-        group = typer.main.get_command(app)
+        result = invoke(runner, [*command, "--help"], 250)
+        group = app_command()
         for name in command:
             group = group.commands[name]
         for param in group.params:

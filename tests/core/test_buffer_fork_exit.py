@@ -11,8 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,17 +51,73 @@ class Run:
         return [x for x in self.stderr.splitlines() if x.startswith("patientkit: warning:")]
 
 
-def run(scenario: str, folder: Path, timeout: float = 60) -> Run:
+def start(scenario: str, folder: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    started = time.monotonic()
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, str(CHILD), scenario, str(folder)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=timeout,
     )
-    return Run(proc, time.monotonic() - started, folder)
+
+
+def run(scenario: str, folder: Path, timeout: float = 60) -> Run:
+    started = time.monotonic()
+    proc = start(scenario, folder)
+    out, err = proc.communicate(timeout=timeout)
+    return Run(
+        subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+        time.monotonic() - started,
+        folder,
+    )
+
+
+class Started:
+    """A scenario started in the background; a thread reads its output and notes when it
+    ended, so its Run's seconds are its own however late a test asks."""
+
+    def __init__(self, scenario: str, folder: Path) -> None:
+        self.folder = folder
+        self.started = time.monotonic()
+        self.proc = start(scenario, folder)
+        self.waiter = threading.Thread(target=self._wait, daemon=True)
+        self.waiter.start()
+
+    def _wait(self) -> None:
+        self.out, self.err = self.proc.communicate()
+        self.seconds = time.monotonic() - self.started
+
+    def result(self, timeout: float = 60) -> Run:
+        self.waiter.join(timeout)
+        assert not self.waiter.is_alive(), "the scenario hung"
+        done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out, self.err)
+        return Run(done, self.seconds, self.folder)
+
+
+# the scenarios that wait out a close timeout at exit (half a second or more each)
+WAITING = (
+    "exit-failing",
+    "exit-failing-spool",
+    "exit-failing-dead-letter",
+    "exit-failing-default-timeout",
+    "exit-failing-stopped",
+    "exit-failing-fake-clock",
+    "exit-failing-dropped",
+    "exit-hung-sink",
+)
+
+
+@pytest.fixture(scope="module")
+def waiting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Started]]:
+    """WAITING, each in a folder of its own, all started together when the first of
+    their tests runs: their waits overlap instead of adding up."""
+    started = {name: Started(name, tmp_path_factory.mktemp(name)) for name in WAITING}
+    yield started
+    for each in started.values():
+        if each.proc.poll() is None:
+            each.proc.kill()
+        each.waiter.join(10)
 
 
 # --- fork (case 01) -------------------------------------------------------------------------
@@ -147,8 +205,8 @@ def test_a_buffer_left_open_with_a_spool_is_delivered_at_exit_and_the_spool_empt
     assert result.stderr == ""
 
 
-def test_undeliverable_events_at_exit_without_a_destination_are_counted_on_stderr(tmp_path):
-    result = run("exit-failing", tmp_path)
+def test_undeliverable_events_at_exit_without_a_destination_are_counted_on_stderr(waiting):
+    result = waiting["exit-failing"].result()
     assert result.returncode == 0
     assert result.seconds < 20
     assert result.warnings() == [
@@ -157,25 +215,25 @@ def test_undeliverable_events_at_exit_without_a_destination_are_counted_on_stder
     ]
 
 
-def test_undeliverable_events_at_exit_stay_in_the_spool_for_the_next_run(tmp_path):
-    result = run("exit-failing-spool", tmp_path)
+def test_undeliverable_events_at_exit_stay_in_the_spool_for_the_next_run(waiting):
+    result = waiting["exit-failing-spool"].result()
     assert result.returncode == 0
-    spool = tmp_path / "buffer.spool"
+    spool = result.folder / "buffer.spool"
     assert result.warnings() == [
         f"patientkit: warning: 10 events were not delivered before exit; they are kept in "
         f"the spool {spool} and delivered by the next buffer on it"
     ]
     assert [json.loads(p) for _, p in _recover(spool)] == [{"n": i} for i in range(10)]
-    again = run("exit-replay-spool", tmp_path)
+    again = run("exit-replay-spool", result.folder)
     assert again.fact(recovered=10) and again.fact(left=0)
     assert [e for _, e in again.delivered()] == [str({"n": i}) for i in range(10)]
     assert again.stderr == ""
 
 
-def test_undeliverable_events_at_exit_go_to_the_dead_letter_callback(tmp_path):
-    result = run("exit-failing-dead-letter", tmp_path)
+def test_undeliverable_events_at_exit_go_to_the_dead_letter_callback(waiting):
+    result = waiting["exit-failing-dead-letter"].result()
     assert result.returncode == 0
-    letters = [json.loads(x) for x in (tmp_path / "dead").read_text().splitlines()]
+    letters = [json.loads(x) for x in (result.folder / "dead").read_text().splitlines()]
     assert letters == [[{"n": i}, lifecycle.EXIT_REASON] for i in range(10)]
     assert result.warnings() == [
         "patientkit: warning: 10 events were not delivered before exit; they went to the "
@@ -183,9 +241,9 @@ def test_undeliverable_events_at_exit_go_to_the_dead_letter_callback(tmp_path):
     ]
 
 
-def test_the_default_exit_timeout_bounds_the_wait(tmp_path):
+def test_the_default_exit_timeout_bounds_the_wait(waiting):
     assert lifecycle.EXIT_CLOSE_TIMEOUT == 5.0  # as docs/buffer.md says
-    result = run("exit-failing-default-timeout", tmp_path)
+    result = waiting["exit-failing-default-timeout"].result()
     assert result.fact(script="ends")["default"] == 0.5
     assert result.seconds < 10
     assert len(result.warnings()) == 1 and "10 events" in result.warnings()[0]
@@ -194,15 +252,15 @@ def test_the_default_exit_timeout_bounds_the_wait(tmp_path):
 @pytest.mark.parametrize(
     "scenario", ["exit-failing-stopped", "exit-failing-fake-clock", "exit-failing-dropped"]
 )
-def test_a_stopped_buffer_or_one_on_a_fake_clock_still_reports_at_exit(tmp_path, scenario):
-    result = run(scenario, tmp_path)
+def test_a_stopped_buffer_or_one_on_a_fake_clock_still_reports_at_exit(waiting, scenario):
+    result = waiting[scenario].result()
     assert result.returncode == 0
     assert result.seconds < 20
     assert [w.split(" were ")[0] for w in result.warnings()] == ["patientkit: warning: 10 events"]
 
 
-def test_a_hung_sink_does_not_hold_the_exit_past_the_close_timeout(tmp_path):
-    result = run("exit-hung-sink", tmp_path)
+def test_a_hung_sink_does_not_hold_the_exit_past_the_close_timeout(waiting):
+    result = waiting["exit-hung-sink"].result()
     assert result.returncode == 0
     assert result.seconds < 20
     # 4 events in flight in the hung sink, 6 waiting: all 10 are reported

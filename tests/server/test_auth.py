@@ -162,10 +162,29 @@ def test_every_command_says_the_token_was_refused_in_one_line(guarded, command):
     )
 
 
-def test_patientkit_token_is_the_servers_token_without_a_file(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "e.db"), env={"PATIENTKIT_TOKEN": TOKEN})
-    assert httpx.get(f"{server.url}/api/export").status_code == 401
-    answer = httpx.get(f"{server.url}/api/export", headers={"authorization": f"Bearer {TOKEN}"})
+@pytest.fixture(scope="module")
+def from_the_environment(tmp_path_factory):
+    """`serve --host 0.0.0.0` with PATIENTKIT_TOKEN set and no --token-file, for the two
+    tests of it (each only reads); `loopback` is its URL on 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("auth-env")
+    server = Server(
+        folder / "serve.log",
+        "--host",
+        "0.0.0.0",
+        "--db",
+        str(folder / "e.db"),
+        env={"PATIENTKIT_TOKEN": TOKEN},
+    )
+    server.loopback = "http://127.0.0.1:" + server.url.rsplit(":", 1)[1]  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def test_patientkit_token_is_the_servers_token_without_a_file(from_the_environment):
+    server = from_the_environment
+    url = server.loopback
+    assert httpx.get(f"{url}/api/export").status_code == 401
+    answer = httpx.get(f"{url}/api/export", headers={"authorization": f"Bearer {TOKEN}"})
     assert (answer.status_code, answer.json()) == (200, {"data": {"export_ids": []}})
     assert server.log_lines()[1]["auth"] is True  # the serving line
     assert TOKEN not in server.log.read_text()
@@ -225,10 +244,9 @@ def test_insecure_no_auth_serves_every_address(serve, tmp_path):
     assert (answer.status_code, answer.json()) == (200, {"data": {"export_ids": []}})
 
 
-def test_a_loopback_bind_with_tokens_from_the_environment_needs_no_flag(serve, tmp_path):
-    server = serve(
-        "--host", "0.0.0.0", "--db", str(tmp_path / "t.db"), env={"PATIENTKIT_TOKEN": TOKEN}
-    )
+def test_a_loopback_bind_with_tokens_from_the_environment_needs_no_flag(from_the_environment):
+    server = from_the_environment  # --host 0.0.0.0, PATIENTKIT_TOKEN, no flag
+    assert server.url.startswith("http://0.0.0.0:")
     port = server.url.rsplit(":", 1)[1]
     assert httpx.get(f"http://127.0.0.1:{port}/tests?clinic_id=C").status_code == 401
 

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from patientkit.core.storage import SQLiteStore
 from patientkit.server.app import build_app
 from patientkit.stores import open_store
-from tests.helpers import record
+from tests.helpers import Server, record
 from tests.server.bodies import bodies, json_values
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
@@ -105,19 +105,37 @@ def test_nothing_invalid_is_stored(tmp_path):
         assert store.record_count() == 0
 
 
-def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "up.db"))
+@pytest.fixture(scope="module")
+def logging_server(tmp_path_factory):
+    """One real `patientkit serve` for the two tests of what it logs: each sends its own
+    request ids and clinic, and reads only their lines (and none may log health data)."""
+    folder = tmp_path_factory.mktemp("records-logs")
+    server = Server(folder / "serve.log", "--db", str(folder / "logs.db"))
+    yield server
+    server.stop()
+
+
+def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up(
+    logging_server,
+):
+    server = logging_server
+    ours = [f"up-{n}" for n in range(len(UNPARSEABLE_REASONS))]
     with httpx.Client(base_url=server.url) as client:
-        for body, _ in INVALID[-len(UNPARSEABLE_REASONS) :]:
-            assert post(client, None, raw=body).json() == {"error": "Invalid JSON"}
-    logged = [line["reason"] for line in server.log_lines() if line["event"] == "record invalid"]
+        for request_id, (body, _) in zip(ours, INVALID[-len(UNPARSEABLE_REASONS) :], strict=True):
+            answer = post(client, None, request_id=request_id, raw=body)
+            assert answer.json() == {"error": "Invalid JSON"}
+    logged = [
+        line["reason"]
+        for line in logged_until(server, ours[-1])
+        if line["event"] == "record invalid" and line.get("request_id") in ours
+    ]
     assert logged == [f"Invalid JSON: {reason}" for reason in UNPARSEABLE_REASONS]
     assert not any(
         "Jos" in line or "SECRET" in line for line in server.log.read_text().splitlines()
     )
     with httpx.Client(base_url=server.url) as client:
-        assert post(client, record("T9")).status_code == 200
-        assert [r["test_id"] for r in listing(client, "C1")] == ["T9"]
+        assert post(client, record("T9", clinic="C-UP")).status_code == 200
+        assert [r["test_id"] for r in listing(client, "C-UP")] == ["T9"]
 
 
 def test_an_oversize_body_is_413_and_stores_nothing(tmp_path):
@@ -216,8 +234,8 @@ def logged_until(server, request_id, timeout=10.0):
         time.sleep(0.02)
 
 
-def test_logs_carry_the_request_id_and_no_health_data(serve, tmp_path):
-    api = serve("--db", str(tmp_path / "logs.db"))
+def test_logs_carry_the_request_id_and_no_health_data(logging_server):
+    api = logging_server  # clinic C1 and the log-* request ids are this test's alone
     with httpx.Client(base_url=api.url) as client:
         post(client, record("T1"), request_id="log-create")
         post(client, record("T1"), request_id="log-dup")

@@ -241,6 +241,8 @@ def test_more_than_10000_records_is_413_and_stores_nothing(api, ids, kind):
     assert response.status_code == 413
     assert response.json() == {"error": "Too many records: a batch holds at most 10000."}
     assert clinic(api, ids) == []
+    if kind != "ndjson":
+        return  # the check below is the same whatever `kind`: made once, by the ndjson case
     # 10,000 is the limit, not past it; invalid and blank lines count as records or not alike
     response = batch(api, ndjson(records[:10_000]), NDJSON)
     assert response.status_code == 200
