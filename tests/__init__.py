@@ -1,0 +1,11 @@
+"""patientkit's tests (README: how to run them).
+
+Imported before any conftest: pytest keeps each module it rewrote for its assertions (the
+test modules, and every module of a package with a pytest plugin, such as hypothesis) in
+__pycache__ unless Python may not write bytecode; with PYTHONDONTWRITEBYTECODE=1 set (as on
+this machine) every test process rewrote and compiled all of them again, 0.7 CPU-s each.
+The caches are pytest's own; the programs the tests start are not affected."""
+
+import sys
+
+sys.dont_write_bytecode = False

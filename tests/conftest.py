@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +13,6 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from patientkit.samples.exports import generate_export
 from tests.helpers import ROOT, Server
-
-# pytest keeps each test module it rewrote for its assertions in __pycache__ unless Python
-# may not write bytecode; with PYTHONDONTWRITEBYTECODE=1 set (as on some machines) every
-# test process would rewrite and compile all of them again: seconds of CPU each. The
-# caches are pytest's own, beside .pytest_cache; the programs the tests start are not
-# affected.
-sys.dont_write_bytecode = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
