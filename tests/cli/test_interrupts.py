@@ -143,8 +143,13 @@ def assert_ended_cleanly(seconds: float, err: str, last_line: str) -> None:
     assert errors == [last_line], err
 
 
-@pytest.mark.parametrize("times", [1, 2])
-@pytest.mark.parametrize("moment", ["starting", "storing"])
+@pytest.mark.parametrize(
+    ("moment", "times"),
+    # each moment and each count of Ctrl-Cs runs; (starting, 1) went: its checks are
+    # those of (starting, 2), and one Ctrl-C mid-job is (storing, 1)
+    [("starting", 2), ("storing", 1), ("storing", 2)],
+    ids=["starting-2", "storing-1", "storing-2"],
+)
 def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
     readings_file, tmp_path, times, moment
 ):
