@@ -39,17 +39,17 @@ def readings_and_clean_store(folder: Path, readings: int) -> tuple[Path, Path]:
     return source, clean
 
 
-READINGS = 20_000  # in readings_file
+READINGS = 10_000  # in readings_file
 API_READINGS = 10_000  # in api_readings_file
 
 
 @pytest.fixture(scope="module")
 def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """20,000 readings and the store one clean replay of them makes. The interrupted run
+    """10,000 readings and the store one clean replay of them makes. The interrupted run
     reads them from a pipe that holds back the last 2,000 (start_holding_back), so it is
     mid-way whenever its Ctrl-C comes (0.6 s in, or at 4,000 stored: with `--batch-size
-    500` it holds at most 2,000 read ahead of the store); the file need not outlast the
-    wait, and the rerun that completes the store is short."""
+    500` it holds at most 2,000 read ahead of the store, of the 8,000 it can read); the
+    file need not outlast the wait, and the rerun that completes the store is short."""
     return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), READINGS)
 
 
