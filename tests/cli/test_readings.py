@@ -326,9 +326,12 @@ def processes_using(path: Path, within: float = 10.0) -> list[int]:
         time.sleep(0.1)
 
 
+MID_RUN = 10_000  # readings of the mid-run tests: their pipe holds back the last 5,000
+
+
 def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 20_000, devices=500, duplicates=0.02)
+    generate_readings(source, MID_RUN, devices=500, duplicates=0.02)
     clean = run_cli("readings", "replay", str(source), "--db", str(tmp_path / "clean.db"))
     assert clean.code == 0, clean.err
     db = tmp_path / "killed.db"
@@ -341,7 +344,7 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
         process.kill()
         feeder.join()
         process.stdin.close()
-    assert 0 < stored < 20_000
+    assert 0 < stored < MID_RUN
     assert processes_using(db) == [], "the store process outlived the killed replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
     assert again.code == 0, again.err
@@ -351,7 +354,7 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
 
 def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path):
     source = tmp_path / "r.ndjson"
-    generate_readings(source, 20_000, devices=300)
+    generate_readings(source, MID_RUN, devices=300)
     db = tmp_path / "r.db"
     process, feeder = start_replay(source, db, subprocess.PIPE, held_back=5_000)
     try:
@@ -364,7 +367,7 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
         feeder.join()
     assert process.returncode == 130, err.decode()
     summary = json.loads(out)
-    assert 0 < summary["read"] < 20_000
+    assert 0 < summary["read"] < MID_RUN
     assert summary["delivered"] == summary["read"]  # what was read was delivered, not dropped
     assert "interrupted; run the same command again to finish" in err.decode()
     readings, _ = dump(db)
