@@ -178,28 +178,35 @@ def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
         process.kill()
 
 
+def submit_batches(url: str, lines: list[str]) -> None:
+    """POST `lines` to /tests/batch 500 at a time, one after another, until done or the
+    server refuses (it stopped): a submitter that keeps requests in flight, without a
+    `records submit` process to start (which would retry a server that is gone)."""
+    ndjson = {"content-type": "application/x-ndjson"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for start in range(0, len(lines), 500):
+            try:
+                http.post(
+                    "/tests/batch", content="".join(lines[start : start + 500]), headers=ndjson
+                )
+            except httpx.TransportError:  # stopped: refused, or cut after --grace
+                return
+
+
 def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
     for workers in ("1", "2"):
         db = tmp_path / f"s{workers}.db"
         records = tmp_path / f"r{workers}.ndjson"
         write_records(records, 30_000, prefix=f"S{workers}")
+        lines = records.read_text().splitlines(keepends=True)
         process, url, log = start(tmp_path, "--db", str(db), "--workers", workers)
         try:
-            client = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "patientkit",
-                    "records",
-                    "submit",
-                    str(records),
-                    "--to",
-                    url,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=cli_env(),
-            )
+            submitters = [  # two at once: with two workers, each may have one in flight
+                threading.Thread(target=submit_batches, args=(url, lines[half::2]))
+                for half in range(2)
+            ]
+            for submitter in submitters:
+                submitter.start()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # mid-job: some records stored
                 time.sleep(0.02)
@@ -208,8 +215,8 @@ def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
                         break
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
-            client.kill()  # it would retry a server that is gone for a while
-            client.wait(timeout=30)
+            for submitter in submitters:
+                submitter.join(timeout=60)
         finally:
             process.kill()
         with sqlite3.connect(db) as conn:
