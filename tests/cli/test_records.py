@@ -341,29 +341,44 @@ def test_duplicates_alone_pass_unless_strict(tmp_path):
 # --- chaos: the same result as a clean run ------------------------------------------------
 
 
-def chaos_inputs(tmp_path):
-    prior = [rec(f"P{n:03d}", result=f"prior {n}") for n in range(20)]
-    main = [rec(f"M{n:03d}", clinic=f"C{n % 7}", result=f"main {n}") for n in range(110)]
-    main += [rec(f"P{n:03d}", result="changed") for n in range(0, 20, 3)]  # against the store
-    main += [rec(f"M{n:03d}", result="second") for n in range(0, 110, 11)]  # inside the file
+def chaos_inputs(tmp_path, prefix):
+    """The prior and main files, every test_id starting with `prefix` (the test's own)."""
+    prior = [rec(f"{prefix}P{n:03d}", result=f"prior {n}") for n in range(20)]
+    main = [rec(f"{prefix}M{n:03d}", clinic=f"C{n % 7}", result=f"main {n}") for n in range(110)]
+    main += [rec(f"{prefix}P{n:03d}", result="changed") for n in range(0, 20, 3)]  # the store's
+    main += [rec(f"{prefix}M{n:03d}", result="second") for n in range(0, 110, 11)]  # the file's
     main.insert(50, {"test_id": "bad"})
     (tmp_path / "prior.ndjson").write_text(ndjson(prior))
     (tmp_path / "main.ndjson").write_text(ndjson(main))
     return tmp_path / "prior.ndjson", tmp_path / "main.ndjson"
 
 
+@pytest.fixture(scope="module")
+def chaos_server(tmp_path_factory) -> Iterator[Server]:
+    """One `serve --chaos 0.3` for both modes (each sends test_ids of its own and its own
+    route: /tests/batch or /tests); `chaos_server.db` is its store."""
+    folder = tmp_path_factory.mktemp("chaos")
+    server = Server(
+        folder / "serve.log", "--db", str(folder / "chaos.db"), "--chaos", "0.3",
+        "--chaos-seed", "11",
+    )  # fmt: skip
+    server.db = folder / "chaos.db"  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("mode", ["batches", "--no-batch"])
-def test_chaos_ends_like_a_clean_run(serve, tmp_path, mode):
+def test_chaos_ends_like_a_clean_run(chaos_server, tmp_path, mode):
     """Through `serve --chaos 0.3` the verdicts and the store are exactly those of a clean
     run: an answer lost after the work was done is asked again with the same request id
     and the original answer comes back (a batch's whole answer, or a record's)."""
-    prior, main = chaos_inputs(tmp_path)
+    prefix = f"{mode.strip('-')}-"
+    prior, main = chaos_inputs(tmp_path, prefix)
     clean_db = tmp_path / "clean.db"
     assert run_cli("records", "submit", str(prior), "--db", str(clean_db)).code == 0
     clean = run_cli("records", "submit", str(main), "--db", str(clean_db))
 
-    chaos_db = tmp_path / "chaos.db"
-    server = serve("--db", str(chaos_db), "--chaos", "0.3", "--chaos-seed", "11")
+    server = chaos_server
     args = ["--to", server.url, "--attempts", "30"]
     args += ["--batch-size", "5"] if mode == "batches" else ["--no-batch"]
     assert run_cli("records", "submit", str(prior), *args).code == 0
@@ -372,7 +387,8 @@ def test_chaos_ends_like_a_clean_run(serve, tmp_path, mode):
     assert counts(clean) == counts(chaotic) == verdicts(128, created=110, duplicates=17, invalid=1)
     assert chaotic.code == clean.code == 1  # the one invalid record
     assert chaotic.json()["retries"] > 0
-    assert stored(chaos_db) == stored(clean_db)
+    ours = [row for row in stored(server.db) if row[0].startswith(prefix)]
+    assert ours == stored(clean_db)
     lines = server.log_lines()
     path = "/tests/batch" if mode == "batches" else "/tests"
     cut = {
@@ -649,18 +665,18 @@ def test_a_record_that_cannot_be_parsed_is_invalid_nothing_of_it_stored(
 
 def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
     """A generated file with invalid and repeated records: in batches (several in flight,
-    small ones so that there are many), against a server without bulk (the fallback),
+    small ones so that there are many: ten), against a server without bulk (the fallback),
     and into the store, the same summary, the same rejects (but for request ids) and the
     same records stored."""
     source = tmp_path / "tests.ndjson"
     made = run_cli(
-        "records", "generate", str(source), "--records", "400", "--invalid", "0.05",
+        "records", "generate", str(source), "--records", "200", "--invalid", "0.05",
         "--duplicates", "0.05", "--seed", "7",
     )  # fmt: skip
     assert made.code == 0, made.err
     runs = {}
     for name, serve_args, submit_args in [
-        ("batches", [], ["--concurrency", "3", "--batch-size", "40"]),
+        ("batches", [], ["--concurrency", "3", "--batch-size", "20"]),
         ("fallback", ["--no-bulk"], []),
         ("store", None, None),
     ]:
@@ -680,4 +696,4 @@ def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
     code, summary, *_ = runs["batches"]
     assert code == 1
     assert summary["invalid"] > 0 and summary["duplicates"] > 0
-    assert summary["read"] == 400
+    assert summary["read"] == 200
