@@ -115,49 +115,55 @@ def big_export(folder, megabytes):
     return download, path.stat().st_size
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop):
-    for workers in ("1", "2"):
-        exports = tmp_path / f"exports-{workers}"
-        download, size = big_export(exports, 16)
-        process, url, log = start(
-            tmp_path,
-            "--exports",
-            str(exports),
-            "--db",
-            str(tmp_path / "d.db"),
-            "--workers",
-            workers,
-        )
-        try:
-            with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
-                chunks = answer.iter_raw()
-                received = len(next(chunks))
-                process.send_signal(stop)
-                with_new = None
-                deadline = time.monotonic() + 10
-                # a new connection a request (one client: not a TLS set-up a ping)
-                fresh = httpx.Limits(max_keepalive_connections=0)
-                with httpx.Client(timeout=2, limits=fresh) as pings:
-                    while with_new is None and time.monotonic() < deadline:
-                        try:  # until the signal is seen: then refused (or cut) at once
-                            pings.get(f"{url}/api/ping")
-                        except httpx.TransportError as exc:
-                            with_new = exc
-                        time.sleep(0.05)
-                assert with_new is not None  # no longer accepting
-                # and not taken in and left unanswered (a listening socket kept open)
-                assert not isinstance(with_new, httpx.TimeoutException), repr(with_new)
-                for chunk in chunks:
-                    received += len(chunk)
-                    time.sleep(0.0005)
-            assert received == size  # the request in flight finished
-            assert process.wait(timeout=30) == 0
-        finally:
-            process.kill()
-        text = log.read_text()
-        assert "Traceback" not in text and '"level": "error"' not in text
-        assert json.loads(text.splitlines()[-1])["event"] == "stopped"
+@pytest.mark.parametrize(
+    ("stop", "workers"),
+    [(signal.SIGTERM, "2"), (signal.SIGINT, "1")],  # each signal, each kind of server
+    ids=["SIGTERM-2", "Ctrl-C-1"],
+)
+def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop, workers):
+    """A signal and a server of N workers, each value of each run once: SIGTERM to the
+    master of two workers (which must stop its workers' accepting as well), Ctrl-C to a
+    server of one process."""
+    exports = tmp_path / f"exports-{workers}"
+    download, size = big_export(exports, 16)
+    process, url, log = start(
+        tmp_path,
+        "--exports",
+        str(exports),
+        "--db",
+        str(tmp_path / "d.db"),
+        "--workers",
+        workers,
+    )
+    try:
+        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+            chunks = answer.iter_raw()
+            received = len(next(chunks))
+            process.send_signal(stop)
+            with_new = None
+            deadline = time.monotonic() + 10
+            # a new connection a request (one client: not a TLS set-up a ping)
+            fresh = httpx.Limits(max_keepalive_connections=0)
+            with httpx.Client(timeout=2, limits=fresh) as pings:
+                while with_new is None and time.monotonic() < deadline:
+                    try:  # until the signal is seen: then refused (or cut) at once
+                        pings.get(f"{url}/api/ping")
+                    except httpx.TransportError as exc:
+                        with_new = exc
+                    time.sleep(0.05)
+            assert with_new is not None  # no longer accepting
+            # and not taken in and left unanswered (a listening socket kept open)
+            assert not isinstance(with_new, httpx.TimeoutException), repr(with_new)
+            for chunk in chunks:
+                received += len(chunk)
+                time.sleep(0.0005)
+        assert received == size  # the request in flight finished
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and '"level": "error"' not in text
+    assert json.loads(text.splitlines()[-1])["event"] == "stopped"
 
 
 def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
