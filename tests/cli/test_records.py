@@ -449,23 +449,25 @@ def wait_for(condition, timeout=30.0):
         time.sleep(0.05)
 
 
-def count_rows(db):
+def count_rows(db, clinic=None):
+    """The records in a store (of `clinic` only, when given)."""
+    where, args = ("", ()) if clinic is None else (" WHERE clinic_id = ?", (clinic,))
     try:
         with sqlite3.connect(db) as connection:
-            return connection.execute("SELECT count(*) FROM test_records").fetchone()[0]
+            query = "SELECT count(*) FROM test_records" + where
+            return connection.execute(query, args).fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
 
 
-def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(serve, tmp_path):
-    db = tmp_path / "api.db"
-    server = serve("--db", str(db))
-    records = [rec(f"T{n:03d}") for n in range(30)]
+def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(listed):
+    db, server = listed  # the records of a clinic of this test's own: CTRL
+    records = [rec(f"CTRL{n:03d}", clinic="CTRL") for n in range(30)]
     process = start_submit("--to", server.url, "--concurrency", "4")
     try:
         process.stdin.write(ndjson(records[:20]).encode())
         process.stdin.flush()
-        wait_for(lambda: count_rows(db) == 20)
+        wait_for(lambda: count_rows(db, "CTRL") == 20)
         blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # the server's writes now wait for this lock
         process.stdin.write(ndjson(records[20:24]).encode())
@@ -490,11 +492,11 @@ def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(serve, tmp_path)
         "failed": 0,
     }
     assert err.endswith(b"error: interrupted: run the same command again to finish the job\n")
-    assert count_rows(db) == 20 + in_flight
+    assert count_rows(db, "CTRL") == 20 + in_flight
     rerun = run_cli("records", "submit", "-", "--to", server.url, input=ndjson(records))
     assert rerun.code == 0
     assert (rerun.json()["created"], rerun.json()["duplicates"]) == (10 - in_flight, 20 + in_flight)
-    assert count_rows(db) == 30
+    assert count_rows(db, "CTRL") == 30
 
 
 def test_ctrl_c_into_the_store_keeps_what_was_read_and_a_rerun_finishes(tmp_path):
@@ -530,7 +532,8 @@ def test_ctrl_c_into_the_store_keeps_what_was_read_and_a_rerun_finishes(tmp_path
 
 @pytest.fixture(scope="module")
 def listed(tmp_path_factory) -> Iterator[tuple[Path, Server]]:
-    """A store of three records and a server of it, shared by the tests that only read."""
+    """A store of three records and a server of it, shared by the tests that only read
+    and by one that writes records of a clinic of its own (CTRL)."""
     folder = tmp_path_factory.mktemp("listed")
     db = folder / "s.db"
     source = folder / "in.ndjson"
