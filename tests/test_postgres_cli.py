@@ -52,42 +52,70 @@ def records_dump(target: str | Path) -> list[tuple]:
 # --- without the extra ---------------------------------------------------------------------
 
 HIDE = "import sys; sys.modules['psycopg'] = None; "
-MAIN = "from patientkit.cli.app import main; sys.argv[0] = 'patientkit'; main()"
 NO_EXTRA = (
     "error: postgresql://u:***@127.0.0.1:1/x: a PostgreSQL store needs the postgres extra "
     "(psycopg is missing): pip install 'patientkit[postgres]'\n"
 )
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["readings", "replay", "IN"],
-        ["readings", "latest", DEVICE],
-        ["readings", "total", DEVICE],
-        ["records", "submit", "IN"],
-        ["records", "list", "--clinic", "C1"],
-        ["store", "info"],
-        ["serve", "--port", "0"],
-    ],
-    ids=lambda args: " ".join(args[:2]),
-)
+COMMANDS = [
+    ["readings", "replay", "IN"],
+    ["readings", "latest", DEVICE],
+    ["readings", "total", DEVICE],
+    ["records", "submit", "IN"],
+    ["records", "list", "--clinic", "C1"],
+    ["store", "info"],
+    ["serve", "--port", "0"],
+]
+EACH = """
+import io, json
+from patientkit.cli import app, output
+answers = []
+for args in json.loads(sys.argv[1]):
+    sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+    output.set_quiet(False)
+    code = app.run(args)
+    answers.append((code, sys.stdout.getvalue(), sys.stderr.getvalue()))
+sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def without_psycopg(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
+    """Each command's exit code, stdout and stderr with `--db URL`, one after the other in
+    one process of their own in which psycopg cannot be imported: as strict as a process
+    each (a module a command starts with that needs psycopg fails it, or an earlier one),
+    without starting seven."""
+    source = tmp_path_factory.mktemp("no-extra") / "in.ndjson"
+    source.write_text("")
+    url = "postgresql://u:secret@127.0.0.1:1/x"
+    argvs = [[str(source) if a == "IN" else a for a in args] + ["--db", url] for args in COMMANDS]
+    done = subprocess.run(
+        [sys.executable, "-c", HIDE + EACH, json.dumps(argvs)],
+        capture_output=True, text=True, env=cli_env(), timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    answers = json.loads(done.stdout)
+    return {" ".join(args): tuple(answer) for args, answer in zip(COMMANDS, answers, strict=True)}
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: " ".join(args[:2]))
 @pytest.mark.parametrize("how", ["--db", "PATIENTKIT_DB"])
-def test_without_the_extra_each_command_says_how_to_install_it(tmp_path, monkeypatch, args, how):
-    """With --db, a process of its own in which psycopg cannot be imported (nothing that
-    starts every command may need it); with PATIENTKIT_DB, in this process with psycopg
-    hidden the same way (and patientkit.postgres, so that it is imported again)."""
+def test_without_the_extra_each_command_says_how_to_install_it(
+    tmp_path, monkeypatch, without_psycopg, args, how
+):
+    """With --db, in a process in which psycopg cannot be imported (nothing that starts
+    every command may need it: `without_psycopg`); with PATIENTKIT_DB, in this process
+    with psycopg hidden the same way (and patientkit.postgres, so that it is imported
+    again)."""
+    if how == "--db":
+        assert without_psycopg[" ".join(args)] == (2, "", NO_EXTRA)
+        return
     source = tmp_path / "in.ndjson"
     source.write_text("")
     args = [str(source) if arg == "IN" else arg for arg in args]
     url = "postgresql://u:secret@127.0.0.1:1/x"
-    if how == "--db":
-        done = subprocess.run(
-            [sys.executable, "-c", HIDE + MAIN, *args, "--db", url],
-            capture_output=True, text=True, env=cli_env(), timeout=60,
-        )  # fmt: skip
-        assert (done.returncode, done.stdout, done.stderr) == (2, "", NO_EXTRA)
-        return
     for name in ("psycopg", "psycopg_pool"):
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "patientkit.postgres", raising=False)
