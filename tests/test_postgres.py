@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -22,7 +24,7 @@ import pytest
 
 from patientkit.errors import UsageError
 from tests.core.test_store import DEVICE, OTHER, reading, record
-from tests.helpers import run_scripts_at_once
+from tests.helpers import wait_until_reading
 from tests.pg import needs_pg, new_database
 
 
@@ -145,24 +147,37 @@ def test_records_use_the_clinic_index(pg_url):
 
 
 FIRST_USER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
+    import sys
     from patientkit.postgres import PostgresStore
-    url, folder, me, everyone = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    (folder / me).touch()  # imported: all of them go at once when every one is
-    while len(list(folder.iterdir())) < everyone:
-        time.sleep(0.001)
-    with PostgresStore(url) as store:
+    sys.stdin.buffer.read(1)  # imported: all of them go at once when every one is
+    with PostgresStore(sys.argv[1]) as store:
         print(store.schema_version(), store.add_readings([]))
 """)
 
 
 @needs_pg
-def test_concurrent_first_users_do_not_race_the_migration(pg_url, tmp_path):
-    argvs = [[pg_url, str(tmp_path), str(n), "6"] for n in range(6)]
-    outcomes = run_scripts_at_once(FIRST_USER, argvs, timeout=120)
-    assert [code for code, _, _ in outcomes] == [0] * 6, [err.decode() for *_, err in outcomes]
-    assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 6
+def test_concurrent_first_users_do_not_race_the_migration(pg_url):
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_USER, pg_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)  # four at once race as six did: the lock lets one in
+    ]
+    try:
+        for process in processes:  # a blocking read, not a poll: no CPU while the rest import
+            wait_until_reading(process.pid, timeout=60)
+        for process in processes:
+            process.stdin.write(b"!")
+            process.stdin.close()
+        outcomes = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [code for code, _, _ in outcomes] == [0] * 4, [err.decode() for *_, err in outcomes]
+    assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 4
     import psycopg
 
     with psycopg.connect(pg_url) as conn:

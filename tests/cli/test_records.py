@@ -341,29 +341,44 @@ def test_duplicates_alone_pass_unless_strict(tmp_path):
 # --- chaos: the same result as a clean run ------------------------------------------------
 
 
-def chaos_inputs(tmp_path):
-    prior = [rec(f"P{n:03d}", result=f"prior {n}") for n in range(20)]
-    main = [rec(f"M{n:03d}", clinic=f"C{n % 7}", result=f"main {n}") for n in range(110)]
-    main += [rec(f"P{n:03d}", result="changed") for n in range(0, 20, 3)]  # against the store
-    main += [rec(f"M{n:03d}", result="second") for n in range(0, 110, 11)]  # inside the file
+def chaos_inputs(tmp_path, prefix):
+    """The prior and main files, every test_id starting with `prefix` (the test's own)."""
+    prior = [rec(f"{prefix}P{n:03d}", result=f"prior {n}") for n in range(20)]
+    main = [rec(f"{prefix}M{n:03d}", clinic=f"C{n % 7}", result=f"main {n}") for n in range(110)]
+    main += [rec(f"{prefix}P{n:03d}", result="changed") for n in range(0, 20, 3)]  # the store's
+    main += [rec(f"{prefix}M{n:03d}", result="second") for n in range(0, 110, 11)]  # the file's
     main.insert(50, {"test_id": "bad"})
     (tmp_path / "prior.ndjson").write_text(ndjson(prior))
     (tmp_path / "main.ndjson").write_text(ndjson(main))
     return tmp_path / "prior.ndjson", tmp_path / "main.ndjson"
 
 
+@pytest.fixture(scope="module")
+def chaos_server(tmp_path_factory) -> Iterator[Server]:
+    """One `serve --chaos 0.3` for both modes (each sends test_ids of its own and its own
+    route: /tests/batch or /tests); `chaos_server.db` is its store."""
+    folder = tmp_path_factory.mktemp("chaos")
+    server = Server(
+        folder / "serve.log", "--db", str(folder / "chaos.db"), "--chaos", "0.3",
+        "--chaos-seed", "11",
+    )  # fmt: skip
+    server.db = folder / "chaos.db"  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("mode", ["batches", "--no-batch"])
-def test_chaos_ends_like_a_clean_run(serve, tmp_path, mode):
+def test_chaos_ends_like_a_clean_run(chaos_server, tmp_path, mode):
     """Through `serve --chaos 0.3` the verdicts and the store are exactly those of a clean
     run: an answer lost after the work was done is asked again with the same request id
     and the original answer comes back (a batch's whole answer, or a record's)."""
-    prior, main = chaos_inputs(tmp_path)
+    prefix = f"{mode.strip('-')}-"
+    prior, main = chaos_inputs(tmp_path, prefix)
     clean_db = tmp_path / "clean.db"
     assert run_cli("records", "submit", str(prior), "--db", str(clean_db)).code == 0
     clean = run_cli("records", "submit", str(main), "--db", str(clean_db))
 
-    chaos_db = tmp_path / "chaos.db"
-    server = serve("--db", str(chaos_db), "--chaos", "0.3", "--chaos-seed", "11")
+    server = chaos_server
     args = ["--to", server.url, "--attempts", "30"]
     args += ["--batch-size", "5"] if mode == "batches" else ["--no-batch"]
     assert run_cli("records", "submit", str(prior), *args).code == 0
@@ -372,7 +387,8 @@ def test_chaos_ends_like_a_clean_run(serve, tmp_path, mode):
     assert counts(clean) == counts(chaotic) == verdicts(128, created=110, duplicates=17, invalid=1)
     assert chaotic.code == clean.code == 1  # the one invalid record
     assert chaotic.json()["retries"] > 0
-    assert stored(chaos_db) == stored(clean_db)
+    ours = [row for row in stored(server.db) if row[0].startswith(prefix)]
+    assert ours == stored(clean_db)
     lines = server.log_lines()
     path = "/tests/batch" if mode == "batches" else "/tests"
     cut = {
@@ -433,23 +449,25 @@ def wait_for(condition, timeout=30.0):
         time.sleep(0.05)
 
 
-def count_rows(db):
+def count_rows(db, clinic=None):
+    """The records in a store (of `clinic` only, when given)."""
+    where, args = ("", ()) if clinic is None else (" WHERE clinic_id = ?", (clinic,))
     try:
         with sqlite3.connect(db) as connection:
-            return connection.execute("SELECT count(*) FROM test_records").fetchone()[0]
+            query = "SELECT count(*) FROM test_records" + where
+            return connection.execute(query, args).fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
 
 
-def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(serve, tmp_path):
-    db = tmp_path / "api.db"
-    server = serve("--db", str(db))
-    records = [rec(f"T{n:03d}") for n in range(30)]
+def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(listed):
+    db, server = listed  # the records of a clinic of this test's own: CTRL
+    records = [rec(f"CTRL{n:03d}", clinic="CTRL") for n in range(30)]
     process = start_submit("--to", server.url, "--concurrency", "4")
     try:
         process.stdin.write(ndjson(records[:20]).encode())
         process.stdin.flush()
-        wait_for(lambda: count_rows(db) == 20)
+        wait_for(lambda: count_rows(db, "CTRL") == 20)
         blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # the server's writes now wait for this lock
         process.stdin.write(ndjson(records[20:24]).encode())
@@ -474,11 +492,11 @@ def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(serve, tmp_path)
         "failed": 0,
     }
     assert err.endswith(b"error: interrupted: run the same command again to finish the job\n")
-    assert count_rows(db) == 20 + in_flight
+    assert count_rows(db, "CTRL") == 20 + in_flight
     rerun = run_cli("records", "submit", "-", "--to", server.url, input=ndjson(records))
     assert rerun.code == 0
     assert (rerun.json()["created"], rerun.json()["duplicates"]) == (10 - in_flight, 20 + in_flight)
-    assert count_rows(db) == 30
+    assert count_rows(db, "CTRL") == 30
 
 
 def test_ctrl_c_into_the_store_keeps_what_was_read_and_a_rerun_finishes(tmp_path):
@@ -514,7 +532,8 @@ def test_ctrl_c_into_the_store_keeps_what_was_read_and_a_rerun_finishes(tmp_path
 
 @pytest.fixture(scope="module")
 def listed(tmp_path_factory) -> Iterator[tuple[Path, Server]]:
-    """A store of three records and a server of it, shared by the tests that only read."""
+    """A store of three records and a server of it, shared by the tests that only read
+    and by one that writes records of a clinic of its own (CTRL)."""
     folder = tmp_path_factory.mktemp("listed")
     db = folder / "s.db"
     source = folder / "in.ndjson"
@@ -647,37 +666,42 @@ def test_a_record_that_cannot_be_parsed_is_invalid_nothing_of_it_stored(
     assert "\ufffd" not in listed.out
 
 
-def test_batches_and_one_post_per_record_end_alike(serve, tmp_path):
+def listed_by_others(row: tuple) -> bool:
+    """A record the other tests put in the `listed` store: A, B, C, and CTRL's."""
+    return row[0] in ("A", "B", "C") or row[2] == "CTRL"
+
+
+def test_batches_and_one_post_per_record_end_alike(listed, serve, tmp_path):
     """A generated file with invalid and repeated records: in batches (several in flight,
-    small ones so that there are many), against a server without bulk (the fallback),
-    and into the store, the same summary, the same rejects (but for request ids) and the
-    same records stored."""
+    small ones so that there are many: ten; to the module's server, whose other records
+    are not of this file), against a server without bulk (the fallback), and into the
+    store, the same summary, the same rejects (but for request ids) and the same records
+    of the file stored."""
     source = tmp_path / "tests.ndjson"
     made = run_cli(
-        "records", "generate", str(source), "--records", "400", "--invalid", "0.05",
+        "records", "generate", str(source), "--records", "200", "--invalid", "0.05",
         "--duplicates", "0.05", "--seed", "7",
     )  # fmt: skip
     assert made.code == 0, made.err
     runs = {}
-    for name, serve_args, submit_args in [
-        ("batches", [], ["--concurrency", "3", "--batch-size", "40"]),
-        ("fallback", ["--no-bulk"], []),
-        ("store", None, None),
-    ]:
+    for name in ("batches", "fallback", "store"):
         db, rejects = tmp_path / f"{name}.db", tmp_path / f"{name}-rejects.ndjson"
-        if serve_args is None:
-            where = ["--db", str(db)]
+        if name == "batches":
+            db = listed[0]
+            where = ["--to", listed[1].url, "--concurrency", "3", "--batch-size", "20"]
+        elif name == "fallback":
+            where = ["--to", serve("--db", str(db), "--no-bulk").url]
         else:
-            where = ["--to", serve("--db", str(db), *serve_args).url, *submit_args]
+            where = ["--db", str(db)]
         result = run_cli("records", "submit", str(source), *where, "--rejects", str(rejects))
         lines = [
             {k: v for k, v in line.items() if k != "request_id"} for line in rejects_lines(rejects)
         ]
         problems = sorted(line for line in result.err.splitlines() if not line.startswith("error"))
         runs[name] = (result.code, counts(result), sorted(map(json.dumps, lines)), problems)
-        runs[name] += (stored(db),)
+        runs[name] += ([row for row in stored(db) if not listed_by_others(row)],)
     assert runs["batches"] == runs["fallback"] == runs["store"]
     code, summary, *_ = runs["batches"]
     assert code == 1
     assert summary["invalid"] > 0 and summary["duplicates"] > 0
-    assert summary["read"] == 400
+    assert summary["read"] == 200

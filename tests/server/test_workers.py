@@ -115,49 +115,55 @@ def big_export(folder, megabytes):
     return download, path.stat().st_size
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop):
-    for workers in ("1", "2"):
-        exports = tmp_path / f"exports-{workers}"
-        download, size = big_export(exports, 16)
-        process, url, log = start(
-            tmp_path,
-            "--exports",
-            str(exports),
-            "--db",
-            str(tmp_path / "d.db"),
-            "--workers",
-            workers,
-        )
-        try:
-            with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
-                chunks = answer.iter_raw()
-                received = len(next(chunks))
-                process.send_signal(stop)
-                with_new = None
-                deadline = time.monotonic() + 10
-                # a new connection a request (one client: not a TLS set-up a ping)
-                fresh = httpx.Limits(max_keepalive_connections=0)
-                with httpx.Client(timeout=2, limits=fresh) as pings:
-                    while with_new is None and time.monotonic() < deadline:
-                        try:  # until the signal is seen: then refused (or cut) at once
-                            pings.get(f"{url}/api/ping")
-                        except httpx.TransportError as exc:
-                            with_new = exc
-                        time.sleep(0.05)
-                assert with_new is not None  # no longer accepting
-                # and not taken in and left unanswered (a listening socket kept open)
-                assert not isinstance(with_new, httpx.TimeoutException), repr(with_new)
-                for chunk in chunks:
-                    received += len(chunk)
-                    time.sleep(0.0005)
-            assert received == size  # the request in flight finished
-            assert process.wait(timeout=30) == 0
-        finally:
-            process.kill()
-        text = log.read_text()
-        assert "Traceback" not in text and '"level": "error"' not in text
-        assert json.loads(text.splitlines()[-1])["event"] == "stopped"
+@pytest.mark.parametrize(
+    ("stop", "workers"),
+    [(signal.SIGTERM, "2"), (signal.SIGINT, "1")],  # each signal, each kind of server
+    ids=["SIGTERM-2", "Ctrl-C-1"],
+)
+def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop, workers):
+    """A signal and a server of N workers, each value of each run once: SIGTERM to the
+    master of two workers (which must stop its workers' accepting as well), Ctrl-C to a
+    server of one process."""
+    exports = tmp_path / f"exports-{workers}"
+    download, size = big_export(exports, 16)
+    process, url, log = start(
+        tmp_path,
+        "--exports",
+        str(exports),
+        "--db",
+        str(tmp_path / "d.db"),
+        "--workers",
+        workers,
+    )
+    try:
+        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+            chunks = answer.iter_raw()
+            received = len(next(chunks))
+            process.send_signal(stop)
+            with_new = None
+            deadline = time.monotonic() + 10
+            # a new connection a request (one client: not a TLS set-up a ping)
+            fresh = httpx.Limits(max_keepalive_connections=0)
+            with httpx.Client(timeout=2, limits=fresh) as pings:
+                while with_new is None and time.monotonic() < deadline:
+                    try:  # until the signal is seen: then refused (or cut) at once
+                        pings.get(f"{url}/api/ping")
+                    except httpx.TransportError as exc:
+                        with_new = exc
+                    time.sleep(0.05)
+            assert with_new is not None  # no longer accepting
+            # and not taken in and left unanswered (a listening socket kept open)
+            assert not isinstance(with_new, httpx.TimeoutException), repr(with_new)
+            for chunk in chunks:
+                received += len(chunk)
+                time.sleep(0.0005)
+        assert received == size  # the request in flight finished
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and '"level": "error"' not in text
+    assert json.loads(text.splitlines()[-1])["event"] == "stopped"
 
 
 def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
@@ -178,28 +184,35 @@ def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
         process.kill()
 
 
+def submit_batches(url: str, lines: list[str]) -> None:
+    """POST `lines` to /tests/batch 500 at a time, one after another, until done or the
+    server refuses (it stopped): a submitter that keeps requests in flight, without a
+    `records submit` process to start (which would retry a server that is gone)."""
+    ndjson = {"content-type": "application/x-ndjson"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for start in range(0, len(lines), 500):
+            try:
+                http.post(
+                    "/tests/batch", content="".join(lines[start : start + 500]), headers=ndjson
+                )
+            except httpx.TransportError:  # stopped: refused, or cut after --grace
+                return
+
+
 def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
     for workers in ("1", "2"):
         db = tmp_path / f"s{workers}.db"
         records = tmp_path / f"r{workers}.ndjson"
         write_records(records, 30_000, prefix=f"S{workers}")
+        lines = records.read_text().splitlines(keepends=True)
         process, url, log = start(tmp_path, "--db", str(db), "--workers", workers)
         try:
-            client = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "patientkit",
-                    "records",
-                    "submit",
-                    str(records),
-                    "--to",
-                    url,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=cli_env(),
-            )
+            submitters = [  # two at once: with two workers, each may have one in flight
+                threading.Thread(target=submit_batches, args=(url, lines[half::2]))
+                for half in range(2)
+            ]
+            for submitter in submitters:
+                submitter.start()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # mid-job: some records stored
                 time.sleep(0.02)
@@ -208,8 +221,8 @@ def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
                         break
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
-            client.kill()  # it would retry a server that is gone for a while
-            client.wait(timeout=30)
+            for submitter in submitters:
+                submitter.join(timeout=60)
         finally:
             process.kill()
         with sqlite3.connect(db) as conn:
