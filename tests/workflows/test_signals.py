@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from patientkit.workflows.signals import stop_requests
+from patientkit.workflows.signals import caller_reports, stop_requests
 from patientkit.workflows.submit import run_submit
 from tests.cli.test_read_errors import records_lines
 from tests.helpers import wait_until_reading
@@ -20,9 +20,12 @@ from tests.helpers import wait_until_reading
 
 @pytest.fixture
 def handlers():
-    """SIGINT's and SIGTERM's handlers, put back after the test."""
+    """SIGINT's and SIGTERM's handlers, put back after the test; the caller reports
+    after a stopped job, as the CLI does while its command runs."""
     kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    caller_reports()
     yield
+    caller_reports(False)
     for sig, handler in kept.items():
         signal.signal(sig, handler)
 
@@ -53,6 +56,16 @@ def test_a_job_not_stopped_gives_the_handlers_back(handlers):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with stop_requests(lambda: None):
         pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_program_calling_the_engines_gets_its_handlers_back_after_a_stop(handlers):
+    """Absorbing is for a caller that reports (the CLI): a program of its own that
+    calls the engines keeps its Ctrl-C after a stopped job."""
+    caller_reports(False)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with stop_requests(lambda: None):
+        os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

@@ -39,6 +39,7 @@ from patientkit import __version__  # noqa: E402
 from patientkit.cli import output  # noqa: E402
 from patientkit.core import interrupts  # noqa: E402
 from patientkit.errors import InputError, PatientkitError  # noqa: E402
+from patientkit.workflows.signals import caller_reports  # noqa: E402
 
 for _sig, _handler in _BEFORE.items():  # a plain import (tests) keeps its handlers
     signal.signal(_sig, _handler)
@@ -216,7 +217,9 @@ def _stop_on_signals() -> None:
     """From here on (the command runs), Ctrl-C and SIGTERM raise KeyboardInterrupt. Until
     here they were only noted (`_defer`): one landing in typer's evaluation of annotations
     (an `eval`) would make CPython end the process by SIGINT at exit whatever we catch;
-    one noted already stops the command now."""
+    one noted already stops the command now. A job asked to stop lets the command write
+    its report whole (workflows/signals.py)."""
+    caller_reports()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops a job like Ctrl-C does
     if _EARLY:
@@ -284,6 +287,7 @@ def run(argv: list[str] | None = None) -> int:
                 f"internal error: {type(exc).__name__}: {exc} (--debug shows where)", 1, debug
             )
     finally:  # the command has ended: a Ctrl-C from now on ends the process at once
+        caller_reports(False)
         for sig in _STOP_SIGNALS:
             signal.signal(sig, _exit_now)
     return code

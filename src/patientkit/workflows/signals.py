@@ -6,10 +6,12 @@ The handler raises nothing at an arbitrary point (where an exception could land 
 only while the main thread waits at a point of ours that expects it (a blocking read of
 an input, the wait for delivery; see core/interrupts.py).
 
-A job that was asked to stop ends by reporting (its summary, its one error line, exit
-130). From its end until the command has written that report, a further Ctrl-C changes
-nothing (`absorb_stops`): with the raising handler back, one pressed just as the job ended
-cut the report short to a bare `error: interrupted` and lost the summary."""
+In the CLI, a job that was asked to stop ends by reporting (its summary, its one error
+line, exit 130). From the job's end until the command has written that report, a further
+Ctrl-C changes nothing (`absorb_stops`, for a caller that said `caller_reports()`): with
+the raising handler back, one pressed just as the job ended cut the report short to a bare
+`error: interrupted` and lost the summary. A program calling the engines itself gets its
+handlers back as they were."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from patientkit.core import interrupts
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_caller_reports = False  # see caller_reports
 
 
 @contextmanager
@@ -58,7 +63,12 @@ def stop_requests(
         interrupts.reset()
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+def caller_reports(reports: bool = True) -> None:
+    """Say whether the caller writes a report after a job that was asked to stop (the
+    CLI does, for the time its command runs: cli/app.py); only then do stopped jobs
+    absorb further stops as they end (`absorb_stops`)."""
+    global _caller_reports
+    _caller_reports = reports
 
 
 def _absorb(signum: int, frame: Any) -> None:
@@ -66,10 +76,10 @@ def _absorb(signum: int, frame: Any) -> None:
 
 
 def absorb_stops() -> None:
-    """From now on, SIGINT and SIGTERM change nothing (see the module docstring): for a
-    job that was asked to stop, as it ends, so that its report is written whole. The CLI
-    (`cli.app.run`) puts its own handlers back once the command has ended. Main thread
-    only; elsewhere nothing changes."""
-    if threading.current_thread() is threading.main_thread():
+    """For a job that was asked to stop, as it ends: when the caller reports
+    (`caller_reports`), SIGINT and SIGTERM change nothing from now on, so that its report
+    is written whole (the CLI puts its own handlers back once the command has ended).
+    Otherwise, and outside the main thread, nothing changes."""
+    if _caller_reports and threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             signal.signal(sig, _absorb)
