@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -218,6 +219,55 @@ def run_scripts_at_once(
         for process in processes:
             process.kill()
     return [(p.returncode, out, err) for p, (out, err) in zip(processes, outcomes, strict=True)]
+
+
+def feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write `data` to a child's stdin and keep it open; a child gone early is no error."""
+    try:
+        pipe.write(data)
+        pipe.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def start_holding_back(
+    source: Path,
+    held_back: int,
+    *args: str,
+    output: int = subprocess.PIPE,
+    env: dict | None = None,
+) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+    """`python -m patientkit ARGS` reading `source` from stdin, a pipe that gets all of it
+    but the last `held_back` lines and stays open: the job is mid-way (reading, or
+    waiting for the rest) whenever it is interrupted or killed, however fast this machine
+    is. (A fixed wait, or a file read whole, was a guess: on an idle machine the job was
+    done first.) Stdout and stderr go to `output`; the environment is cli_env() plus
+    `env`. The caller joins the feeding thread (`stop_fed` kills and does)."""
+    data = source.read_bytes()
+    cut = len(data)
+    for _ in range(held_back):
+        cut = data.rindex(b"\n", 0, cut - 1) + 1
+    process = subprocess.Popen(
+        [sys.executable, "-m", "patientkit", *args],
+        stdin=subprocess.PIPE,
+        stdout=output,
+        stderr=output,
+        env={**cli_env(), **(env or {})},
+    )
+    assert process.stdin is not None
+    feeder = threading.Thread(target=feed, args=(process.stdin, data[:cut]))
+    feeder.start()
+    return process, feeder
+
+
+def stop_fed(process: subprocess.Popen[bytes], feeder: threading.Thread) -> None:
+    """Kill a `start_holding_back` process (if it still runs), join its feeder, close
+    its stdin."""
+    process.kill()
+    process.wait()
+    feeder.join()
+    assert process.stdin is not None
+    process.stdin.close()
 
 
 _READ = {"x86_64": 0, "aarch64": 63}  # the read(2) system call's number (/proc/PID/syscall)

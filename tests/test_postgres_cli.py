@@ -8,7 +8,6 @@ Without the `postgres` extra, each command says how to install it (exit 2)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from patientkit.samples.inputs import generate_readings, generate_records
 from patientkit.stores import open_store
 from tests.cli.test_readings import start_replay as start_replay_from_a_pipe
-from tests.helpers import cli_env, run_cli
+from tests.helpers import cli_env, run_cli, stop_fed
 from tests.pg import needs_pg, new_database, readings_dump
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
@@ -241,12 +240,8 @@ def test_killed_mid_replay_then_run_again_equals_one_clean_run(tmp_path):
                 while (stored := store.reading_totals()[1]) < 3_000:
                     assert process.poll() is None and time.monotonic() < deadline
                     time.sleep(0.02)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
         finally:
-            process.kill()
-            feeder.join()
-            process.stdin.close()
+            stop_fed(process, feeder)  # SIGKILL mid-replay
         assert 0 < stored < 10_000
         again = run_cli("readings", "replay", str(source), "--db", killed)
         assert again.code == 0, again.err

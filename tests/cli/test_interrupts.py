@@ -10,18 +10,23 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from patientkit.samples.inputs import generate_readings
 from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
-from tests.helpers import QuietHandler, cli_env, run_cli, stand_in_server, wait_until_reading
+from tests.helpers import (
+    QuietHandler,
+    cli_env,
+    run_cli,
+    stand_in_server,
+    start_holding_back,
+    wait_until_reading,
+)
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -64,33 +69,13 @@ def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), API_READINGS)
 
 
-def start(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+def start(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "patientkit", *args],
-        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cli_env(),
     )
-
-
-def start_holding_back(
-    source: Path, held_back: int, *args: str
-) -> tuple[subprocess.Popen[bytes], threading.Thread]:
-    """`patientkit ARGS` reading `source` from stdin, a pipe that gets all of it but the
-    last `held_back` lines and stays open: the job is mid-way (reading, or waiting for
-    the rest) whenever its Ctrl-C comes, however fast this machine is. (A fixed wait or
-    a count of rows stored was a guess: on an idle machine the whole file was read
-    before the Ctrl-C.) The caller joins the feeding thread."""
-    data = source.read_bytes()
-    cut = len(data)
-    for _ in range(held_back):
-        cut = data.rindex(b"\n", 0, cut - 1) + 1
-    process = start(*args, stdin=subprocess.PIPE)
-    assert process.stdin is not None
-    feeder = threading.Thread(target=feed, args=(process.stdin, data[:cut]))
-    feeder.start()
-    return process, feeder
 
 
 def interrupt(
@@ -111,15 +96,6 @@ def interrupt(
     finally:
         process.kill()
     return time.monotonic() - first, out.decode(), err.decode()
-
-
-def feed(pipe: IO[bytes], data: bytes) -> None:
-    """Write `data` to a child's stdin and keep it open; a child gone early is no error."""
-    try:
-        pipe.write(data)
-        pipe.flush()
-    except (BrokenPipeError, ValueError):
-        pass
 
 
 def wait_for_records(db: Path, process: subprocess.Popen[bytes]) -> None:

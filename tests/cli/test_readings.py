@@ -3,11 +3,9 @@
 import contextlib
 import gzip
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ import httpx
 import pytest
 
 from patientkit.samples.inputs import generate_readings
-from tests.helpers import Server, run_cli
+from tests.helpers import Server, run_cli, start_holding_back, stop_fed
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -281,34 +279,13 @@ def test_speed_keeps_the_recorded_spacing(tmp_path):
 def start_replay(
     source: Path, db: Path, output: int, held_back: int
 ) -> tuple[subprocess.Popen[bytes], threading.Thread]:
-    """`readings replay - --db DB` in small transactions, as a process of its own, reading
-    `source` from a pipe that gets all of it but the last `held_back` lines and stays
-    open: the replay is mid-way whenever it is killed or interrupted, however fast the
-    machine (a file read whole could be done first). The caller joins the feeding thread."""
-    data = source.read_bytes()
-    cut = len(data)
-    for _ in range(held_back):
-        cut = data.rindex(b"\n", 0, cut - 1) + 1
-    args = [sys.executable, "-m", "patientkit", "readings", "replay", "-"]
-    process = subprocess.Popen(
-        [*args, "--db", str(db), "--batch-size", "500"],
-        stdin=subprocess.PIPE,
-        stdout=output,
-        stderr=output,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    """`readings replay - --db DB` in small transactions, as a process of its own, from a
+    pipe that holds back the last `held_back` lines (tests.helpers.start_holding_back):
+    mid-way whenever it is killed or interrupted."""
+    args = ("readings", "replay", "-", "--db", str(db), "--batch-size", "500")
+    return start_holding_back(
+        source, held_back, *args, output=output, env={"PYTHONUNBUFFERED": "1"}
     )
-    feeder = threading.Thread(target=_feed, args=(process.stdin, data[:cut]))
-    feeder.start()
-    return process, feeder
-
-
-def _feed(pipe, data: bytes) -> None:
-    """Write `data` to a child's stdin and keep it open; a child gone early is no error."""
-    try:
-        pipe.write(data)
-        pipe.flush()
-    except (BrokenPipeError, ValueError):
-        pass
 
 
 def processes_using(path: Path, within: float = 10.0) -> list[int]:
@@ -338,12 +315,8 @@ def test_killed_mid_run_then_run_again_equals_one_clean_run(tmp_path):
     process, feeder = start_replay(source, db, subprocess.DEVNULL, held_back=5_000)
     try:
         stored = wait_for_rows(db, 3_000, process)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
     finally:
-        process.kill()
-        feeder.join()
-        process.stdin.close()
+        stop_fed(process, feeder)  # SIGKILL mid-run
     assert 0 < stored < MID_RUN
     assert processes_using(db) == [], "the store process outlived the killed replay"
     again = run_cli("readings", "replay", str(source), "--db", str(db))
@@ -363,8 +336,7 @@ def test_ctrl_c_delivers_what_it_read_prints_the_summary_and_exits_130(tmp_path)
         process.wait(timeout=60)  # stdin stays open: an end of input must not race the Ctrl-C
         out, err = process.communicate(timeout=60)
     finally:
-        process.kill()
-        feeder.join()
+        stop_fed(process, feeder)
     assert process.returncode == 130, err.decode()
     summary = json.loads(out)
     assert 0 < summary["read"] < MID_RUN
