@@ -16,6 +16,7 @@ with:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -133,6 +134,18 @@ def run_cli(
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return Result(code, raw_out.getvalue().decode(), raw_err.getvalue().decode())
+
+
+def serve_refused(*args: str) -> Result:
+    """`patientkit serve ARGS` in this process (run_cli), for a start-up that must be refused before
+    it binds (no process needed to see an exit code and a line). Should it serve instead,
+    a Ctrl-C after 30 s stops it, and the test's checks then fail."""
+    stop = threading.Timer(30, os.kill, (os.getpid(), signal.SIGINT))
+    stop.start()
+    try:
+        return run_cli("serve", *args)
+    finally:
+        stop.cancel()
 
 
 class Server:
@@ -268,6 +281,38 @@ def stop_fed(process: subprocess.Popen[bytes], feeder: threading.Thread) -> None
     feeder.join()
     assert process.stdin is not None
     process.stdin.close()
+
+
+@functools.cache
+def whole_root_command() -> Any:
+    """The click command of patientkit's whole root (`cli.app.app`), built once."""
+    import typer.main
+
+    from patientkit.cli import app
+
+    return typer.main.get_command(app.app)
+
+
+@contextlib.contextmanager
+def whole_root_built_once() -> Iterator[None]:
+    """Within: typer's CliRunner runs the whole root as `whole_root_command()` instead of
+    building it again on every invoke (every command's parameters from their signatures:
+    most of a `--help`'s cost); any other typer app it builds as before."""
+    import typer.main
+    import typer.testing
+
+    from patientkit.cli import app
+
+    build = typer.testing._get_command
+
+    def command(typer_app: Any) -> Any:
+        return whole_root_command() if typer_app is app.app else build(typer_app)
+
+    typer.testing._get_command = command  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        typer.testing._get_command = build
 
 
 _READ = {"x86_64": 0, "aarch64": 63}  # the read(2) system call's number (/proc/PID/syscall)

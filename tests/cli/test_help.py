@@ -2,29 +2,18 @@
 
 import itertools
 import re
-from functools import cache
 from typing import Any
 
-import pytest
 import typer
-import typer.main
-import typer.testing
 from typer.testing import CliRunner
 
 from patientkit.cli.app import app
-
-
-@cache
-def app_command() -> Any:
-    """`app`'s click command, built once: typer's CliRunner builds it again on every
-    invoke (every command's parameters from their signatures: most of a --help's cost)."""
-    return typer.main.get_command(app)
+from tests.helpers import whole_root_built_once, whole_root_command
 
 
 def invoke(runner: CliRunner, args: list[str], columns: int) -> Any:
-    """`runner.invoke(app, ARGS)` at COLUMNS, on the click command built once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(typer.testing, "_get_command", lambda typer_app: app_command())
+    """`runner.invoke(app, ARGS)` at COLUMNS, on the whole root built once."""
+    with whole_root_built_once():
         return runner.invoke(app, args, env={"COLUMNS": str(columns)})
 
 
@@ -85,7 +74,7 @@ def test_help_shows_square_brackets_as_written():
     seen = 0
     for command in every_help():
         result = invoke(runner, [*command, "--help"], 250)
-        group = app_command()
+        group = whole_root_command()
         for name in command:
             group = group.commands[name]
         for param in group.params:

@@ -7,13 +7,8 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from functools import cache
-from typing import Any
 
 import pytest
-import typer
-import typer.main
-import typer.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -21,7 +16,7 @@ from typer.testing import CliRunner
 
 from patientkit.cli import app as cli_app
 from patientkit.cli import output
-from tests.helpers import cli_env, examples
+from tests.helpers import cli_env, examples, whole_root_built_once
 
 # argv a run may start with: global flags, then a command (or not), then anything
 GLOBALS = st.lists(st.sampled_from(["-q", "--quiet", "--debug"]), max_size=2)
@@ -37,20 +32,6 @@ REST = st.lists(
 )
 
 
-@cache
-def _whole_command() -> Any:
-    return typer.main.get_command(cli_app.app)
-
-
-def click_command(app: typer.Typer) -> Any:
-    """What typer's CliRunner runs for `app` (typer.main.get_command), the whole root's
-    built once: building it (every command's parameters from their signatures) is most of
-    an invocation's cost. Any other root, as `_root_for` builds it, each time."""
-    if app is cli_app.app:
-        return _whole_command()
-    return typer.main.get_command(app)
-
-
 @settings(max_examples=examples(100), deadline=None)
 @given(flags=GLOBALS, command=COMMANDS, rest=REST)
 def test_the_root_with_one_command_answers_as_the_whole_root(flags, command, rest):
@@ -61,8 +42,7 @@ def test_the_root_with_one_command_answers_as_the_whole_root(flags, command, res
     if "--bogus" not in args:
         args.append("--help")
     runner = CliRunner()
-    with pytest.MonkeyPatch.context() as patch:  # the whole root (cli_app.app) built once
-        patch.setattr(typer.testing, "_get_command", click_command)
+    with whole_root_built_once():
         whole = runner.invoke(cli_app.app, args, env={"COLUMNS": "120"})
         chosen = runner.invoke(cli_app._root_for(args), args, env={"COLUMNS": "120"})
     assert (chosen.exit_code, chosen.output) == (whole.exit_code, whole.output), args

@@ -6,15 +6,12 @@ non-loopback bind without tokens are refused (exit 2); tokens are never logged."
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import uuid
 
 import httpx
 import pytest
 
-from tests.helpers import Result, Server, run_cli
+from tests.helpers import Server, run_cli, serve_refused
 
 TOKEN = "tok-" + "s3cr3t" * 6
 OTHER = "tok-other-9"
@@ -190,24 +187,12 @@ def test_patientkit_token_is_the_servers_token_without_a_file(from_the_environme
     assert TOKEN not in server.log.read_text()
 
 
-def refused(*args: str) -> Result:
-    """`patientkit serve ARGS` in this process, for a start-up that must be refused before
-    it binds (no process needed to see an exit code and a line). Should it serve instead,
-    a Ctrl-C after 30 s stops it, and the test's checks then fail."""
-    stop = threading.Timer(30, os.kill, (os.getpid(), signal.SIGINT))
-    stop.start()
-    try:
-        return run_cli("serve", *args)
-    finally:
-        stop.cancel()
-
-
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_a_token_file_others_may_read_is_refused(tmp_path, mode):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
     tokens.chmod(mode)
-    done = refused("--port", "0", "--token-file", str(tokens))
+    done = serve_refused("--port", "0", "--token-file", str(tokens))
     assert done.code == 2
     assert done.err == (
         f"error: --token-file {tokens}: others may read it (mode {mode:04o}); "
@@ -219,7 +204,7 @@ def test_a_token_file_without_tokens_is_refused(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# nobody yet\n\n")
     tokens.chmod(0o600)
-    done = refused("--port", "0", "--token-file", str(tokens))
+    done = serve_refused("--port", "0", "--token-file", str(tokens))
     assert (done.code, done.err) == (
         2,
         f"error: --token-file {tokens}: no token in it (one a line, # for comments)\n",
@@ -228,7 +213,7 @@ def test_a_token_file_without_tokens_is_refused(tmp_path):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
 def test_a_non_loopback_bind_without_tokens_is_refused(host):
-    done = refused("--host", host, "--port", "0")
+    done = serve_refused("--host", host, "--port", "0")
     assert (done.code, done.err) == (
         2,
         f"error: refusing to serve {host} without authentication: give --token-file FILE or "

@@ -11,9 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.helpers import Server, run_cli
+from tests.helpers import Server, run_cli, serve_refused
 from tests.server.certs import make_certs
-from tests.server.test_auth import refused  # `serve` refused in this process: no interpreter
 
 DEVICE = str(uuid.UUID(int=11, version=4))
 
@@ -124,7 +123,7 @@ def test_a_ca_bundle_that_cannot_be_read_is_exit_2(tls, tmp_path):
 
 def test_a_key_that_does_not_fit_is_refused_at_start(tmp_path):
     one, other = make_certs(tmp_path / "one"), make_certs(tmp_path / "two")
-    done = refused("--port", "0", "--tls-cert", str(one.cert), "--tls-key", str(other.key))
+    done = serve_refused("--port", "0", "--tls-cert", str(one.cert), "--tls-key", str(other.key))
     assert done.code == 2
     assert done.err.startswith(
         f"error: --tls-cert {one.cert} --tls-key {other.key}: cannot load them ("
@@ -134,7 +133,7 @@ def test_a_key_that_does_not_fit_is_refused_at_start(tmp_path):
 
 def test_cert_without_key_is_a_usage_error(tmp_path):
     certs = make_certs(tmp_path)
-    done = refused("--port", "0", "--tls-cert", str(certs.cert))
+    done = serve_refused("--port", "0", "--tls-cert", str(certs.cert))
     assert (done.code, done.err) == (
         2,
         "error: --tls-cert and --tls-key go together: give both or neither\n",

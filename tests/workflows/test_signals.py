@@ -18,11 +18,17 @@ from tests.cli.test_read_errors import records_lines
 from tests.helpers import wait_until_reading
 
 
+def _raise(signum, frame):
+    raise KeyboardInterrupt
+
+
 @pytest.fixture
 def handlers():
-    """SIGINT's and SIGTERM's handlers, put back after the test; the caller reports
-    after a stopped job, as the CLI does while its command runs."""
+    """As while the CLI's command runs: SIGINT and SIGTERM raise KeyboardInterrupt, and
+    the caller reports after a stopped job. Their handlers are put back after the test."""
     kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise)
     caller_reports()
     yield
     caller_reports(False)
@@ -49,11 +55,10 @@ def test_after_a_stopped_job_further_stops_change_nothing(handlers, sig):
         os.kill(os.getpid(), sig)
     assert stops == [1]
     os.kill(os.getpid(), signal.SIGINT)  # raised KeyboardInterrupt here before
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # likewise
 
 
 def test_a_job_not_stopped_gives_the_handlers_back(handlers):
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     with stop_requests(lambda: None):
         pass
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -63,7 +68,6 @@ def test_a_program_calling_the_engines_gets_its_handlers_back_after_a_stop(handl
     """Absorbing is for a caller that reports (the CLI): a program of its own that
     calls the engines keeps its Ctrl-C after a stopped job."""
     caller_reports(False)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     with stop_requests(lambda: None):
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -73,7 +77,6 @@ def test_an_interrupted_submit_is_not_cut_short_by_a_ctrl_c_after_it(handlers, t
     """A submit reading a named pipe (held open, 5 records in it) gets a Ctrl-C while it
     waits for more; it returns interrupted with the 5 created. A Ctrl-C after that is
     absorbed: the caller writes its report."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the CLI's command has it
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
     writer = os.open(fifo, os.O_RDWR)
