@@ -23,12 +23,23 @@ A = "063c5957-8905-45f9-bfe3-960713788919"
 B = "f728b4fa-4248-4e3a-8a5d-2f346baa9455"
 
 
-def dump(db) -> tuple[list, list]:
-    """Everything a store holds about readings, in a fixed order."""
+def dump(db, devices: tuple[str, ...] | None = None) -> tuple[list, list]:
+    """Everything a store holds about readings (of `devices` only, when given: a test's
+    own, in a shared server's store), in a fixed order."""
+    where, args = (
+        ("", ())
+        if devices is None
+        else (
+            f" WHERE device_id IN ({', '.join('?' * len(devices))})",
+            devices,
+        )
+    )
     with sqlite3.connect(db) as conn:
-        readings = conn.execute("SELECT * FROM readings ORDER BY device_id, instant").fetchall()
-        devices = conn.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
-    return readings, devices
+        readings = conn.execute(
+            f"SELECT * FROM readings{where} ORDER BY device_id, instant", args
+        ).fetchall()
+        known = conn.execute(f"SELECT * FROM devices{where} ORDER BY device_id", args).fetchall()
+    return readings, known
 
 
 def wait_for_rows(db, rows: int, process: subprocess.Popen) -> int:
@@ -175,9 +186,10 @@ def test_latest_and_total_errors(tmp_path):
     assert (both.code, both.err.strip()) == (2, "error: give --db or --to, not both")
 
 
-def test_replay_to_the_api_matches_the_store(serve, mixed, tmp_path):
+def test_replay_to_the_api_matches_the_store(shared_server, mixed, tmp_path):
+    """Through the module's server (devices A and B are this test's own there)."""
     ndjson, csv_file = mixed
-    server = serve("--db", str(tmp_path / "server.db"))
+    server = shared_server
     over_http = run_cli("readings", "replay", str(ndjson), str(csv_file), "--to", server.url)
     local = run_cli(
         "readings", "replay", str(ndjson), str(csv_file), "--db", str(tmp_path / "local.db")
@@ -186,7 +198,9 @@ def test_replay_to_the_api_matches_the_store(serve, mixed, tmp_path):
     summary = json.loads(over_http.out)
     assert summary["duplicates"] is None  # an API does not say
     assert (summary["delivered"], summary["invalid"], summary["devices"]) == (5, 10, 2)
-    assert dump(tmp_path / "server.db") == dump(tmp_path / "local.db")
+    local_dump = dump(tmp_path / "local.db")
+    assert dump(server.db, (A, B)) == local_dump
+    assert {row[0] for row in local_dump[1]} == {A, B}  # what the filter leaves out: no other
     via_api = run_cli("readings", "total", A, "--to", server.url)
     assert json.loads(via_api.out) == {"device_id": A, "cumulative_count": 15}
     unknown = "6f1f1c55-0000-4000-8000-000000000000"
@@ -229,15 +243,15 @@ def test_oversize_requests_are_split_and_a_reading_too_large_is_dead_lettered(se
     assert result.code == 0, result.err
     run_cli("readings", "replay", str(source), "--db", str(tmp_path / "local.db"))
     assert dump(tmp_path / "split.db") == dump(tmp_path / "local.db")
+    few = tmp_path / "few.ndjson"  # each one split down to itself and refused: 40 do
+    generate_readings(few, 40, devices=2)
     tiny = serve("--db", str(tmp_path / "tiny.db"), "--max-body", "40")
     dead = tmp_path / "dead.ndjson"
-    refused = run_cli(
-        "readings", "replay", str(source), "--to", tiny.url, "--dead-letter", str(dead)
-    )
+    refused = run_cli("readings", "replay", str(few), "--to", tiny.url, "--dead-letter", str(dead))
     assert refused.code == 1
-    assert json.loads(refused.out)["dead_lettered"] == 200
+    assert json.loads(refused.out)["dead_lettered"] == 40
     letters = [json.loads(line) for line in dead.read_text().splitlines()]
-    assert len(letters) == 200
+    assert len(letters) == 40
     assert {d["reason"] for d in letters} == {
         "refused by the server (413): payload too large (413)"
     }
@@ -374,9 +388,11 @@ def total(device: str, *where: str) -> object:
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory) -> Iterator[Server]:
-    """One server for the tests that each write only devices of their own (E and F; G)."""
+    """One server for the tests that each write only devices of their own (A and B; E
+    and F; G); `shared_server.db` is its store."""
     folder = tmp_path_factory.mktemp("shared")
     server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
+    server.db = folder / "api.db"  # type: ignore[attr-defined]
     yield server
     server.stop()
 
