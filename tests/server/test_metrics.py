@@ -9,6 +9,9 @@ import uuid
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from patientkit.server.app import build_app
 
 DEVICE = str(uuid.UUID(int=21, version=4))
 TOKEN = "metrics-token-1"
@@ -127,8 +130,11 @@ def test_metrics_count_a_known_sequence_exactly(serve, tmp_path, exports_dir):
     assert requests_by_label(again)[("GET", "/metrics", "200")] == 2
 
 
-def test_metrics_need_the_token(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "m.db"), env={"PATIENTKIT_TOKEN": TOKEN})
-    answer = httpx.get(f"{server.url}/metrics")
-    assert (answer.status_code, answer.json()) == (401, {"detail": "Not authenticated"})
-    assert answer.headers["www-authenticate"] == "Bearer"
+def test_metrics_need_the_token(tmp_path):
+    """The application in this process (what answers is the app's BearerAuth; serve's
+    reading of PATIENTKIT_TOKEN is tests/server/test_auth's)."""
+    with TestClient(build_app(tmp_path / "m.db", tokens=[TOKEN])) as client:
+        answer = client.get("/metrics")
+        assert (answer.status_code, answer.json()) == (401, {"detail": "Not authenticated"})
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert client.get("/metrics", headers=AUTH).status_code == 200
