@@ -156,6 +156,24 @@ def default_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+class _LazyWeb:
+    """`web.get(url)` and the rest as `httpx.get(url)` does them (a new connection a
+    request, httpx's default TLS verification and timeout), without the ~35 ms of CPU of
+    the client and TLS context that `httpx.get` builds on every call: one client, made on
+    first use."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_one_web(), name)
+
+
+@functools.cache
+def _one_web() -> httpx.Client:
+    return httpx.Client(verify=default_tls(), limits=httpx.Limits(max_keepalive_connections=0))
+
+
+web = _LazyWeb()
+
+
 class Server:
     """A `patientkit serve` child process on a free port, its log in a file. With `env`,
     it runs in cli_env() plus `env` (else in this process's environment); `verify` is how

@@ -11,11 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from patientkit.samples.inputs import generate_readings
-from tests.helpers import Server, run_cli, start_holding_back, stop_fed
+from tests.helpers import Server, run_cli, start_holding_back, stop_fed, web
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -414,7 +413,7 @@ def test_totals_past_int64_are_exact_in_the_store_over_http_and_in_the_cli(share
     for where in (("--db", str(db)), ("--to", server.url)):
         assert total(E, *where) == 18446744073709551614
         assert total(F, *where) == 9223372036854776809
-    answer = httpx.get(f"{server.url}/api/device-readings/{E}/cumulative-count")
+    answer = web.get(f"{server.url}/api/device-readings/{E}/cumulative-count")
     assert answer.text == '{"cumulative_count":18446744073709551614}'  # an integer, not 1.8e19
     with sqlite3.connect(db) as conn:  # SQLite holds it exactly, in two integers
         assert conn.execute(
@@ -440,7 +439,7 @@ def test_a_count_the_store_cannot_hold_is_invalid_never_an_error(shared_server, 
             "invalid": 1,
         }
         assert total(G, *where) == MAX
-    answer = httpx.post(
+    answer = web.post(
         f"{server.url}/api/device-readings/create",
         json={"id": G, "readings": [{"count": MAX + 1, "timestamp": "2021-09-29T16:09:15+01:00"}]},
     )

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from patientkit.core.storage import SQLiteStore
 from patientkit.server.app import build_app
 from patientkit.stores import open_store
-from tests.helpers import Server, record
+from tests.helpers import Server, default_tls, record, web
 from tests.server.bodies import bodies, json_values
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
@@ -120,7 +120,7 @@ def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up
 ):
     server = logging_server
     ours = [f"up-{n}" for n in range(len(UNPARSEABLE_REASONS))]
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url) as client:
         for request_id, (body, _) in zip(ours, INVALID[-len(UNPARSEABLE_REASONS) :], strict=True):
             answer = post(client, None, request_id=request_id, raw=body)
             assert answer.json() == {"error": "Invalid JSON"}
@@ -133,7 +133,7 @@ def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up
     assert not any(
         "Jos" in line or "SECRET" in line for line in server.log.read_text().splitlines()
     )
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url) as client:
         assert post(client, record("T9", clinic="C-UP")).status_code == 200
         assert [r["test_id"] for r in listing(client, "C-UP")] == ["T9"]
 
@@ -199,7 +199,7 @@ def test_retries_through_chaos_create_each_record_exactly_once(serve, tmp_path):
     new record, and the store must hold each once."""
     server = serve("--db", str(tmp_path / "chaos.db"), "--chaos", "0.6", "--chaos-seed", "3")
     lost = 0
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url) as client:
         for n in range(40):
             request_id = str(uuid.uuid4())
             while True:
@@ -236,14 +236,14 @@ def logged_until(server, request_id, timeout=10.0):
 
 def test_logs_carry_the_request_id_and_no_health_data(logging_server):
     api = logging_server  # clinic C1 and the log-* request ids are this test's alone
-    with httpx.Client(base_url=api.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=api.url) as client:
         post(client, record("T1"), request_id="log-create")
         post(client, record("T1"), request_id="log-dup")
         post(client, record("T2", result=""), request_id="log-invalid")
         post(client, None, request_id="log-json", raw=b"{nope")
-    httpx.get(f"{api.url}/tests?clinic_id=C1", headers={"X-Request-ID": "log-list"})
-    httpx.get(f"{api.url}/tests?clinic_id=QUERY-SECRET-9", headers={"X-Request-ID": "log-q"})
-    httpx.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})
+    web.get(f"{api.url}/tests?clinic_id=C1", headers={"X-Request-ID": "log-list"})
+    web.get(f"{api.url}/tests?clinic_id=QUERY-SECRET-9", headers={"X-Request-ID": "log-q"})
+    web.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})
     lines = logged_until(api, "log-noclinic")
     text = api.log.read_text()
     # health data, and (SPEC.md, Logs) never a query string value

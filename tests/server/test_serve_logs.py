@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import cli_env
+from tests.helpers import cli_env, web
 
 SERVING = re.compile(
     r"^serving readings and records in (?P<db>\S+) on (?P<url>http://127\.0\.0\.1:\d+) "
@@ -71,8 +71,8 @@ def test_text_logs_a_sentence_then_one_line_a_request(tmp_path):
             f"serving exports from {exports}, readings and records in {db} on {url} "
             "— Ctrl-C to stop"
         )
-        httpx.get(f"{url}/tests", params={"clinic_id": "SECRET-CLINIC-Q"})
-        httpx.post(
+        web.get(f"{url}/tests", params={"clinic_id": "SECRET-CLINIC-Q"})
+        web.post(
             f"{url}/tests",
             json={
                 "test_id": "T1",
@@ -108,8 +108,8 @@ def test_json_is_the_default_in_a_pipe_and_quiet_keeps_no_request_lines(tmp_path
         line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
         url = json.loads(line.string)["url"]
         for _ in range(3):
-            assert httpx.get(f"{url}/tests", params={"clinic_id": "C"}).status_code == 200
-        assert httpx.get(f"{url}/api/ping").status_code == 200
+            assert web.get(f"{url}/tests", params={"clinic_id": "C"}).status_code == 200
+        assert web.get(f"{url}/api/ping").status_code == 200
     finally:
         stop(process)  # it has exited: whatever it would log is in the file
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
@@ -126,9 +126,9 @@ def test_log_level_warning_keeps_the_serving_line_and_warnings_only(tmp_path, wo
     try:
         line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
         url = json.loads(line.string)["url"]
-        assert httpx.get(f"{url}/api/ping").status_code == 200  # ping is never broken
+        assert web.get(f"{url}/api/ping").status_code == 200  # ping is never broken
         with contextlib.suppress(httpx.TransportError):
-            httpx.get(f"{url}/tests", params={"clinic_id": "C"})
+            web.get(f"{url}/tests", params={"clinic_id": "C"})
         wait_for(log, re.compile(r'^\{.*"event": "request"'))
     finally:
         stop(process)
@@ -145,7 +145,7 @@ def test_json_without_quiet_has_a_line_a_request(tmp_path):
     try:
         line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
         url = json.loads(line.string)["url"]
-        httpx.get(f"{url}/tests", params={"clinic_id": "C"})
+        web.get(f"{url}/tests", params={"clinic_id": "C"})
         wait_for(log, re.compile(r'^\{.*"event": "request"'))
     finally:
         stop(process)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from patientkit.samples.exports import generate_export
-from tests.helpers import Server
+from tests.helpers import Server, default_tls
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 COPIES = 40  # the big download: the demo export's first file, its rows repeated
@@ -119,7 +119,7 @@ def test_many_dropped_downloads_and_answers_leave_every_api_working(server, expo
     time.sleep(0.5)
     assert server.process.poll() is None, server.log.read_text()[-2000:]
 
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(verify=default_tls(), base_url=server.url, timeout=30) as http:
         assert http.get("/api/ping").json() == {"status": "ok"}
         assert "big" in http.get("/api/export").json()["data"]["export_ids"]
         with http.stream("GET", data) as answer:
@@ -173,7 +173,7 @@ def test_dropped_record_listings_leave_the_records_api_working(server):
         for n in range(10_000)
     )
     ndjson = {"content-type": "application/x-ndjson"}
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(verify=default_tls(), base_url=server.url, timeout=60) as http:
         rows = lines.splitlines(keepends=True)
         for start in range(0, 10_000, 5_000):
             part = "".join(rows[start : start + 5_000])

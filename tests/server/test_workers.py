@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import cli_env, run_cli, run_cli_process
+from tests.helpers import cli_env, default_tls, run_cli, run_cli_process, web
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -61,7 +61,7 @@ def test_two_workers_give_exact_verdicts_to_concurrent_submitters(serve, tmp_pat
     assert sum(s["duplicates"] for s in summaries) == 800
     with sqlite3.connect(tmp_path / "w.db") as db:
         assert db.execute("select count(*) from test_records").fetchone()[0] == 400
-    answer = httpx.get(f"{server.url}/metrics")
+    answer = web.get(f"{server.url}/metrics")
     found = {
         sample.name: sample.value
         for family in text_string_to_metric_families(answer.text)
@@ -136,7 +136,7 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, sto
         workers,
     )
     try:
-        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+        with web.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
             chunks = answer.iter_raw()
             received = len(next(chunks))
             process.send_signal(stop)
@@ -144,7 +144,7 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, sto
             deadline = time.monotonic() + 10
             # a new connection a request (one client: not a TLS set-up a ping)
             fresh = httpx.Limits(max_keepalive_connections=0)
-            with httpx.Client(timeout=2, limits=fresh) as pings:
+            with httpx.Client(verify=default_tls(), timeout=2, limits=fresh) as pings:
                 while with_new is None and time.monotonic() < deadline:
                     try:  # until the signal is seen: then refused (or cut) at once
                         pings.get(f"{url}/api/ping")
@@ -173,7 +173,7 @@ def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
         tmp_path, "--exports", str(exports), "--db", str(tmp_path / "g.db"), "--grace", "1"
     )
     try:
-        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+        with web.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
             chunks = answer.iter_raw()
             next(chunks)
             stopped = time.monotonic()
@@ -189,7 +189,7 @@ def submit_batches(url: str, lines: list[str]) -> None:
     server refuses (it stopped): a submitter that keeps requests in flight, without a
     `records submit` process to start (which would retry a server that is gone)."""
     ndjson = {"content-type": "application/x-ndjson"}
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(verify=default_tls(), base_url=url, timeout=30) as http:
         for start in range(0, len(lines), 500):
             try:
                 http.post(
