@@ -712,14 +712,14 @@ def listed_by_others(row: tuple) -> bool:
 
 def test_batches_and_one_post_per_record_end_alike(listed, no_bulk, tmp_path):
     """A generated file with invalid and repeated records: in batches (several in flight,
-    small ones so that there are many: ten; to the module's server, whose other records
+    small ones so that there are many: ten of ten; to the module's server, whose other records
     are not of this file), against a server without bulk (the fallback: the module's
     `no_bulk`, whose other records are the mixed file's), and into the store, the same
     summary, the same rejects (but for request ids) and the same records of the file
     stored."""
     source = tmp_path / "tests.ndjson"
     made = run_cli(
-        "records", "generate", str(source), "--records", "200", "--invalid", "0.05",
+        "records", "generate", str(source), "--records", "100", "--invalid", "0.05",
         "--duplicates", "0.05", "--seed", "7",
     )  # fmt: skip
     assert made.code == 0, made.err
@@ -728,7 +728,7 @@ def test_batches_and_one_post_per_record_end_alike(listed, no_bulk, tmp_path):
         db, rejects = tmp_path / f"{name}.db", tmp_path / f"{name}-rejects.ndjson"
         if name == "batches":
             db = listed[0]
-            where = ["--to", listed[1].url, "--concurrency", "3", "--batch-size", "20"]
+            where = ["--to", listed[1].url, "--concurrency", "3", "--batch-size", "10"]
         elif name == "fallback":
             db = no_bulk[0]
             where = ["--to", no_bulk[1].url]
@@ -745,4 +745,4 @@ def test_batches_and_one_post_per_record_end_alike(listed, no_bulk, tmp_path):
     code, summary, *_ = runs["batches"]
     assert code == 1
     assert summary["invalid"] > 0 and summary["duplicates"] > 0
-    assert summary["read"] == 200
+    assert summary["read"] == 100
