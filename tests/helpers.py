@@ -149,11 +149,13 @@ def serve_refused(*args: str) -> Result:
         stop.cancel()
 
 
-@functools.cache
 def default_tls() -> ssl.SSLContext:
-    """httpx's default TLS verification (certifi's CAs), made once: an httpx client or
-    `httpx.get` builds it anew each time otherwise (some 35 ms of CPU, even for http://)."""
-    return httpx.create_ssl_context()
+    """httpx's default TLS verification (certifi's CAs), the one the CLI's clients share
+    in this process (patientkit.client.http.default_tls): an httpx client or `httpx.get`
+    builds it anew each time otherwise (some 35 ms of CPU, even for http://)."""
+    from patientkit.client.http import default_tls as shared
+
+    return shared(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 
 class _LazyWeb:
