@@ -110,8 +110,11 @@ def default_tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     the cache's key), one context a process for each: httpx builds it anew for every
     client and transport, loading some 150 CAs (~35 ms of CPU; a records client has a
     transport a thread), even for an http:// URL. A context is safe to share between
-    threads and connections."""
+    threads and connections; a forked child makes its own."""
     return httpx.create_ssl_context()
+
+
+os.register_at_fork(after_in_child=default_tls.cache_clear)
 
 
 class CertificateError(RemoteError):
