@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,6 +149,33 @@ def serve_refused(*args: str) -> Result:
         stop.cancel()
 
 
+def default_tls() -> ssl.SSLContext:
+    """httpx's default TLS verification (certifi's CAs), the one the CLI's clients share
+    in this process (patientkit.client.http.default_tls): an httpx client or `httpx.get`
+    builds it anew each time otherwise (some 35 ms of CPU, even for http://)."""
+    from patientkit.client.http import default_tls as shared
+
+    return shared(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+class _LazyWeb:
+    """`web.get(url)` and the rest as `httpx.get(url)` does them (a new connection a
+    request, httpx's default TLS verification and timeout), without the ~35 ms of CPU of
+    the client and TLS context that `httpx.get` builds on every call: one client, made on
+    first use."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_one_web(), name)
+
+
+@functools.cache
+def _one_web() -> httpx.Client:
+    return httpx.Client(verify=default_tls(), limits=httpx.Limits(max_keepalive_connections=0))
+
+
+web = _LazyWeb()
+
+
 class Server:
     """A `patientkit serve` child process on a free port, its log in a file. With `env`,
     it runs in cli_env() plus `env` (else in this process's environment); `verify` is how
@@ -157,8 +185,12 @@ class Server:
         self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
     ) -> None:
         self.log = log
-        self.verify = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=verify)
+            if isinstance(verify, str)
+            else default_tls()
+            if verify
+            else verify
         )
         self.stream = log.open("wb")
         self.process = subprocess.Popen(
@@ -186,6 +218,26 @@ class Server:
         return [
             json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
         ]
+
+    def mark(self, timeout: float = 20) -> int:
+        """How many JSON lines its log holds up to a ping of the caller's own (waited for):
+        `log_lines()[mark:]` is what it logged after, for a test that shares the server
+        with others that ran before it. Every request answered before the ping is logged
+        before it: a server of one process logs a request as it answers it, in its one
+        event loop, before it reads the next. (Not for `--workers N` nor -q.)"""
+        request_id = f"mark-{uuid.uuid4()}"
+        answer = httpx.get(
+            f"{self.url}/api/ping", headers={"x-request-id": request_id}, verify=self.verify
+        )
+        assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.log_lines()
+            for n, line in enumerate(lines):
+                if line.get("request_id") == request_id:
+                    return n + 1
+            time.sleep(0.01)
+        raise AssertionError(f"the ping {request_id} was not logged:\n{self.log.read_text()}")
 
     def terminate(self) -> None:
         """Ask it to stop (SIGTERM); `stop` waits for it."""

@@ -79,64 +79,81 @@ def rejects_lines(path: Path) -> list[dict]:
 
 # --- one mixed file: exact numbers, exact rejects ---------------------------------------
 
-PRIOR = [rec("S1", result="stored first"), rec("S2")]
 
-MIXED_LINES = [
-    json.dumps(rec("V1", result="first wins")),  # 1 created
-    json.dumps(rec("V2")),  # 2 created
-    "",  # 3 blank: no record
-    "not json",  # 4
-    "[1, 2]",  # 5
-    '"just a string"',  # 6
-    json.dumps({k: v for k, v in rec("x").items() if k != "test_id"}),  # 7
-    json.dumps(rec("V6", patient=17)),  # 8
-    json.dumps(rec("V7", clinic="")),  # 9
-    json.dumps(rec("V8", test_type=None)),  # 10
-    json.dumps(rec("V9", result="   ")),  # 11
-    json.dumps(rec("V1", result="second loses")),  # 12 duplicate inside the file
-    json.dumps(rec("S1", result="again")),  # 13 duplicate of the store
-    json.dumps(rec("V3", clinic="C2")),  # 14 created
-    '{"test_id": "V4", "patient_id": ',  # 15 cut short
-    json.dumps({**rec("V5"), "note": "extra fields are not sent"}),  # 16 created
-    json.dumps(rec("V2")),  # 17 duplicate inside the file
-]
+def prior(p=""):
+    """The records stored before the mixed file; `p` prefixes their test_ids and clinics
+    (a test's own, on a shared server)."""
+    return [rec(f"{p}S1", clinic=f"{p}C1", result="stored first"), rec(f"{p}S2", clinic=f"{p}C1")]
+
+
+def mixed_lines(p=""):
+    """The mixed file: 16 records of every verdict (`p` as in `prior`)."""
+    c1, c2 = f"{p}C1", f"{p}C2"
+    return [
+        json.dumps(rec(f"{p}V1", clinic=c1, result="first wins")),  # 1 created
+        json.dumps(rec(f"{p}V2", clinic=c1)),  # 2 created
+        "",  # 3 blank: no record
+        "not json",  # 4
+        "[1, 2]",  # 5
+        '"just a string"',  # 6
+        json.dumps({k: v for k, v in rec("x", clinic=c1).items() if k != "test_id"}),  # 7
+        json.dumps(rec(f"{p}V6", clinic=c1, patient=17)),  # 8
+        json.dumps(rec(f"{p}V7", clinic="")),  # 9
+        json.dumps(rec(f"{p}V8", clinic=c1, test_type=None)),  # 10
+        json.dumps(rec(f"{p}V9", clinic=c1, result="   ")),  # 11
+        json.dumps(rec(f"{p}V1", clinic=c1, result="second loses")),  # 12 duplicate in the file
+        json.dumps(rec(f"{p}S1", clinic=c1, result="again")),  # 13 duplicate of the store
+        json.dumps(rec(f"{p}V3", clinic=c2)),  # 14 created
+        f'{{"test_id": "{p}V4", "patient_id": ',  # 15 cut short
+        json.dumps({**rec(f"{p}V5", clinic=c1), "note": "extra fields are not sent"}),  # 16
+        json.dumps(rec(f"{p}V2", clinic=c1)),  # 17 duplicate inside the file
+    ]
+
+
 MIXED_COUNTS = verdicts(16, created=4, duplicates=3, invalid=9)
-MIXED_REJECTS = [
-    (4, "invalid JSON: Expecting value", None),
-    (5, "Invalid JSON", [1, 2]),
-    (6, "Invalid JSON", "just a string"),
-    (7, "Invalid or missing field: test_id", json.loads(MIXED_LINES[6])),
-    (8, "Invalid or missing field: patient_id", rec("V6", patient=17)),
-    (9, "Invalid or missing field: clinic_id", rec("V7", clinic="")),
-    (10, "Invalid or missing field: test_type", rec("V8", test_type=None)),
-    (11, "Invalid or missing field: result", rec("V9", result="   ")),
-    (15, "invalid JSON: Expecting value", None),
-]
-MIXED_STORED = sorted(
-    [
+
+
+def mixed_rejects(p=""):
+    c1 = f"{p}C1"
+    return [
+        (4, "invalid JSON: Expecting value", None),
+        (5, "Invalid JSON", [1, 2]),
+        (6, "Invalid JSON", "just a string"),
+        (7, "Invalid or missing field: test_id", json.loads(mixed_lines(p)[6])),
+        (8, "Invalid or missing field: patient_id", rec(f"{p}V6", clinic=c1, patient=17)),
+        (9, "Invalid or missing field: clinic_id", rec(f"{p}V7", clinic="")),
+        (10, "Invalid or missing field: test_type", rec(f"{p}V8", clinic=c1, test_type=None)),
+        (11, "Invalid or missing field: result", rec(f"{p}V9", clinic=c1, result="   ")),
+        (15, "invalid JSON: Expecting value", None),
+    ]
+
+
+def mixed_stored(p=""):
+    """What the store holds of `p` after the prior records and the mixed file."""
+    c1, c2 = f"{p}C1", f"{p}C2"
+    return sorted(
         tuple(r.values())
         for r in [
-            rec("S1", result="stored first"),
-            rec("S2"),
-            rec("V1", result="first wins"),
-            rec("V2"),
-            rec("V3", clinic="C2"),
-            rec("V5"),
+            rec(f"{p}S1", clinic=c1, result="stored first"),
+            rec(f"{p}S2", clinic=c1),
+            rec(f"{p}V1", clinic=c1, result="first wins"),
+            rec(f"{p}V2", clinic=c1),
+            rec(f"{p}V3", clinic=c2),
+            rec(f"{p}V5", clinic=c1),
         ]
-    ]
-)
+    )
 
 
-def check_mixed(result, rejects: Path, source: str):
+def check_mixed(result, rejects: Path, source: str, p=""):
     assert counts(result) == MIXED_COUNTS
     assert result.code == 1
     expected = [
         {"source": source, "line": line, "reason": reason, "record": record}
-        for line, reason, record in MIXED_REJECTS
+        for line, reason, record in mixed_rejects(p)
     ]
     assert rejects_lines(rejects) == expected
     problem_lines = [line for line in result.err.splitlines() if not line.startswith("error:")]
-    assert problem_lines == [f"{source}:{line}: {reason}" for line, reason, _ in MIXED_REJECTS]
+    assert problem_lines == [f"{source}:{line}: {reason}" for line, reason, _ in mixed_rejects(p)]
     assert result.err.splitlines()[-1] == f"error: 9 invalid of 16 records (see {rejects})"
     for secret in ("first wins", "second loses", "P1"):
         assert secret not in result.err
@@ -144,36 +161,42 @@ def check_mixed(result, rejects: Path, source: str):
 
 def test_mixed_file_into_the_store(tmp_path):
     db = tmp_path / "s.db"
-    (tmp_path / "prior.ndjson").write_text(ndjson(PRIOR))
+    (tmp_path / "prior.ndjson").write_text(ndjson(prior()))
     first = run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--db", str(db))
     assert (first.code, counts(first)["created"]) == (0, 2)
     source = tmp_path / "mixed.ndjson"
-    source.write_text("\n".join(MIXED_LINES) + "\n")
+    source.write_text("\n".join(mixed_lines()) + "\n")
     rejects = tmp_path / "rejects.ndjson"
     result = run_cli("records", "submit", str(source), "--db", str(db), "--rejects", str(rejects))
     check_mixed(result, rejects, str(source))
-    assert stored(db) == MIXED_STORED
+    assert stored(db) == mixed_stored()
+
+
+MIXED_PREFIXES = {"batches": "MB-", "--no-batch": "MN-", "server without bulk": "MF-"}
 
 
 @pytest.mark.parametrize("mode", ["batches", "--no-batch", "server without bulk"])
-def test_mixed_file_to_the_api(serve, tmp_path, mode):
+def test_mixed_file_to_the_api(listed, no_bulk, tmp_path, mode):
     """The same verdicts, rejects, stderr and store in batches (the default), one POST per
-    record (--no-batch), and against a server without POST /tests/batch (fallback)."""
-    db = tmp_path / "api.db"
-    server = serve("--db", str(db), *(["--no-bulk"] if mode == "server without bulk" else []))
+    record (--no-batch), and against a server without POST /tests/batch (fallback). The
+    servers are the module's (`listed`; `no_bulk`): each mode's test_ids and clinics are
+    its own (MIXED_PREFIXES), its requests those logged after its mark."""
+    p = MIXED_PREFIXES[mode]
+    db, server = no_bulk if mode == "server without bulk" else listed
+    mark = server.mark()
     args = ["--no-batch"] if mode == "--no-batch" else []
-    (tmp_path / "prior.ndjson").write_text(ndjson(PRIOR))
-    prior = run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--to", server.url, *args)
-    assert prior.code == 0
+    (tmp_path / "prior.ndjson").write_text(ndjson(prior(p)))
+    first = run_cli("records", "submit", str(tmp_path / "prior.ndjson"), "--to", server.url, *args)
+    assert first.code == 0
     source = tmp_path / "mixed.ndjson"
-    source.write_text("\n".join(MIXED_LINES) + "\n")
+    source.write_text("\n".join(mixed_lines(p)) + "\n")
     rejects = tmp_path / "rejects.ndjson"
     result = run_cli(
         "records", "submit", str(source), "--to", server.url, "--rejects", str(rejects), *args
     )
-    check_mixed(result, rejects, str(source))
-    assert stored(db) == MIXED_STORED
-    requests = [line for line in server.log_lines() if line["event"] == "request"]
+    check_mixed(result, rejects, str(source), p)
+    assert [row for row in stored(db) if row[0].startswith(p)] == mixed_stored(p)
+    requests = [line for line in server.log_lines()[mark:] if line["event"] == "request"]
     posts = [line for line in requests if line["route"] == "/tests" and line["method"] == "POST"]
     # a server without bulk logs its 404s under no route ("unmatched": never a raw path)
     batches = [line for line in requests if line["route"] in ("/tests/batch", "unmatched")]
@@ -544,6 +567,17 @@ def listed(tmp_path_factory) -> Iterator[tuple[Path, Server]]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def no_bulk(tmp_path_factory) -> Iterator[tuple[Path, Server]]:
+    """A store and a `serve --no-bulk` of it (no POST /tests/batch: the clients' fallback
+    to one POST a record), shared by the tests that send records of their own."""
+    folder = tmp_path_factory.mktemp("no-bulk")
+    db = folder / "s.db"
+    server = Server(folder / "serve.log", "--db", str(db), "--no-bulk")
+    yield db, server
+    server.stop()
+
+
 def test_list_from_the_store_and_from_the_api(listed):
     listed_store, server = listed
     from_store = run_cli("records", "list", "--clinic", "C1", "--db", str(listed_store))
@@ -667,19 +701,25 @@ def test_a_record_that_cannot_be_parsed_is_invalid_nothing_of_it_stored(
 
 
 def listed_by_others(row: tuple) -> bool:
-    """A record the other tests put in the `listed` store: A, B, C, and CTRL's."""
-    return row[0] in ("A", "B", "C") or row[2] == "CTRL"
+    """A record the other tests put in the `listed` and `no_bulk` stores: A, B, C, CTRL's
+    and the mixed files' (MIXED_PREFIXES)."""
+    return (
+        row[0] in ("A", "B", "C")
+        or row[2] == "CTRL"
+        or row[0].startswith(tuple(MIXED_PREFIXES.values()))
+    )
 
 
-def test_batches_and_one_post_per_record_end_alike(listed, serve, tmp_path):
+def test_batches_and_one_post_per_record_end_alike(listed, no_bulk, tmp_path):
     """A generated file with invalid and repeated records: in batches (several in flight,
-    small ones so that there are many: ten; to the module's server, whose other records
-    are not of this file), against a server without bulk (the fallback), and into the
-    store, the same summary, the same rejects (but for request ids) and the same records
-    of the file stored."""
+    small ones so that there are many: ten of ten; to the module's server, whose other records
+    are not of this file), against a server without bulk (the fallback: the module's
+    `no_bulk`, whose other records are the mixed file's), and into the store, the same
+    summary, the same rejects (but for request ids) and the same records of the file
+    stored."""
     source = tmp_path / "tests.ndjson"
     made = run_cli(
-        "records", "generate", str(source), "--records", "200", "--invalid", "0.05",
+        "records", "generate", str(source), "--records", "100", "--invalid", "0.05",
         "--duplicates", "0.05", "--seed", "7",
     )  # fmt: skip
     assert made.code == 0, made.err
@@ -688,9 +728,10 @@ def test_batches_and_one_post_per_record_end_alike(listed, serve, tmp_path):
         db, rejects = tmp_path / f"{name}.db", tmp_path / f"{name}-rejects.ndjson"
         if name == "batches":
             db = listed[0]
-            where = ["--to", listed[1].url, "--concurrency", "3", "--batch-size", "20"]
+            where = ["--to", listed[1].url, "--concurrency", "3", "--batch-size", "10"]
         elif name == "fallback":
-            where = ["--to", serve("--db", str(db), "--no-bulk").url]
+            db = no_bulk[0]
+            where = ["--to", no_bulk[1].url]
         else:
             where = ["--db", str(db)]
         result = run_cli("records", "submit", str(source), *where, "--rejects", str(rejects))
@@ -704,4 +745,4 @@ def test_batches_and_one_post_per_record_end_alike(listed, serve, tmp_path):
     code, summary, *_ = runs["batches"]
     assert code == 1
     assert summary["invalid"] > 0 and summary["duplicates"] > 0
-    assert summary["read"] == 200
+    assert summary["read"] == 100

@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
-from tests.helpers import Server
+from tests.helpers import Server, default_tls
 from tests.pg import STORES, new_database
 
 
@@ -47,7 +47,7 @@ def served(tmp_path_factory):
     modules (each test uses its own ids); `served.client` talks to it."""
     folder = tmp_path_factory.mktemp("records-served")
     server = Server(folder / "serve.log", "--db", str(folder / "api.db"))
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url, timeout=60) as client:
         server.client = client
         yield server
     server.stop()

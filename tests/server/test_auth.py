@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.helpers import Server, run_cli, serve_refused
+from tests.helpers import Server, default_tls, run_cli, serve_refused, web
 
 TOKEN = "tok-" + "s3cr3t" * 6
 OTHER = "tok-other-9"
@@ -101,7 +101,7 @@ def guarded(tmp_path_factory, exports_dir):
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"])
 def test_every_route_but_ping_refuses_a_missing_or_wrong_token(guarded, header):
     headers = {"authorization": header} if header else {}
-    with httpx.Client(base_url=guarded.url, headers=headers) as http:
+    with httpx.Client(verify=default_tls(), base_url=guarded.url, headers=headers) as http:
         for method, path, shape in ROUTES:
             answer = http.request(method, path, json=body(path))
             assert (answer.status_code, answer.json()) == (401, shape), (method, path)
@@ -113,7 +113,7 @@ def test_every_route_but_ping_refuses_a_missing_or_wrong_token(guarded, header):
 def test_the_right_token_opens_every_route(guarded):
     for token in (TOKEN, OTHER):  # every token of the file
         with httpx.Client(
-            base_url=guarded.url, headers={"authorization": f"Bearer {token}"}
+            verify=default_tls(), base_url=guarded.url, headers={"authorization": f"Bearer {token}"}
         ) as http:
             # the first pass creates; read answers as they then are
             found = {}
@@ -180,8 +180,8 @@ def from_the_environment(tmp_path_factory):
 def test_patientkit_token_is_the_servers_token_without_a_file(from_the_environment):
     server = from_the_environment
     url = server.loopback
-    assert httpx.get(f"{url}/api/export").status_code == 401
-    answer = httpx.get(f"{url}/api/export", headers={"authorization": f"Bearer {TOKEN}"})
+    assert web.get(f"{url}/api/export").status_code == 401
+    answer = web.get(f"{url}/api/export", headers={"authorization": f"Bearer {TOKEN}"})
     assert (answer.status_code, answer.json()) == (200, {"data": {"export_ids": []}})
     assert server.log_lines()[1]["auth"] is True  # the serving line
     assert TOKEN not in server.log.read_text()
@@ -225,7 +225,7 @@ def test_insecure_no_auth_serves_every_address(serve, tmp_path):
     server = serve("--host", "0.0.0.0", "--insecure-no-auth", "--db", str(tmp_path / "o.db"))
     assert server.url.startswith("http://0.0.0.0:")
     port = server.url.rsplit(":", 1)[1]
-    answer = httpx.get(f"http://127.0.0.1:{port}/api/export")
+    answer = web.get(f"http://127.0.0.1:{port}/api/export")
     assert (answer.status_code, answer.json()) == (200, {"data": {"export_ids": []}})
 
 
@@ -233,7 +233,7 @@ def test_a_loopback_bind_with_tokens_from_the_environment_needs_no_flag(from_the
     server = from_the_environment  # --host 0.0.0.0, PATIENTKIT_TOKEN, no flag
     assert server.url.startswith("http://0.0.0.0:")
     port = server.url.rsplit(":", 1)[1]
-    assert httpx.get(f"http://127.0.0.1:{port}/tests?clinic_id=C").status_code == 401
+    assert web.get(f"http://127.0.0.1:{port}/tests?clinic_id=C").status_code == 401
 
 
 @pytest.mark.parametrize("token", [None, "tok-wrong"], ids=["no token", "a wrong token"])
@@ -264,7 +264,7 @@ def test_a_replay_or_submit_without_the_right_token_is_one_line_before_any_work(
     )
     right = {"authorization": f"Bearer {TOKEN}"}
     assert (
-        httpx.get(f"{guarded.url}/api/device-readings/{device}/latest", headers=right).status_code
+        web.get(f"{guarded.url}/api/device-readings/{device}/latest", headers=right).status_code
         == 404
     )
-    assert httpx.get(f"{guarded.url}/tests?clinic_id=C-auth", headers=right).json() == []
+    assert web.get(f"{guarded.url}/tests?clinic_id=C-auth", headers=right).json() == []

@@ -11,23 +11,24 @@ from starlette.testclient import TestClient
 
 from patientkit.samples.exports import plan_export
 from patientkit.server.app import build_app
+from tests.helpers import default_tls, web
 
 
 def test_lists_exports_and_downloads(demo_server, exports_dir):
-    assert httpx.get(f"{demo_server.url}/api/export").json() == {"data": {"export_ids": ["demo"]}}
-    answer = httpx.get(f"{demo_server.url}/api/export/demo").json()
+    assert web.get(f"{demo_server.url}/api/export").json() == {"data": {"export_ids": ["demo"]}}
+    answer = web.get(f"{demo_server.url}/api/export/demo").json()
     expected = sorted(p.download_id for p in plan_export("demo", 0))
     assert answer == {"data": {"id": "demo", "download_ids": expected}}
 
 
 def test_download_metadata_and_streamed_data(demo_server, exports_dir):
     plan = plan_export("demo", 0)[0]
-    meta = httpx.get(f"{demo_server.url}/api/export/demo/{plan.download_id}").json()["data"]
+    meta = web.get(f"{demo_server.url}/api/export/demo/{plan.download_id}").json()["data"]
     assert meta["id"] == plan.download_id
     assert meta["rows"] == plan.rows
     assert meta["event_types"] == ["bp_dia", "bp_sys"]
     assert set(meta) == {"id", "rows", "event_types", "patients", "start_time", "end_time"}
-    response = httpx.get(f"{demo_server.url}/api/export/demo/{plan.download_id}/data")
+    response = web.get(f"{demo_server.url}/api/export/demo/{plan.download_id}/data")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
     assert response.content == (exports_dir / "demo" / f"{plan.download_id}.csv").read_bytes()
@@ -44,7 +45,7 @@ def test_unknown_exports_and_downloads_are_404(demo_server):
         (f"/demo/{missing}/data", "Download not found"),
         ("/demo/not-a-uuid", "Download not found"),
     ]:
-        response = httpx.get(base + path)
+        response = web.get(base + path)
         assert response.status_code == 404, path
         assert response.json() == {"detail": detail}
 
@@ -75,9 +76,9 @@ def test_gzip_files_are_served_decompressed_and_metadata_is_scanned(tmp_path):
 
 
 def test_every_request_is_logged_as_json_with_a_correlation_id(demo_server):
-    response = httpx.get(f"{demo_server.url}/api/export", headers={"X-Request-ID": "trace-me-42"})
+    response = web.get(f"{demo_server.url}/api/export", headers={"X-Request-ID": "trace-me-42"})
     assert response.headers["x-request-id"] == "trace-me-42"
-    generated = httpx.get(f"{demo_server.url}/api/export").headers["x-request-id"]
+    generated = web.get(f"{demo_server.url}/api/export").headers["x-request-id"]
     assert str(uuid.UUID(generated)) == generated
     lines = [line for line in demo_server.log_lines() if line.get("request_id") == "trace-me-42"]
     assert len(lines) == 1
@@ -88,7 +89,7 @@ def test_chaos_fails_the_given_share_half_503_half_cut(serve, exports_dir):
     server = serve("--exports", str(exports_dir), "--chaos", "0.5", "--chaos-seed", "1")
     plan = plan_export("demo", 0)[0]
     outcomes = {"ok": 0, "503": 0, "cut": 0}
-    client = httpx.Client()
+    client = httpx.Client(verify=default_tls())
     for _ in range(200):
         try:
             response = client.get(f"{server.url}/api/export/demo/{plan.download_id}/data")
@@ -103,7 +104,7 @@ def test_chaos_fails_the_given_share_half_503_half_cut(serve, exports_dir):
             outcomes["ok"] += 1
     assert 60 <= outcomes["ok"] <= 140, outcomes
     assert 25 <= outcomes["503"] <= 75 and 25 <= outcomes["cut"] <= 75, outcomes
-    assert httpx.get(f"{server.url}/api/ping").json() == {"status": "ok"}  # never chaotic
+    assert web.get(f"{server.url}/api/ping").json() == {"status": "ok"}  # never chaotic
     cut = [line for line in server.log_lines() if line.get("chaos") == "cut"]
     assert len(cut) == outcomes["cut"]
     assert not any("Traceback" in json.dumps(line) for line in server.log_lines())

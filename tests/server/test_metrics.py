@@ -9,6 +9,10 @@ import uuid
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from patientkit.server.app import build_app
+from tests.helpers import default_tls, web
 
 DEVICE = str(uuid.UUID(int=21, version=4))
 TOKEN = "metrics-token-1"
@@ -39,7 +43,7 @@ def samples(text):
 
 
 def scrape(url, headers=AUTH):
-    answer = httpx.get(f"{url}/metrics", headers=headers)
+    answer = web.get(f"{url}/metrics", headers=headers)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=")
     return samples(answer.text)
@@ -61,7 +65,7 @@ def test_metrics_count_a_known_sequence_exactly(serve, tmp_path, exports_dir):
         str(exports_dir),
         env={"PATIENTKIT_TOKEN": TOKEN},
     )
-    with httpx.Client(base_url=server.url, headers=AUTH) as http:
+    with httpx.Client(verify=default_tls(), base_url=server.url, headers=AUTH) as http:
         create = "/api/device-readings/create"
         first = [reading(2, "2021-09-29T16:09:15+01:00"), reading(3, "2021-09-29T17:00:00+01:00")]
         assert http.post(create, json={"id": DEVICE, "readings": first}).status_code == 201
@@ -84,7 +88,7 @@ def test_metrics_count_a_known_sequence_exactly(serve, tmp_path, exports_dir):
         assert http.get(f"/api/export/demo/{uuid.uuid4()}").status_code == 404
         assert http.get("/no/such/thing").status_code == 404
         assert http.delete("/tests").status_code == 405
-    assert httpx.post(f"{server.url}/tests", json=record("M9")).status_code == 401
+    assert web.post(f"{server.url}/tests", json=record("M9")).status_code == 401
 
     found = scrape(server.url)
     assert requests_by_label(found) == {
@@ -119,7 +123,7 @@ def test_metrics_count_a_known_sequence_exactly(serve, tmp_path, exports_dir):
         counts[(("method", "GET"), ("route", "/api/device-readings/{device_id}/cumulative-count"))]
         == 2
     )
-    text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
+    text = web.get(f"{server.url}/metrics", headers=AUTH).text
     assert DEVICE not in text and download not in text  # templates, never raw paths
     assert "requests_created" not in text and "seconds_created" not in text
 
@@ -127,8 +131,11 @@ def test_metrics_count_a_known_sequence_exactly(serve, tmp_path, exports_dir):
     assert requests_by_label(again)[("GET", "/metrics", "200")] == 2
 
 
-def test_metrics_need_the_token(serve, tmp_path):
-    server = serve("--db", str(tmp_path / "m.db"), env={"PATIENTKIT_TOKEN": TOKEN})
-    answer = httpx.get(f"{server.url}/metrics")
-    assert (answer.status_code, answer.json()) == (401, {"detail": "Not authenticated"})
-    assert answer.headers["www-authenticate"] == "Bearer"
+def test_metrics_need_the_token(tmp_path):
+    """The application in this process (what answers is the app's BearerAuth; serve's
+    reading of PATIENTKIT_TOKEN is tests/server/test_auth's)."""
+    with TestClient(build_app(tmp_path / "m.db", tokens=[TOKEN])) as client:
+        answer = client.get("/metrics")
+        assert (answer.status_code, answer.json()) == (401, {"detail": "Not authenticated"})
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert client.get("/metrics", headers=AUTH).status_code == 200

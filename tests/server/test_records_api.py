@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from patientkit.core.storage import SQLiteStore
 from patientkit.server.app import build_app
 from patientkit.stores import open_store
-from tests.helpers import Server, record
+from tests.helpers import default_tls, record, web
 from tests.server.bodies import bodies, json_values
 
 FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result")
@@ -105,22 +105,12 @@ def test_nothing_invalid_is_stored(tmp_path):
         assert store.record_count() == 0
 
 
-@pytest.fixture(scope="module")
-def logging_server(tmp_path_factory):
-    """One real `patientkit serve` for the two tests of what it logs: each sends its own
-    request ids and clinic, and reads only their lines (and none may log health data)."""
-    folder = tmp_path_factory.mktemp("records-logs")
-    server = Server(folder / "serve.log", "--db", str(folder / "logs.db"))
-    yield server
-    server.stop()
-
-
-def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up(
-    logging_server,
-):
-    server = logging_server
+def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up(served):
+    """On the session's `served` (tests/server/conftest): the up-* request ids and the
+    clinic C-UP are this test's alone."""
+    server = served
     ours = [f"up-{n}" for n in range(len(UNPARSEABLE_REASONS))]
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url) as client:
         for request_id, (body, _) in zip(ours, INVALID[-len(UNPARSEABLE_REASONS) :], strict=True):
             answer = post(client, None, request_id=request_id, raw=body)
             assert answer.json() == {"error": "Invalid JSON"}
@@ -133,7 +123,7 @@ def test_unparseable_bodies_are_logged_with_their_reason_and_the_server_stays_up
     assert not any(
         "Jos" in line or "SECRET" in line for line in server.log.read_text().splitlines()
     )
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url) as client:
         assert post(client, record("T9", clinic="C-UP")).status_code == 200
         assert [r["test_id"] for r in listing(client, "C-UP")] == ["T9"]
 
@@ -199,7 +189,7 @@ def test_retries_through_chaos_create_each_record_exactly_once(serve, tmp_path):
     new record, and the store must hold each once."""
     server = serve("--db", str(tmp_path / "chaos.db"), "--chaos", "0.6", "--chaos-seed", "3")
     lost = 0
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(verify=default_tls(), base_url=server.url) as client:
         for n in range(40):
             request_id = str(uuid.uuid4())
             while True:
@@ -234,16 +224,18 @@ def logged_until(server, request_id, timeout=10.0):
         time.sleep(0.02)
 
 
-def test_logs_carry_the_request_id_and_no_health_data(logging_server):
-    api = logging_server  # clinic C1 and the log-* request ids are this test's alone
-    with httpx.Client(base_url=api.url) as client:
-        post(client, record("T1"), request_id="log-create")
-        post(client, record("T1"), request_id="log-dup")
-        post(client, record("T2", result=""), request_id="log-invalid")
+def test_logs_carry_the_request_id_and_no_health_data(served):
+    """On the session's `served` (tests/server/conftest): the clinic C-LOG, T1 and T2
+    and the log-* request ids are this test's alone."""
+    api = served
+    with httpx.Client(verify=default_tls(), base_url=api.url) as client:
+        post(client, record("T1", clinic="C-LOG"), request_id="log-create")
+        post(client, record("T1", clinic="C-LOG"), request_id="log-dup")
+        post(client, record("T2", clinic="C-LOG", result=""), request_id="log-invalid")
         post(client, None, request_id="log-json", raw=b"{nope")
-    httpx.get(f"{api.url}/tests?clinic_id=C1", headers={"X-Request-ID": "log-list"})
-    httpx.get(f"{api.url}/tests?clinic_id=QUERY-SECRET-9", headers={"X-Request-ID": "log-q"})
-    httpx.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})
+    web.get(f"{api.url}/tests?clinic_id=C-LOG", headers={"X-Request-ID": "log-list"})
+    web.get(f"{api.url}/tests?clinic_id=QUERY-SECRET-9", headers={"X-Request-ID": "log-q"})
+    web.get(f"{api.url}/tests", headers={"X-Request-ID": "log-noclinic"})
     lines = logged_until(api, "log-noclinic")
     text = api.log.read_text()
     # health data, and (SPEC.md, Logs) never a query string value
@@ -261,7 +253,7 @@ def test_logs_carry_the_request_id_and_no_health_data(logging_server):
     assert events["log-list"] == ["records listed", "request"]
     assert events["log-noclinic"] == ["records not listed", "request"]
     stored = by_id["log-create"][0]
-    assert (stored["test_id"], stored["clinic_id"], stored["status"]) == ("T1", "C1", 200)
+    assert (stored["test_id"], stored["clinic_id"], stored["status"]) == ("T1", "C-LOG", 200)
     assert by_id["log-invalid"][0]["reason"] == "Invalid or missing field: result"
     assert by_id["log-list"][0]["count"] == 1
     assert [line["status"] for line in lines if line.get("request_id") == "log-dup"][-1] == 409

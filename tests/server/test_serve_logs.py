@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import cli_env
+from patientkit.server.logs import serving_line
+from tests.helpers import cli_env, web
 
 SERVING = re.compile(
     r"^serving readings and records in (?P<db>\S+) on (?P<url>http://127\.0\.0\.1:\d+) "
@@ -56,23 +57,63 @@ def stop(process: subprocess.Popen) -> None:
     assert process.wait(timeout=10) == 0
 
 
-def test_text_logs_a_sentence_then_one_line_a_request(tmp_path):
-    log = tmp_path / "serve.log"
+class Screen:
+    """What a server started on a terminal (a pty's child side) wrote there."""
+
+    def __init__(self, main: int) -> None:
+        self.main, self.data, self.closed = main, b"", False
+
+    def _read(self) -> None:
+        if select.select([self.main], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(self.main, 4096)
+            except OSError:  # EIO: the child side is closed, everything read
+                chunk = b""
+            self.data += chunk
+            self.closed = not chunk
+
+    def wait_for(self, needle: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.data and not self.closed and time.monotonic() < deadline:
+            self._read()
+        assert needle in self.data, self.data
+
+    def read_to_end(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.closed and time.monotonic() < deadline:
+            self._read()
+
+    def lines(self) -> list[str]:
+        return self.data.decode().splitlines()  # the terminal's \r\n too
+
+
+def on_a_terminal(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Screen]:
+    main, child = pty.openpty()
+    process = start(tmp_path / "unused.log", *args, stderr=child)
+    os.close(child)
+    return process, Screen(main)
+
+
+def test_on_a_terminal_the_default_is_a_sentence_then_one_line_a_request(tmp_path):
+    """Text, the default on a terminal: the sentence that says what it serves where (the
+    one without exports: test_the_sentence_without_exports), a line a request, the
+    stopped line; never a query value or a record's contents."""
     db = tmp_path / "s.db"
     exports = tmp_path / "exports"
     exports.mkdir()
-    process = start(log, "--db", str(db), "--exports", str(exports), "--log-format", "text")
+    process, screen = on_a_terminal(tmp_path, "--db", str(db), "--exports", str(exports))
     try:
-        url = wait_for(
-            log, re.compile(r"^serving exports from \S+, readings and records in \S+ on (\S+) ")
-        )[1]
-        first = log.read_text().splitlines()[0]
+        screen.wait_for(b"Ctrl-C to stop")
+        first = screen.lines()[0]
+        url = re.match(r"^serving exports from \S+, readings and records in \S+ on (\S+) ", first)
+        assert url, first
+        url = url[1]
         assert first == (
             f"serving exports from {exports}, readings and records in {db} on {url} "
             "— Ctrl-C to stop"
         )
-        httpx.get(f"{url}/tests", params={"clinic_id": "SECRET-CLINIC-Q"})
-        httpx.post(
+        web.get(f"{url}/tests", params={"clinic_id": "SECRET-CLINIC-Q"})
+        web.post(
             f"{url}/tests",
             json={
                 "test_id": "T1",
@@ -83,10 +124,12 @@ def test_text_logs_a_sentence_then_one_line_a_request(tmp_path):
             },
             headers={"x-request-id": "req-1"},
         )
-        found = wait_for(log, re.compile(r".* POST /tests .*"))
+        screen.wait_for(b"[req-1]")
     finally:
         stop(process)
-    lines = log.read_text().splitlines()
+        screen.read_to_end()
+        os.close(screen.main)
+    lines = screen.lines()
     requests = [REQUEST.match(line) for line in lines[1:]]
     assert lines[-1].startswith("stopped serving on http://127.0.0.1:")
     requests = requests[:-1]
@@ -95,10 +138,19 @@ def test_text_logs_a_sentence_then_one_line_a_request(tmp_path):
         ("GET", "/tests", "200"),
         ("POST", "/tests", "200"),
     ]
-    assert found.group(0).endswith("[req-1]")
-    text = log.read_text()
+    assert requests[-1] and requests[-1].group(0).endswith("[req-1]")
+    text = screen.data.decode()
     for secret in ("SECRET-CLINIC-Q", "PATIENT-SECRET", "RESULT-SECRET", "Started server"):
         assert secret not in text
+
+
+def test_the_sentence_without_exports(tmp_path):
+    """The sentence of a server without --exports (the formatter, in this process: the
+    one with them is written by a real server above)."""
+    db = tmp_path / "s.db"
+    first = serving_line({"db": str(db), "url": "http://127.0.0.1:8123", "exports": None})
+    assert SERVING.match(first), first
+    assert SERVING.match(first)["db"] == str(db)
 
 
 def test_json_is_the_default_in_a_pipe_and_quiet_keeps_no_request_lines(tmp_path):
@@ -108,8 +160,8 @@ def test_json_is_the_default_in_a_pipe_and_quiet_keeps_no_request_lines(tmp_path
         line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
         url = json.loads(line.string)["url"]
         for _ in range(3):
-            assert httpx.get(f"{url}/tests", params={"clinic_id": "C"}).status_code == 200
-        assert httpx.get(f"{url}/api/ping").status_code == 200
+            assert web.get(f"{url}/tests", params={"clinic_id": "C"}).status_code == 200
+        assert web.get(f"{url}/api/ping").status_code == 200
     finally:
         stop(process)  # it has exited: whatever it would log is in the file
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
@@ -126,9 +178,9 @@ def test_log_level_warning_keeps_the_serving_line_and_warnings_only(tmp_path, wo
     try:
         line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
         url = json.loads(line.string)["url"]
-        assert httpx.get(f"{url}/api/ping").status_code == 200  # ping is never broken
+        assert web.get(f"{url}/api/ping").status_code == 200  # ping is never broken
         with contextlib.suppress(httpx.TransportError):
-            httpx.get(f"{url}/tests", params={"clinic_id": "C"})
+            web.get(f"{url}/tests", params={"clinic_id": "C"})
         wait_for(log, re.compile(r'^\{.*"event": "request"'))
     finally:
         stop(process)
@@ -140,37 +192,21 @@ def test_log_level_warning_keeps_the_serving_line_and_warnings_only(tmp_path, wo
 
 
 def test_json_without_quiet_has_a_line_a_request(tmp_path):
-    log = tmp_path / "serve.log"
-    process = start(log, "--db", str(tmp_path / "s.db"), "--log-format", "json")
+    """--log-format json, on a terminal (where it overrides the default, text)."""
+    process, screen = on_a_terminal(
+        tmp_path, "--db", str(tmp_path / "s.db"), "--log-format", "json"
+    )
     try:
-        line = wait_for(log, re.compile(r'^\{.*"event": "serving"'))
-        url = json.loads(line.string)["url"]
-        httpx.get(f"{url}/tests", params={"clinic_id": "C"})
-        wait_for(log, re.compile(r'^\{.*"event": "request"'))
+        screen.wait_for(b'"event": "serving"')
+        serving = [json.loads(line) for line in screen.lines() if '"event": "serving"' in line]
+        url = serving[0]["url"]
+        web.get(f"{url}/tests", params={"clinic_id": "C"})
+        screen.wait_for(b'"event": "request"')
     finally:
         stop(process)
+        screen.read_to_end()
+        os.close(screen.main)
     requests = [
-        json.loads(line)
-        for line in log.read_text().splitlines()
-        if json.loads(line)["event"] == "request"
+        json.loads(line) for line in screen.lines() if json.loads(line)["event"] == "request"
     ]
     assert [(r["method"], r["route"], r["status"]) for r in requests] == [("GET", "/tests", 200)]
-
-
-def test_on_a_terminal_the_default_is_the_sentence(tmp_path):
-    main, child = pty.openpty()
-    db = tmp_path / "s.db"
-    process = start(tmp_path / "unused.log", "--db", str(db), stderr=child)
-    os.close(child)
-    screen = b""
-    try:
-        deadline = time.monotonic() + 20
-        while b"Ctrl-C to stop" not in screen and time.monotonic() < deadline:
-            if select.select([main], [], [], 0.2)[0]:
-                screen += os.read(main, 4096)
-    finally:
-        stop(process)
-        os.close(main)
-    first = screen.decode().splitlines()[0]
-    assert SERVING.match(first), screen
-    assert SERVING.match(first)["db"] == str(db)

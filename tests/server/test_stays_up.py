@@ -6,21 +6,23 @@ import json
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from patientkit.samples.exports import generate_export
+from tests.helpers import Server, default_tls
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 COPIES = 40  # the big download: the demo export's first file, its rows repeated
 
 
-@pytest.fixture
-def exports(tmp_path: Path) -> tuple[Path, str, int]:
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
     """A generated export plus `big`: one download of some MB, and its row count."""
-    root = tmp_path / "exports"
+    root = tmp_path_factory.mktemp("stays-up") / "exports"
     generate_export("demo", root, seed=0, workers=1)
     first = sorted((root / "demo").glob("*.csv"))[0]
     header, *rows = first.read_text().splitlines(keepends=True)
@@ -29,6 +31,20 @@ def exports(tmp_path: Path) -> tuple[Path, str, int]:
     download_id = first.stem
     (big / f"{download_id}.csv").write_text(header + "".join(rows) * COPIES)
     return root, download_id, len(rows) * COPIES
+
+
+@pytest.fixture(scope="module")
+def server(
+    exports: tuple[Path, str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One `patientkit serve` of `exports` for the module's tests: each sends records of
+    a clinic of its own (C9; C7) and reads the lines logged after its mark."""
+    folder = tmp_path_factory.mktemp("stays-up-served")
+    served = Server(
+        folder / "serve.log", "--exports", str(exports[0]), "--db", str(folder / "s.db")
+    )
+    yield served
+    served.stop()
 
 
 def raw(url: str, receive_buffer: int | None = None) -> socket.socket:
@@ -77,9 +93,9 @@ def drop_before_answer(url: str, path: str, body: bytes, send: int, reset: bool)
     hang_up(sock, reset)
 
 
-def test_many_dropped_downloads_and_answers_leave_every_api_working(serve, exports, tmp_path):
-    root, download_id, rows = exports
-    server = serve("--exports", str(root), "--db", str(tmp_path / "s.db"))
+def test_many_dropped_downloads_and_answers_leave_every_api_working(server, exports):
+    _root, download_id, rows = exports
+    mark = server.mark()
     data = f"/api/export/big/{download_id}/data"
     reading = json.dumps(
         {"id": DEVICE, "readings": [{"count": 3, "timestamp": "2021-09-29T16:09:15+01:00"}]}
@@ -103,7 +119,7 @@ def test_many_dropped_downloads_and_answers_leave_every_api_working(serve, expor
     time.sleep(0.5)
     assert server.process.poll() is None, server.log.read_text()[-2000:]
 
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(verify=default_tls(), base_url=server.url, timeout=30) as http:
         assert http.get("/api/ping").json() == {"status": "ok"}
         assert "big" in http.get("/api/export").json()["data"]["export_ids"]
         with http.stream("GET", data) as answer:
@@ -122,7 +138,7 @@ def test_many_dropped_downloads_and_answers_leave_every_api_working(serve, expor
         assert listed.status_code == 200
         assert {r["test_id"] for r in listed.json()} == {"T-dropped", "T-fresh"}
 
-    lines = server.log_lines()
+    lines = server.log_lines()[mark:]
     dropped = [line for line in lines if line.get("dropped")]
     downloads = [
         line for line in dropped if line["route"] == "/api/export/{export_id}/{download_id}/data"
@@ -139,10 +155,10 @@ def test_many_dropped_downloads_and_answers_leave_every_api_working(serve, expor
     assert "Traceback" not in text and '"level": "error"' not in text
 
 
-def test_dropped_record_listings_leave_the_records_api_working(serve, tmp_path):
+def test_dropped_record_listings_leave_the_records_api_working(server):
     """The other streamed answer, `GET /tests?clinic_id=` (records listed as they are
     read): clients that hang up mid-listing are logged, and the API still answers."""
-    server = serve("--db", str(tmp_path / "s.db"))
+    mark = server.mark()
     lines = "".join(
         json.dumps(
             {
@@ -157,7 +173,7 @@ def test_dropped_record_listings_leave_the_records_api_working(serve, tmp_path):
         for n in range(10_000)
     )
     ndjson = {"content-type": "application/x-ndjson"}
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(verify=default_tls(), base_url=server.url, timeout=60) as http:
         rows = lines.splitlines(keepends=True)
         for start in range(0, 10_000, 5_000):
             part = "".join(rows[start : start + 5_000])
@@ -170,6 +186,6 @@ def test_dropped_record_listings_leave_the_records_api_working(serve, tmp_path):
         listed = http.get("/tests", params={"clinic_id": "C7"})
         assert listed.status_code == 200
         assert len(listed.json()) == 10_000
-    dropped = [line for line in server.log_lines() if line.get("dropped")]
+    dropped = [line for line in server.log_lines()[mark:] if line.get("dropped")]
     assert len(dropped) == 10 and {line["route"] for line in dropped} == {"/tests"}
     assert "Traceback" not in server.log.read_text()

@@ -138,3 +138,23 @@ def test_cert_without_key_is_a_usage_error(tmp_path):
         2,
         "error: --tls-cert and --tls-key go together: give both or neither\n",
     )
+
+
+def test_clients_share_one_default_tls_context_and_ssl_cert_file_still_counts(tls, monkeypatch):
+    """httpx's default verification is made once a process (it cost every client, and
+    every thread's transport of a records client, some 35 ms of CPU), for http:// and
+    https:// alike, and still follows SSL_CERT_FILE: a client trusting our CA through it
+    reads the server, which the default store refuses."""
+    from patientkit.client.http import CertificateError, make_client, tls_verify
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("PATIENTKIT_CA_CERT", raising=False)
+    first = tls_verify("http://127.0.0.1:9")
+    assert tls_verify("https://127.0.0.1:9") is first is tls_verify(tls.url)
+    with make_client(tls.url) as client, pytest.raises(CertificateError):
+        client.get("/api/export")  # the default store does not know our CA
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.certs.ca))
+    assert tls_verify(tls.url) is not first
+    with make_client(tls.url) as client:
+        assert client.get("/api/export").json() == {"data": {"export_ids": ["demo"]}}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import cli_env, run_cli, run_cli_process
+from tests.helpers import cli_env, default_tls, run_cli, run_cli_process, web
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -61,7 +61,7 @@ def test_two_workers_give_exact_verdicts_to_concurrent_submitters(serve, tmp_pat
     assert sum(s["duplicates"] for s in summaries) == 800
     with sqlite3.connect(tmp_path / "w.db") as db:
         assert db.execute("select count(*) from test_records").fetchone()[0] == 400
-    answer = httpx.get(f"{server.url}/metrics")
+    answer = web.get(f"{server.url}/metrics")
     found = {
         sample.name: sample.value
         for family in text_string_to_metric_families(answer.text)
@@ -115,36 +115,67 @@ def big_export(folder, megabytes):
     return download, path.stat().st_size
 
 
+def submit_batches(url: str, lines: list[str]) -> None:
+    """POST `lines` to /tests/batch 500 at a time, one after another, until done or the
+    server refuses (it stopped): a submitter that keeps requests in flight, without a
+    `records submit` process to start (which would retry a server that is gone)."""
+    ndjson = {"content-type": "application/x-ndjson"}
+    with httpx.Client(verify=default_tls(), base_url=url, timeout=30) as http:
+        for start in range(0, len(lines), 500):
+            try:
+                http.post(
+                    "/tests/batch", content="".join(lines[start : start + 500]), headers=ndjson
+                )
+            except httpx.TransportError:  # stopped: refused, or cut after --grace
+                return
+
+
+def stored_rows(db) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select count(*) from test_records").fetchone()[0]
+
+
 @pytest.mark.parametrize(
     ("stop", "workers"),
     [(signal.SIGTERM, "2"), (signal.SIGINT, "1")],  # each signal, each kind of server
     ids=["SIGTERM-2", "Ctrl-C-1"],
 )
-def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, stop, workers):
+def test_a_signal_during_a_download_and_a_submit_lets_them_finish_and_halves_nothing(
+    tmp_path, stop, workers
+):
     """A signal and a server of N workers, each value of each run once: SIGTERM to the
     master of two workers (which must stop its workers' accepting as well), Ctrl-C to a
-    server of one process."""
+    server of one process. In flight when it comes: a long download, which finishes, and
+    two submitters' batches (each may have one in flight: with two workers, at once);
+    it exits 0, and the store holds whole records only, none by halves. (One server for
+    both: a download test and a submit test each stopped one of its own.)"""
     exports = tmp_path / f"exports-{workers}"
     download, size = big_export(exports, 16)
+    db = tmp_path / "d.db"
+    records = tmp_path / "r.ndjson"
+    write_records(records, 30_000, prefix=f"S{workers}")
+    lines = records.read_text().splitlines(keepends=True)
     process, url, log = start(
-        tmp_path,
-        "--exports",
-        str(exports),
-        "--db",
-        str(tmp_path / "d.db"),
-        "--workers",
-        workers,
+        tmp_path, "--exports", str(exports), "--db", str(db), "--workers", workers
     )
+    submitters = [
+        threading.Thread(target=submit_batches, args=(url, lines[half::2])) for half in range(2)
+    ]
     try:
-        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+        with web.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
             chunks = answer.iter_raw()
             received = len(next(chunks))
+            for submitter in submitters:
+                submitter.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and stored_rows(db) == 0:  # mid-job: some stored
+                time.sleep(0.02)
             process.send_signal(stop)
             with_new = None
             deadline = time.monotonic() + 10
             # a new connection a request (one client: not a TLS set-up a ping)
             fresh = httpx.Limits(max_keepalive_connections=0)
-            with httpx.Client(timeout=2, limits=fresh) as pings:
+            with httpx.Client(verify=default_tls(), timeout=2, limits=fresh) as pings:
                 while with_new is None and time.monotonic() < deadline:
                     try:  # until the signal is seen: then refused (or cut) at once
                         pings.get(f"{url}/api/ping")
@@ -161,9 +192,18 @@ def test_sigterm_during_a_long_download_lets_it_finish_and_exits_0(tmp_path, sto
         assert process.wait(timeout=30) == 0
     finally:
         process.kill()
+        for submitter in submitters:
+            submitter.join(timeout=60)
     text = log.read_text()
     assert "Traceback" not in text and '"level": "error"' not in text
     assert json.loads(text.splitlines()[-1])["event"] == "stopped"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+        rows = conn.execute(
+            "select test_id, patient_id, clinic_id, test_type, result from test_records"
+        ).fetchall()
+    assert 0 < len(rows) <= 30_000
+    assert all(all(field for field in row) for row in rows)
 
 
 def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
@@ -173,7 +213,7 @@ def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
         tmp_path, "--exports", str(exports), "--db", str(tmp_path / "g.db"), "--grace", "1"
     )
     try:
-        with httpx.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
+        with web.stream("GET", f"{url}/api/export/big/{download}/data", timeout=30) as answer:
             chunks = answer.iter_raw()
             next(chunks)
             stopped = time.monotonic()
@@ -182,54 +222,3 @@ def test_grace_bounds_the_wait_for_requests_in_flight(tmp_path):
             assert 0.9 < time.monotonic() - stopped < 8
     finally:
         process.kill()
-
-
-def submit_batches(url: str, lines: list[str]) -> None:
-    """POST `lines` to /tests/batch 500 at a time, one after another, until done or the
-    server refuses (it stopped): a submitter that keeps requests in flight, without a
-    `records submit` process to start (which would retry a server that is gone)."""
-    ndjson = {"content-type": "application/x-ndjson"}
-    with httpx.Client(base_url=url, timeout=30) as http:
-        for start in range(0, len(lines), 500):
-            try:
-                http.post(
-                    "/tests/batch", content="".join(lines[start : start + 500]), headers=ndjson
-                )
-            except httpx.TransportError:  # stopped: refused, or cut after --grace
-                return
-
-
-def test_sigterm_during_a_submit_stores_nothing_by_halves(tmp_path):
-    for workers in ("1", "2"):
-        db = tmp_path / f"s{workers}.db"
-        records = tmp_path / f"r{workers}.ndjson"
-        write_records(records, 30_000, prefix=f"S{workers}")
-        lines = records.read_text().splitlines(keepends=True)
-        process, url, log = start(tmp_path, "--db", str(db), "--workers", workers)
-        try:
-            submitters = [  # two at once: with two workers, each may have one in flight
-                threading.Thread(target=submit_batches, args=(url, lines[half::2]))
-                for half in range(2)
-            ]
-            for submitter in submitters:
-                submitter.start()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # mid-job: some records stored
-                time.sleep(0.02)
-                with sqlite3.connect(db) as conn:
-                    if conn.execute("select count(*) from test_records").fetchone()[0] > 0:
-                        break
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
-            for submitter in submitters:
-                submitter.join(timeout=60)
-        finally:
-            process.kill()
-        with sqlite3.connect(db) as conn:
-            assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
-            rows = conn.execute(
-                "select test_id, patient_id, clinic_id, test_type, result from test_records"
-            ).fetchall()
-        assert 0 < len(rows) <= 30_000
-        assert all(all(field for field in row) for row in rows)
-        assert "Traceback" not in log.read_text()

@@ -14,6 +14,7 @@ retried as before (a server restarting mid-run).
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from typing import Any, Self
@@ -102,19 +103,33 @@ def describe_connect(exc: BaseException) -> str:
 CA_VARIABLE = "PATIENTKIT_CA_CERT"
 
 
+@functools.cache
+def default_tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """httpx's default TLS verification (what verify=True builds: the CAs of
+    SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's; the arguments are those variables,
+    the cache's key), one context a process for each: httpx builds it anew for every
+    client and transport, loading some 150 CAs (~35 ms of CPU; a records client has a
+    transport a thread), even for an http:// URL. A context is safe to share between
+    threads and connections; a forked child makes its own."""
+    return httpx.create_ssl_context()
+
+
+os.register_at_fork(after_in_child=default_tls.cache_clear)
+
+
 class CertificateError(RemoteError):
     """The server's TLS certificate is not trusted (exit 2, never retried: it would fail
     the same way again)."""
 
 
-def tls_verify(server: str) -> ssl.SSLContext | bool:
+def tls_verify(server: str) -> ssl.SSLContext:
     """What a client of `server` verifies TLS with: for an https:// URL with
     PATIENTKIT_CA_CERT set, a context trusting that CA bundle (instead of the system's);
-    else True (httpx's default, the system store). Raises UsageError for a bundle that
-    cannot be loaded."""
+    else httpx's default (verify=True), made once a process (`default_tls`). Raises
+    UsageError for a bundle that cannot be loaded."""
     path = os.environ.get(CA_VARIABLE)
     if not path or not server.startswith("https://"):
-        return True
+        return default_tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     try:
         return ssl.create_default_context(cafile=path)
     except (OSError, ssl.SSLError) as exc:
