@@ -5,12 +5,14 @@ trusts PATIENTKIT_CA_CERT for https:// URLs; an untrusted certificate is one lin
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import uuid
 
 import httpx
 import pytest
 
+from patientkit.client.http import tls_verify
 from tests.helpers import Server, run_cli, serve_refused
 from tests.server.certs import make_certs
 
@@ -119,6 +121,20 @@ def test_a_ca_bundle_that_cannot_be_read_is_exit_2(tls, tmp_path):
         f"error: PATIENTKIT_CA_CERT {missing}: cannot load it as a CA bundle "
         "(No such file or directory)\n",
     )
+
+
+def test_a_client_of_an_http_server_loads_no_ca_bundle(tls, monkeypatch):
+    """An http:// URL never uses TLS: its clients verify with a context that trusts no
+    CA (httpx's default loads certifi's bundle afresh, tens of ms, for every transport),
+    even with PATIENTKIT_CA_CERT set; TLS through that context is refused."""
+    monkeypatch.setenv("PATIENTKIT_CA_CERT", str(tls.certs.ca))
+    context = tls_verify("http://127.0.0.1:8000")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{tls.url}/api/ping", verify=context)
+    assert isinstance(tls_verify(tls.url), ssl.SSLContext)  # https://: the CA named
 
 
 def test_a_key_that_does_not_fit_is_refused_at_start(tmp_path):
