@@ -222,42 +222,40 @@ def test_no_workers_then_a_worker_of_another_version(cluster, demo_server, tmp_p
         cluster.client.run(exec, f"import sys; sys.path.remove({path!r})", workers=[other])
 
 
-def test_without_the_dask_extra(demo_server):
-    """distributed not importable: the install line, exit 2; and it is never imported
-    without --scheduler."""
-    hide = "import sys; sys.modules['distributed'] = None; "
-    main = "from patientkit.cli.app import main; sys.argv[0] = 'patientkit'; main()"
-    done = subprocess.run(
-        [sys.executable, "-c", hide + main, "export", "aggregate", "demo",
-         "--server", demo_server.url, "--scheduler", "tcp://127.0.0.1:8786"],
-        capture_output=True, text=True, env=cli_env(), timeout=60,
+def test_without_the_dask_extra(demo_server, monkeypatch):
+    """distributed not importable (None in sys.modules: every import of it or of a module
+    of its raises ImportError, in this process and in the workers it forks): the install
+    line, exit 2; and it is never imported without --scheduler."""
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    done = run_cli(
+        "export", "aggregate", "demo", "--server", demo_server.url,
+        "--scheduler", "tcp://127.0.0.1:8786",
     )  # fmt: skip
-    assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == (
+    assert (done.code, done.out) == (2, "")
+    assert done.err == (
         "error: --scheduler needs Dask's distributed, which is not installed: "
         "pip install 'patientkit[dask]'\n"
     )
-    local = subprocess.run(
-        [sys.executable, "-c", hide + main, "export", "aggregate", "demo",
-         "--server", demo_server.url, "--concurrency", "1"],
-        capture_output=True, text=True, env=cli_env(), timeout=60,
-    )  # fmt: skip
-    assert local.returncode == 0, local.stderr
+    local = run_cli(
+        "export", "aggregate", "demo", "--server", demo_server.url, "--concurrency", "1"
+    )
+    assert local.code == 0, local.err
 
 
-def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
+def test_bad_downloads_fail_as_they_do_locally(cluster, bulk_server):
     """A download shorter than its metadata (retried, then exit 1) and one with a
     malformed row (exit 1 at once, file and line): the same last line as local, no
-    output."""
+    output. (Exports of this test's own, `short` and `bad`, added to the bulk server's.)"""
     short, bad = str(uuid.uuid4()), str(uuid.uuid4())
-    (tmp_path / "short").mkdir()
-    (tmp_path / "short" / f"{short}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
+    root = bulk_server.root
+    (root / "short").mkdir()
+    (root / "short" / f"{short}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
     meta = {"id": short, "rows": 3, "event_types": ["a", "b"], "patients": ["P1", "P2"],
             "start_time": None, "end_time": None}  # fmt: skip
-    (tmp_path / "short" / f"{short}.meta.json").write_text(json.dumps(meta))
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / f"{bad}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
-    server = serve("--exports", str(tmp_path))
+    (root / "short" / f"{short}.meta.json").write_text(json.dumps(meta))
+    (root / "bad").mkdir()
+    (root / "bad" / f"{bad}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
+    server = bulk_server
     for export_id, last in [
         (
             "short",
