@@ -22,7 +22,7 @@ import pytest
 
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
 from tests.cluster.conftest import BULK_DOWNLOADS, scheduler_here
-from tests.helpers import cli_env, run_cli
+from tests.helpers import ROOT, Result, cli_env, run_cli
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -222,24 +222,31 @@ def test_no_workers_then_a_worker_of_another_version(cluster, demo_server, tmp_p
         cluster.client.run(exec, f"import sys; sys.path.remove({path!r})", workers=[other])
 
 
-def test_without_the_dask_extra(demo_server, monkeypatch):
-    """distributed not importable (None in sys.modules: every import of it or of a module
-    of its raises ImportError, in this process and in the workers it forks): the install
-    line, exit 2; and it is never imported without --scheduler."""
-    monkeypatch.setitem(sys.modules, "distributed", None)
-    done = run_cli(
-        "export", "aggregate", "demo", "--server", demo_server.url,
-        "--scheduler", "tcp://127.0.0.1:8786",
-    )  # fmt: skip
+def test_without_the_dask_extra(demo_server):
+    """distributed not importable (None in sys.modules: any import of it raises
+    ImportError): the install line, exit 2; and it is never imported without --scheduler.
+    Both commands run in one child process of their own (`run_cli` there), not in this
+    one, whose Dask scheduler and client threads import parts of distributed as they go."""
+    with_scheduler = ["--scheduler", "tcp://127.0.0.1:8786"]
+    local = ["--concurrency", "1"]
+    code = (
+        f"import sys, json; sys.modules['distributed'] = None; sys.path.insert(0, {str(ROOT)!r}); "
+        "from tests.helpers import run_cli; "
+        f"runs = [run_cli('export', 'aggregate', 'demo', '--server', {demo_server.url!r}, *a) "
+        f"for a in ({with_scheduler!r}, {local!r})]; "
+        "print(json.dumps([vars(r) for r in runs]))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    done, local_run = (Result(**r) for r in json.loads(child.stdout.splitlines()[-1]))
     assert (done.code, done.out) == (2, "")
     assert done.err == (
         "error: --scheduler needs Dask's distributed, which is not installed: "
         "pip install 'patientkit[dask]'\n"
     )
-    local = run_cli(
-        "export", "aggregate", "demo", "--server", demo_server.url, "--concurrency", "1"
-    )
-    assert local.code == 0, local.err
+    assert local_run.code == 0, local_run.err
 
 
 def test_bad_downloads_fail_as_they_do_locally(cluster, bulk_server):
