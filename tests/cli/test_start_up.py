@@ -57,14 +57,18 @@ def test_a_run_of_one_command_builds_and_imports_that_command_alone():
         assert cli_app._root_for(whole) is cli_app.app
     code = (
         "import sys; from patientkit.cli.app import run; run(['records', 'submit', '--help']);"
-        "print(sorted(m for m in sys.modules if m.startswith('patientkit.cli.') or m == 'rich'))"
+        "print(sorted(m for m in sys.modules if m.startswith('patientkit.cli.') or m == 'rich'));"
+        "import patientkit.client.records, httpx;"
+        "print(sorted(m for m in ('httpx._main', 'click') if sys.modules.get(m)))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env()
     )
-    loaded = done.stdout.strip().splitlines()[-1]
+    *_, loaded, clients = done.stdout.strip().splitlines()
     for other in ("patientkit.cli.export", "patientkit.cli.serve", "patientkit.cli.store"):
         assert other not in loaded, loaded
+    # httpx's own command line (and the click it needs) is not loaded with our clients
+    assert clients == "[]", clients
 
 
 def test_shell_completion_gets_the_whole_root(monkeypatch):

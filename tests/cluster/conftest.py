@@ -31,27 +31,46 @@ if importlib.util.find_spec("distributed") is None:  # imported where used: seco
 
 WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 
+# Dask's own instruments, sampling at rest: the statistical profiler (every 10 ms), the
+# event loop's tick monitor (20 ms), the system monitor (500 ms) and the worker's memory
+# monitor (100 ms) kept an idle worker at 3% of a core and the scheduler at 1.6%. Nothing
+# the tests check reads them: the profiler is off, the rest sample once a second or less.
+QUIET = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+QUIET_ENV = {
+    "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+    for key, value in QUIET.items()
+}
+
 
 @contextlib.contextmanager
 def scheduler_here() -> Iterator[str]:
     """A Dask scheduler in this process (distributed's `Scheduler` on its own event loop
-    thread, no workers, no dashboard) on a free loopback TCP port, its few HTTP routes on
-    another (not on 8787: two run at once); yields its address."""
+    thread, no workers, no dashboard, QUIET as it starts) on a free loopback TCP port, its
+    few HTTP routes on another (not on 8787: two run at once); yields its address."""
     import distributed
 
-    with distributed.LocalCluster(
-        n_workers=0,
-        processes=False,
-        protocol="tcp",
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP routes: any port
-    ) as local:
+    import dask
+
+    with dask.config.set(QUIET):  # read as it starts
+        local = distributed.LocalCluster(
+            n_workers=0,
+            processes=False,
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP routes: any port
+        )
+    with local:
         yield local.scheduler_address
 
 
 def start_worker(folder: Path, address: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A single-threaded `dask worker --no-nanny` (SIGKILL ends it for good)."""
+    """A single-threaded `dask worker --no-nanny` (SIGKILL ends it for good), QUIET."""
     name = uuid.uuid4().hex[:6]
     return subprocess.Popen(
         [
@@ -69,7 +88,7 @@ def start_worker(folder: Path, address: str, env: dict[str, str] | None = None) 
         stdout=subprocess.DEVNULL,
         stderr=(folder / f"worker-{name}.log").open("wb"),
         cwd=folder,
-        env={**cli_env(), **(env or {})},
+        env={**cli_env(), **QUIET_ENV, **(env or {})},
     )
 
 

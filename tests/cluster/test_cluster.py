@@ -22,7 +22,7 @@ import pytest
 
 from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
 from tests.cluster.conftest import BULK_DOWNLOADS, scheduler_here
-from tests.helpers import cli_env, run_cli
+from tests.helpers import ROOT, Result, cli_env, run_cli
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -223,41 +223,46 @@ def test_no_workers_then_a_worker_of_another_version(cluster, demo_server, tmp_p
 
 
 def test_without_the_dask_extra(demo_server):
-    """distributed not importable: the install line, exit 2; and it is never imported
-    without --scheduler."""
-    hide = "import sys; sys.modules['distributed'] = None; "
-    main = "from patientkit.cli.app import main; sys.argv[0] = 'patientkit'; main()"
-    done = subprocess.run(
-        [sys.executable, "-c", hide + main, "export", "aggregate", "demo",
-         "--server", demo_server.url, "--scheduler", "tcp://127.0.0.1:8786"],
-        capture_output=True, text=True, env=cli_env(), timeout=60,
-    )  # fmt: skip
-    assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == (
+    """distributed not importable (None in sys.modules: any import of it raises
+    ImportError): the install line, exit 2; and it is never imported without --scheduler.
+    Both commands run in one child process of their own (`run_cli` there), not in this
+    one, whose Dask scheduler and client threads import parts of distributed as they go."""
+    with_scheduler = ["--scheduler", "tcp://127.0.0.1:8786"]
+    local = ["--concurrency", "1"]
+    code = (
+        f"import sys, json; sys.modules['distributed'] = None; sys.path.insert(0, {str(ROOT)!r}); "
+        "from tests.helpers import run_cli; "
+        f"runs = [run_cli('export', 'aggregate', 'demo', '--server', {demo_server.url!r}, *a) "
+        f"for a in ({with_scheduler!r}, {local!r})]; "
+        "print(json.dumps([vars(r) for r in runs]))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    done, local_run = (Result(**r) for r in json.loads(child.stdout.splitlines()[-1]))
+    assert (done.code, done.out) == (2, "")
+    assert done.err == (
         "error: --scheduler needs Dask's distributed, which is not installed: "
         "pip install 'patientkit[dask]'\n"
     )
-    local = subprocess.run(
-        [sys.executable, "-c", hide + main, "export", "aggregate", "demo",
-         "--server", demo_server.url, "--concurrency", "1"],
-        capture_output=True, text=True, env=cli_env(), timeout=60,
-    )  # fmt: skip
-    assert local.returncode == 0, local.stderr
+    assert local_run.code == 0, local_run.err
 
 
-def test_bad_downloads_fail_as_they_do_locally(cluster, serve, tmp_path):
+def test_bad_downloads_fail_as_they_do_locally(cluster, bulk_server):
     """A download shorter than its metadata (retried, then exit 1) and one with a
     malformed row (exit 1 at once, file and line): the same last line as local, no
-    output."""
+    output. (Exports of this test's own, `short` and `bad`, added to the bulk server's.)"""
     short, bad = str(uuid.uuid4()), str(uuid.uuid4())
-    (tmp_path / "short").mkdir()
-    (tmp_path / "short" / f"{short}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
+    root = bulk_server.root
+    (root / "short").mkdir()
+    (root / "short" / f"{short}.csv").write_text("patient_id,event_type\nP1,a\nP2,b\n")
     meta = {"id": short, "rows": 3, "event_types": ["a", "b"], "patients": ["P1", "P2"],
             "start_time": None, "end_time": None}  # fmt: skip
-    (tmp_path / "short" / f"{short}.meta.json").write_text(json.dumps(meta))
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / f"{bad}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
-    server = serve("--exports", str(tmp_path))
+    (root / "short" / f"{short}.meta.json").write_text(json.dumps(meta))
+    (root / "bad").mkdir()
+    (root / "bad" / f"{bad}.csv").write_text("patient_id,event_type\nP1,a\nP2\n")
+    server = bulk_server
     for export_id, last in [
         (
             "short",

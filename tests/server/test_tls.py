@@ -5,12 +5,14 @@ trusts PATIENTKIT_CA_CERT for https:// URLs; an untrusted certificate is one lin
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import uuid
 
 import httpx
 import pytest
 
+from patientkit.client.http import tls_verify
 from tests.helpers import Server, run_cli, serve_refused
 from tests.server.certs import make_certs
 
@@ -121,6 +123,20 @@ def test_a_ca_bundle_that_cannot_be_read_is_exit_2(tls, tmp_path):
     )
 
 
+def test_a_client_of_an_http_server_loads_no_ca_bundle(tls, monkeypatch):
+    """An http:// URL never uses TLS: its clients verify with a context that trusts no
+    CA (httpx's default loads certifi's bundle afresh, tens of ms, for every transport),
+    even with PATIENTKIT_CA_CERT set; TLS through that context is refused."""
+    monkeypatch.setenv("PATIENTKIT_CA_CERT", str(tls.certs.ca))
+    context = tls_verify("http://127.0.0.1:8000")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{tls.url}/api/ping", verify=context)
+    assert isinstance(tls_verify(tls.url), ssl.SSLContext)  # https://: the CA named
+
+
 def test_a_key_that_does_not_fit_is_refused_at_start(tmp_path):
     one, other = make_certs(tmp_path / "one"), make_certs(tmp_path / "two")
     done = serve_refused("--port", "0", "--tls-cert", str(one.cert), "--tls-key", str(other.key))
@@ -142,16 +158,16 @@ def test_cert_without_key_is_a_usage_error(tmp_path):
 
 def test_clients_share_one_default_tls_context_and_ssl_cert_file_still_counts(tls, monkeypatch):
     """httpx's default verification is made once a process (it cost every client, and
-    every thread's transport of a records client, some 35 ms of CPU), for http:// and
-    https:// alike, and still follows SSL_CERT_FILE: a client trusting our CA through it
-    reads the server, which the default store refuses."""
+    every thread's transport of a records client, some 35 ms of CPU), for every https://
+    server, and still follows SSL_CERT_FILE: a client trusting our CA through it reads the
+    server, which the default store refuses (http:// URLs: the test above)."""
     from patientkit.client.http import CertificateError, make_client, tls_verify
 
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     monkeypatch.delenv("PATIENTKIT_CA_CERT", raising=False)
-    first = tls_verify("http://127.0.0.1:9")
-    assert tls_verify("https://127.0.0.1:9") is first is tls_verify(tls.url)
+    first = tls_verify("https://127.0.0.1:9")
+    assert tls_verify(tls.url) is first
     with make_client(tls.url) as client, pytest.raises(CertificateError):
         client.get("/api/export")  # the default store does not know our CA
     monkeypatch.setenv("SSL_CERT_FILE", str(tls.certs.ca))

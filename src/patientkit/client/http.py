@@ -122,13 +122,21 @@ class CertificateError(RemoteError):
     the same way again)."""
 
 
+# For an http:// server, whose connections never use TLS: a context that verifies and
+# trusts no CA (any TLS through it would fail), not httpx's default with certifi's bundle.
+_PLAIN_HTTP = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def tls_verify(server: str) -> ssl.SSLContext:
     """What a client of `server` verifies TLS with: for an https:// URL with
     PATIENTKIT_CA_CERT set, a context trusting that CA bundle (instead of the system's);
-    else httpx's default (verify=True), made once a process (`default_tls`). Raises
+    for another https:// URL httpx's default (verify=True), made once a process
+    (`default_tls`); for an http:// URL a context trusting nothing, never used. Raises
     UsageError for a bundle that cannot be loaded."""
+    if not server.startswith("https://"):
+        return _PLAIN_HTTP
     path = os.environ.get(CA_VARIABLE)
-    if not path or not server.startswith("https://"):
+    if not path:
         return default_tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     try:
         return ssl.create_default_context(cafile=path)
