@@ -4,8 +4,8 @@ that hide the password, one instance shared by threads (a pool), its schema tabl
 after COMMIT. What every store must do, on both stores: tests/core/test_store.py.
 
 The server's URL comes from PATIENTKIT_TEST_POSTGRES (.ci/run sets it); each test gets a
-database of its own, dropped after (tests/pg.py). Without the variable these tests skip,
-with the reason shown (`-ra`)."""
+store of its own (a schema; the first users, a new database), dropped after (tests/pg.py).
+Without the variable these tests skip, with the reason shown (`-ra`)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ import pytest
 from patientkit.errors import UsageError
 from tests.core.test_store import DEVICE, OTHER, reading, record
 from tests.helpers import wait_until_reading
-from tests.pg import needs_pg, new_database
+from tests.pg import needs_pg, new_database, new_store, with_query
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """The URL of a new, empty database (dropped after the test)."""
-    with new_database() as url:
+    """The URL of a new, empty store (a schema of its own, dropped after the test)."""
+    with new_store() as url:
         yield url
 
 
@@ -156,7 +156,12 @@ FIRST_USER = textwrap.dedent("""
 
 
 @needs_pg
-def test_concurrent_first_users_do_not_race_the_migration(pg_url):
+def test_concurrent_first_users_do_not_race_the_migration():
+    with new_database() as url:  # a new database: its first users, in its default schema
+        _first_users_race(url)
+
+
+def _first_users_race(pg_url: str) -> None:
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", FIRST_USER, pg_url],
@@ -211,7 +216,7 @@ def kill_when_busy(url: str, application: str, query: str, done: threading.Event
 def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg_url, statement):
     from patientkit.postgres import PostgresStore
 
-    url = pg_url + "?application_name=pk_victim"
+    url = with_query(pg_url, application_name="pk_victim")
     size = 100_000  # a statement of some 0.1 s or more: the killer sees it running
     batch = [reading(n % 7 + 1, "t", n, f"dev-{n % 50}") for n in range(size)]
     expected = sum(n % 7 + 1 for n in range(size))
@@ -336,9 +341,8 @@ def test_a_connection_lost_after_commit_is_neither_applied_twice_nor_misreported
 
     parts = urlsplit(pg_url)
     proxy = DropAfterCommit(parts.hostname or "127.0.0.1", parts.port or 5432)
-    url = urlunsplit(
-        parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}", query="sslmode=disable")
-    )
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    url = with_query(url, sslmode="disable")
     try:
         with PostgresStore(url) as store:
             proxy.armed.set()

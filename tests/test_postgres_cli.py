@@ -1,8 +1,8 @@
 """Every command on a PostgreSQL store (`--db postgresql://…`, PATIENTKIT_DB) gives the
 answers it gives on SQLite: `store info`, `readings replay|latest|total`, `records
 submit|list`, and `serve` under chaos; four replays at once, and a replay killed and run
-again, end equal to one clean run. Real processes, a real PostgreSQL server (a database
-of each test's own: tests/pg.py), skipped with the reason without PATIENTKIT_TEST_POSTGRES.
+again, end equal to one clean run. Real processes, a real PostgreSQL server (a store, a
+schema, of each test's own: tests/pg.py), skipped with the reason without PATIENTKIT_TEST_POSTGRES.
 Without the `postgres` extra, each command says how to install it (exit 2)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from patientkit.samples.inputs import generate_readings, generate_records
 from patientkit.stores import open_store
 from tests.cli.test_readings import start_replay as start_replay_from_a_pipe
 from tests.helpers import cli_env, run_cli, stop_fed
-from tests.pg import needs_pg, new_database, readings_dump
+from tests.pg import needs_pg, new_database, new_store, readings_dump
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -30,7 +30,7 @@ DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 
 @pytest.fixture
 def pg() -> Iterator[str]:
-    with new_database() as url:
+    with new_store() as url:
         yield url
 
 
@@ -182,8 +182,9 @@ def _no_created_at(out: str) -> list[str]:
 
 
 @needs_pg
-def test_store_info_of_a_new_database_creates_nothing(pg):
-    result = run_cli("store", "info", "--db", pg)
+def test_store_info_of_a_new_database_creates_nothing():
+    with new_database() as url:
+        result = run_cli("store", "info", "--db", url)
     assert result.code == 0, result.err
     document = json.loads(result.out)
     assert document == {
@@ -213,7 +214,7 @@ def start_replay(source: Path, db: str) -> subprocess.Popen[bytes]:
 def test_four_replays_of_one_file_at_once_equal_one_clean_run(tmp_path):
     source = tmp_path / "r.ndjson"
     generate_readings(source, 8_000, devices=200, duplicates=0.02)
-    with new_database() as clean, new_database() as shared:
+    with new_store() as clean, new_store() as shared:
         alone = run_cli("readings", "replay", str(source), "--db", clean)
         assert alone.code == 0, alone.err
         processes = [start_replay(source, shared) for _ in range(4)]
@@ -230,7 +231,7 @@ def test_four_replays_of_one_file_at_once_equal_one_clean_run(tmp_path):
 def test_killed_mid_replay_then_run_again_equals_one_clean_run(tmp_path):
     source = tmp_path / "r.ndjson"
     generate_readings(source, 10_000, devices=100, duplicates=0.02)
-    with new_database() as clean, new_database() as killed:
+    with new_store() as clean, new_store() as killed:
         assert run_cli("readings", "replay", str(source), "--db", clean).code == 0
         # from a pipe that holds back the last 5,000: mid-way whatever the machine's speed
         process, feeder = start_replay_from_a_pipe(source, killed, subprocess.DEVNULL, 5_000)
@@ -257,7 +258,7 @@ def test_serve_under_chaos_gives_exact_results(serve, tmp_path):
     readings, records = tmp_path / "r.ndjson", tmp_path / "t.ndjson"
     generate_readings(readings, 1000, devices=40, duplicates=0.05)
     generate_records(records, 300, clinics=5, duplicates=0.05, invalid=0.02)
-    with new_database() as clean, new_database() as chaos:
+    with new_store() as clean, new_store() as chaos:
         clean_replay = run_cli("readings", "replay", str(readings), "--db", clean)
         clean_submit = run_cli("records", "submit", str(records), "--db", clean)
         server = serve("--db", chaos, "--chaos", "0.3", "--chaos-seed", "7", "--workers", "2")

@@ -1,5 +1,6 @@
 """What every store must do (`patientkit.core.store.Store`), on both stores: SQLite (a
-file) and PostgreSQL (a fresh database of the server in PATIENTKIT_TEST_POSTGRES; without
+file) and PostgreSQL (a fresh store, a schema of its own, on the server in
+PATIENTKIT_TEST_POSTGRES; without
 it those cases skip, with the reason shown by `-ra`). Each store opens through
 `patientkit.stores.open_store(target)`, as the commands and the server open it.
 
@@ -24,7 +25,7 @@ from patientkit.core.model import RECORD_FIELDS, Reading, RecordAnswer
 from patientkit.core.store import Store
 from patientkit.stores import open_store
 from tests.helpers import examples, run_scripts_at_once
-from tests.pg import STORES, new_database
+from tests.pg import STORES, new_store
 
 DEVICE = "063c5957-8905-45f9-bfe3-960713788919"
 OTHER = "f728b4fa-4248-4e3a-8a5d-2f346baa9455"
@@ -49,13 +50,13 @@ def record(
 
 @pytest.fixture(params=STORES)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The test's store: a SQLite file's path, or a new PostgreSQL database's URL (dropped
-    after the test)."""
+    """The test's store: a SQLite file's path, or the URL of a new PostgreSQL store (a
+    schema, dropped after the test)."""
     if request.param == "sqlite":
         yield str(tmp_path / "s.db")
         return
     pytest.importorskip("psycopg")
-    with new_database() as url:
+    with new_store() as url:
         yield url
 
 
