@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,7 +22,7 @@ import pytest
 
 from patientkit.errors import UsageError
 from tests.core.test_store import DEVICE, OTHER, reading, record
-from tests.helpers import wait_until_reading
+from tests.helpers import run_forked_at_once
 from tests.pg import needs_pg, new_database, new_store, with_query
 
 
@@ -149,7 +147,6 @@ def test_records_use_the_clinic_index(pg_url):
 FIRST_USER = textwrap.dedent("""
     import sys
     from patientkit.postgres import PostgresStore
-    sys.stdin.buffer.read(1)  # imported: all of them go at once when every one is
     with PostgresStore(sys.argv[1]) as store:
         print(store.schema_version(), store.add_readings([]))
 """)
@@ -157,39 +154,17 @@ FIRST_USER = textwrap.dedent("""
 
 @needs_pg
 def test_concurrent_first_users_do_not_race_the_migration():
+    """Four processes (forked once imported: all go at once) open a new database's store
+    first; four race as six did: the lock lets one in."""
     with new_database() as url:  # a new database: its first users, in its default schema
-        _first_users_race(url)
+        outcomes = run_forked_at_once(FIRST_USER, [[url]] * 4, imports=("patientkit.postgres",))
+        assert [code for code, _, _ in outcomes] == [0] * 4, [err.decode() for *_, err in outcomes]
+        assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 4
+        import psycopg
 
-
-def _first_users_race(pg_url: str) -> None:
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", FIRST_USER, pg_url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(4)  # four at once race as six did: the lock lets one in
-    ]
-    try:
-        for process in processes:  # a blocking read, not a poll: no CPU while the rest import
-            wait_until_reading(process.pid, timeout=60)
-        for process in processes:
-            process.stdin.write(b"!")
-            process.stdin.close()
-        outcomes = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    assert [code for code, _, _ in outcomes] == [0] * 4, [err.decode() for *_, err in outcomes]
-    assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 4
-    import psycopg
-
-    with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*), max(version) FROM patientkit_schema").fetchone() == (
-            1,
-            1,
-        )
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*), max(version) FROM patientkit_schema").fetchone()
+        assert row == (1, 1)
 
 
 def kill_when_busy(url: str, application: str, query: str, done: threading.Event) -> list[int]:
