@@ -217,7 +217,7 @@ def record(test_id="T1", clinic="C1", **changes):
 
 
 AT_ONCE = """
-import importlib, json, os, sys, traceback
+import importlib, json, os, sys
 script, folder = sys.argv[1], sys.argv[2]
 argvs, modules = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 for module in modules:  # imported once, before the fork: the children start past them
@@ -232,18 +232,9 @@ for n, argv in enumerate(argvs):
         for fd, name in ((1, "out"), (2, "err")):  # its own stdout and stderr, as a process
             os.dup2(os.open(f"{folder}/{n}.{name}", os.O_WRONLY | os.O_CREAT, 0o600), fd)
         os.read(gate, 1)  # until every child is forked: they all go at once
-        status = 0
-        try:
-            sys.argv = ["-c", *argv]
-            exec(code, {"__name__": "__main__"})
-        except SystemExit as stop:
-            status = stop.code if isinstance(stop.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            status = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        sys.argv = ["-c", *argv]
+        exec(code, {"__name__": "__main__"})  # an exception ends it as python -c's: exit 1
+        sys.exit(0)  # the interpreter's own exit: its exit handlers run, as a process's
     children.append(pid)
 os.close(opening)  # end of file on the gate: all go
 print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]))
@@ -254,18 +245,20 @@ def run_forked_at_once(
     script: str,
     argvs: list[list[str]],
     imports: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> list[tuple[int, bytes, bytes]]:
     """`python -c script *argv` for each argv, all running at once as separate
     processes; each one's exit code, stdout and stderr, in the order given. The
     processes are forked from one python that imported `imports` first (the script's own
     imports find them loaded: one start-up, not one each), and all start the script
-    together once all are forked."""
+    together once all are forked. Their environment is `env`, else this one."""
     with tempfile.TemporaryDirectory() as folder:
         runner = subprocess.Popen(
             [sys.executable, "-c", AT_ONCE, script, folder, json.dumps(argvs), json.dumps(imports)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=env,
             start_new_session=True,  # a group of its own, its children in it
         )
         try:
