@@ -70,10 +70,11 @@ def test_shared_instance_across_threads(pg_url):
     """The server holds one PostgresStore for all its threads (a pool inside)."""
     from patientkit.postgres import PostgresStore
 
+    rounds = 5  # of each thread's: a batch of shared readings, one of its own, 10 records
     with PostgresStore(pg_url, pool_size=4) as store:
 
         def work(n):
-            for b in range(10):
+            for b in range(rounds):
                 store.add_readings([reading(1, "t", b * 100 + i) for i in range(100)])
                 store.add_readings([reading(2, "t", b * 100 + i, f"dev-{n}") for i in range(100)])
                 store.add_records(
@@ -85,9 +86,10 @@ def test_shared_instance_across_threads(pg_url):
             thread.start()
         for thread in threads:
             thread.join()
-        assert store.reading_totals() == (9, 1000 + 8 * 1000, 1000 + 8 * 2000)
+        each = rounds * 100  # readings of a device
+        assert store.reading_totals() == (9, each + 8 * each, each + 8 * 2 * each)
         assert store.record_count() == len(
-            {(n * 50 + i) % 300 for n in range(8) for i in range(100)}
+            {(n * 50 + i) % 300 for n in range(8) for i in range(rounds * 10)}
         )
 
 
@@ -213,6 +215,20 @@ def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg
         assert store.add_records([record("after")]) == [True]  # the pool recovered
 
 
+def blocked_by(pid: int, timeout: float = 30) -> None:
+    """Until a session waits for a lock that backend `pid` holds (pg_blocking_pids)."""
+    import psycopg
+
+    from tests.pg import PG_URL
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        while conn.execute(query, (pid,)).fetchone() == (0,):
+            assert time.monotonic() < deadline, f"nothing waited for backend {pid}"
+            time.sleep(0.01)
+
+
 @needs_pg
 def test_a_reading_a_concurrent_writer_stores_meanwhile_is_counted_once(pg_url):
     """A key stored by a transaction still open when the batch comes: the batch waits for
@@ -240,7 +256,7 @@ def test_a_reading_a_concurrent_writer_stores_meanwhile_is_counted_once(pg_url):
             )
         )
         writer.start()
-        time.sleep(0.5)
+        blocked_by(other.info.backend_pid)  # the batch waits for the other transaction
         assert writer.is_alive()  # waiting for the other transaction's key
         other.commit()
         writer.join(timeout=30)
