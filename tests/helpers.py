@@ -217,12 +217,13 @@ def record(test_id="T1", clinic="C1", **changes):
 
 
 AT_ONCE = """
-import importlib, json, os, sys
+import gc, importlib, json, os, sys
 script, folder = sys.argv[1], sys.argv[2]
 argvs, modules = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 for module in modules:  # imported once, before the fork: the children start past them
     importlib.import_module(module)
 code = compile(script, "<script>", "exec")
+gc.freeze()  # out of the children's collections: their exits do not copy every page
 gate, opening = os.pipe()
 children = []
 for n, argv in enumerate(argvs):

@@ -61,7 +61,7 @@ class Run:
 # It tells the test each scenario's pid when started and exit code when ended (a pidfd
 # each: no polling).
 ZYGOTE = r"""
-import os, runpy, select, sys
+import gc, os, runpy, select, sys
 import patientkit.core.buffer, patientkit.core.clock, patientkit.core.lifecycle
 import patientkit.core.retry, patientkit.core.spool
 import json, pathlib, signal, time  # the scenarios' own
@@ -81,6 +81,7 @@ while reading or running:
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
             n, scenario, folder, out, err = line.decode().split("\t")
+            gc.freeze()  # out of the scenario's collections: its exit copies no page of ours
             pid = os.fork()
             if pid == 0:
                 for each in running:
