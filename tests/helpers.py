@@ -234,7 +234,8 @@ for n, argv in enumerate(argvs):
             os.dup2(os.open(f"{folder}/{n}.{name}", os.O_WRONLY | os.O_CREAT, 0o600), fd)
         os.read(gate, 1)  # until every child is forked: they all go at once
         sys.argv = ["-c", *argv]
-        exec(code, {"__name__": "__main__"})  # an exception ends it as python -c's: exit 1
+        script_globals = {"__name__": "__main__"}  # kept to the exit, as __main__'s are
+        exec(code, script_globals)  # an exception ends it as python -c's: exit 1
         sys.exit(0)  # the interpreter's own exit: its exit handlers run, as a process's
     children.append(pid)
 os.close(opening)  # end of file on the gate: all go
