@@ -24,6 +24,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -267,23 +268,65 @@ def record(test_id="T1", clinic="C1", **changes):
     return value
 
 
-def run_scripts_at_once(
-    script: str, argvs: list[list[str]], timeout: float = 300
+AT_ONCE = """
+import gc, importlib, json, os, sys
+script, folder = sys.argv[1], sys.argv[2]
+argvs, modules = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+for module in modules:  # imported once, before the fork: the children start past them
+    importlib.import_module(module)
+code = compile(script, "<script>", "exec")
+gc.freeze()  # out of the children's collections: their exits do not copy every page
+gate, opening = os.pipe()
+children = []
+for n, argv in enumerate(argvs):
+    pid = os.fork()
+    if pid == 0:
+        os.close(opening)
+        for fd, name in ((1, "out"), (2, "err")):  # its own stdout and stderr, as a process
+            os.dup2(os.open(f"{folder}/{n}.{name}", os.O_WRONLY | os.O_CREAT, 0o600), fd)
+        os.read(gate, 1)  # until every child is forked: they all go at once
+        sys.argv = ["-c", *argv]
+        script_globals = {"__name__": "__main__"}  # kept to the exit, as __main__'s are
+        exec(code, script_globals)  # an exception ends it as python -c's: exit 1
+        sys.exit(0)  # the interpreter's own exit: its exit handlers run, as a process's
+    children.append(pid)
+os.close(opening)  # end of file on the gate: all go
+print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]))
+"""
+
+
+def run_forked_at_once(
+    script: str,
+    argvs: list[list[str]],
+    imports: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> list[tuple[int, bytes, bytes]]:
-    """`python -c script *argv` for each argv, all running at once (separate processes);
-    each one's exit code, stdout and stderr, in the order given."""
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    """`python -c script *argv` for each argv, all running at once as separate
+    processes; each one's exit code, stdout and stderr, in the order given. The
+    processes are forked from one python that imported `imports` first (the script's own
+    imports find them loaded: one start-up, not one each), and all start the script
+    together once all are forked. Their environment is `env`, else this one."""
+    with tempfile.TemporaryDirectory() as folder:
+        runner = subprocess.Popen(
+            [sys.executable, "-c", AT_ONCE, script, folder, json.dumps(argvs), json.dumps(imports)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a group of its own, its children in it
         )
-        for argv in argvs
-    ]
-    try:
-        outcomes = [process.communicate(timeout=timeout) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outcomes, strict=True)]
+        try:
+            out, err = runner.communicate(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(runner.pid, signal.SIGKILL)  # a child left hanging
+            runner.wait()
+        assert (runner.returncode, err) == (0, b""), err.decode()
+        codes = json.loads(out)
+        return [
+            (code, Path(folder, f"{n}.out").read_bytes(), Path(folder, f"{n}.err").read_bytes())
+            for n, code in enumerate(codes)
+        ]
 
 
 def feed(pipe: IO[bytes], data: bytes) -> None:

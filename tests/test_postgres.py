@@ -4,15 +4,13 @@ that hide the password, one instance shared by threads (a pool), its schema tabl
 after COMMIT. What every store must do, on both stores: tests/core/test_store.py.
 
 The server's URL comes from PATIENTKIT_TEST_POSTGRES (.ci/run sets it); each test gets a
-database of its own, dropped after (tests/pg.py). Without the variable these tests skip,
-with the reason shown (`-ra`)."""
+store of its own (a schema; the first users, a new database), dropped after (tests/pg.py).
+Without the variable these tests skip, with the reason shown (`-ra`)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,14 +22,14 @@ import pytest
 
 from patientkit.errors import UsageError
 from tests.core.test_store import DEVICE, OTHER, reading, record
-from tests.helpers import wait_until_reading
-from tests.pg import needs_pg, new_database
+from tests.helpers import run_forked_at_once
+from tests.pg import needs_pg, new_database, new_store, with_query
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """The URL of a new, empty database (dropped after the test)."""
-    with new_database() as url:
+    """The URL of a new, empty store (a schema of its own, dropped after the test)."""
+    with new_store() as url:
         yield url
 
 
@@ -72,10 +70,11 @@ def test_shared_instance_across_threads(pg_url):
     """The server holds one PostgresStore for all its threads (a pool inside)."""
     from patientkit.postgres import PostgresStore
 
+    rounds = 5  # of each thread's: a batch of shared readings, one of its own, 10 records
     with PostgresStore(pg_url, pool_size=4) as store:
 
         def work(n):
-            for b in range(10):
+            for b in range(rounds):
                 store.add_readings([reading(1, "t", b * 100 + i) for i in range(100)])
                 store.add_readings([reading(2, "t", b * 100 + i, f"dev-{n}") for i in range(100)])
                 store.add_records(
@@ -87,9 +86,10 @@ def test_shared_instance_across_threads(pg_url):
             thread.start()
         for thread in threads:
             thread.join()
-        assert store.reading_totals() == (9, 1000 + 8 * 1000, 1000 + 8 * 2000)
+        each = rounds * 100  # readings of a device
+        assert store.reading_totals() == (9, each + 8 * each, each + 8 * 2 * each)
         assert store.record_count() == len(
-            {(n * 50 + i) % 300 for n in range(8) for i in range(100)}
+            {(n * 50 + i) % 300 for n in range(8) for i in range(rounds * 10)}
         )
 
 
@@ -149,42 +149,24 @@ def test_records_use_the_clinic_index(pg_url):
 FIRST_USER = textwrap.dedent("""
     import sys
     from patientkit.postgres import PostgresStore
-    sys.stdin.buffer.read(1)  # imported: all of them go at once when every one is
     with PostgresStore(sys.argv[1]) as store:
         print(store.schema_version(), store.add_readings([]))
 """)
 
 
 @needs_pg
-def test_concurrent_first_users_do_not_race_the_migration(pg_url):
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", FIRST_USER, pg_url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(4)  # four at once race as six did: the lock lets one in
-    ]
-    try:
-        for process in processes:  # a blocking read, not a poll: no CPU while the rest import
-            wait_until_reading(process.pid, timeout=60)
-        for process in processes:
-            process.stdin.write(b"!")
-            process.stdin.close()
-        outcomes = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    assert [code for code, _, _ in outcomes] == [0] * 4, [err.decode() for *_, err in outcomes]
-    assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 4
-    import psycopg
+def test_concurrent_first_users_do_not_race_the_migration():
+    """Four processes (forked once imported: all go at once) open a new database's store
+    first; four race as six did: the lock lets one in."""
+    with new_database() as url:  # a new database: its first users, in its default schema
+        outcomes = run_forked_at_once(FIRST_USER, [[url]] * 4, imports=("patientkit.postgres",))
+        assert [code for code, _, _ in outcomes] == [0] * 4, [err.decode() for *_, err in outcomes]
+        assert [out.decode() for _, out, _ in outcomes] == ["1 0\n"] * 4
+        import psycopg
 
-    with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*), max(version) FROM patientkit_schema").fetchone() == (
-            1,
-            1,
-        )
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*), max(version) FROM patientkit_schema").fetchone()
+        assert row == (1, 1)
 
 
 def kill_when_busy(url: str, application: str, query: str, done: threading.Event) -> list[int]:
@@ -211,7 +193,7 @@ def kill_when_busy(url: str, application: str, query: str, done: threading.Event
 def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg_url, statement):
     from patientkit.postgres import PostgresStore
 
-    url = pg_url + "?application_name=pk_victim"
+    url = with_query(pg_url, application_name="pk_victim")
     size = 100_000  # a statement of some 0.1 s or more: the killer sees it running
     batch = [reading(n % 7 + 1, "t", n, f"dev-{n % 50}") for n in range(size)]
     expected = sum(n % 7 + 1 for n in range(size))
@@ -231,6 +213,20 @@ def test_a_connection_killed_mid_batch_is_retried_and_nothing_is_half_applied(pg
         assert len(killed) == 1  # the batch did die once, and was retried whole
         assert store.reading_totals() == (50, size, expected)
         assert store.add_records([record("after")]) == [True]  # the pool recovered
+
+
+def blocked_by(pid: int, timeout: float = 30) -> None:
+    """Until a session waits for a lock that backend `pid` holds (pg_blocking_pids)."""
+    import psycopg
+
+    from tests.pg import PG_URL
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        while conn.execute(query, (pid,)).fetchone() == (0,):
+            assert time.monotonic() < deadline, f"nothing waited for backend {pid}"
+            time.sleep(0.01)
 
 
 @needs_pg
@@ -260,7 +256,7 @@ def test_a_reading_a_concurrent_writer_stores_meanwhile_is_counted_once(pg_url):
             )
         )
         writer.start()
-        time.sleep(0.5)
+        blocked_by(other.info.backend_pid)  # the batch waits for the other transaction
         assert writer.is_alive()  # waiting for the other transaction's key
         other.commit()
         writer.join(timeout=30)
@@ -336,9 +332,8 @@ def test_a_connection_lost_after_commit_is_neither_applied_twice_nor_misreported
 
     parts = urlsplit(pg_url)
     proxy = DropAfterCommit(parts.hostname or "127.0.0.1", parts.port or 5432)
-    url = urlunsplit(
-        parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}", query="sslmode=disable")
-    )
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    url = with_query(url, sslmode="disable")
     try:
         with PostgresStore(url) as store:
             proxy.armed.set()

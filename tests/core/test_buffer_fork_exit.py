@@ -1,14 +1,17 @@
 """A BatchBuffer across os.fork() and at interpreter exit (cases 01 and 02 of issue 9).
 
-Each scenario runs in a child python (`buffer_child.py`): forking the pytest process, or
-making it exit, is not something a test can do safely. The scenarios print JSON facts;
+Each scenario runs in a process of its own (`buffer_child.py`, forked by one python that
+imported patientkit once: ZYGOTE): forking the pytest process, or making it exit, is not
+something a test can do safely. The scenarios print JSON facts;
 the sink writes "<pid> <event>" lines to a file, so deliveries can be counted per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -51,48 +54,140 @@ class Run:
         return [x for x in self.stderr.splitlines() if x.startswith("patientkit: warning:")]
 
 
-def start(scenario: str, folder: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), scenario, str(folder)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+# One python imports patientkit.core and forks a process for each scenario (`start`): the
+# scenario runs as `python buffer_child.py SCENARIO DIR` would, in a process of its own
+# whose stdout and stderr are its own (files) and whose exit, fork and exit handlers are
+# its own, without an interpreter's start-up and imports each (~0.07 CPU-s a scenario).
+# It tells the test each scenario's pid when started and exit code when ended (a pidfd
+# each: no polling).
+ZYGOTE = r"""
+import gc, os, runpy, select, sys
+import patientkit.core.buffer, patientkit.core.clock, patientkit.core.lifecycle
+import patientkit.core.retry, patientkit.core.spool
+import json, pathlib, signal, time  # the scenarios' own
+
+script, running, pending, reading = sys.argv[1], {}, b"", True
+while reading or running:
+    ready, _, _ = select.select(([0] if reading else []) + list(running), [], [])
+    for fd in ready:
+        if fd != 0:
+            n, pid = running.pop(fd)
+            os.close(fd)
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            os.write(1, f"ended {n} {code}\n".encode())
+            continue
+        data = os.read(0, 65536)
+        reading, pending = bool(data), pending + data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            n, scenario, folder, out, err = line.decode().split("\t")
+            gc.freeze()  # out of the scenario's collections: its exit copies no page of ours
+            pid = os.fork()
+            if pid == 0:
+                for each in running:
+                    os.close(each)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                for fd, path in ((1, out), (2, err)):
+                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+                sys.argv = [script, scenario, folder]
+                scenario_globals = runpy.run_path(script, run_name="__main__")  # kept to exit
+                sys.exit(0)  # the interpreter's own exit: the scenario's exit handlers run
+            running[os.pidfd_open(pid)] = (n, pid)
+            os.write(1, f"started {n} {pid}\n".encode())
+"""
 
 
-def run(scenario: str, folder: Path, timeout: float = 60) -> Run:
-    started = time.monotonic()
-    proc = start(scenario, folder)
-    out, err = proc.communicate(timeout=timeout)
-    return Run(
-        subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
-        time.monotonic() - started,
-        folder,
-    )
+class Zygote:
+    """The process that forks the scenarios (ZYGOTE), with a thread reading its news."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.errors = folder / "zygote.err"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE, str(CHILD)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors.open("w"),
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+        self.count = 0
+        self.pids: dict[int, int] = {}
+        self.ended: dict[int, tuple[int, float]] = {}  # exit code, when
+        self.news = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            what, n, value = line.split()
+            with self.news:
+                if what == b"started":
+                    self.pids[int(n)] = int(value)
+                else:
+                    self.ended[int(n)] = (int(value), time.monotonic())
+                self.news.notify_all()
+
+    def start(self, scenario: str, folder: Path) -> int:
+        with self.news:
+            n, self.count = self.count, self.count + 1
+        out, err = self.folder / f"{n}.out", self.folder / f"{n}.err"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{n}\t{scenario}\t{folder}\t{out}\t{err}\n".encode())
+        self.proc.stdin.flush()
+        return n
+
+    def wait(self, n: int, timeout: float) -> tuple[int, float] | None:
+        """The scenario's exit code and when it ended; None if it has not within `timeout`."""
+        with self.news:
+            self.news.wait_for(lambda: n in self.ended, timeout)
+            return self.ended.get(n)
+
+    def stop(self) -> None:
+        with self.news:
+            hung = [pid for n, pid in self.pids.items() if n not in self.ended]
+        for pid in hung:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        self.reader.join(10)
+        assert self.errors.read_text() == "", self.errors.read_text()
+
+
+ZYGOTES: list[Zygote] = []  # this module's, while its tests run (the `zygote` fixture)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    ZYGOTES.append(Zygote(tmp_path_factory.mktemp("zygote")))
+    yield ZYGOTES[-1]
+    ZYGOTES.pop().stop()
 
 
 class Started:
-    """A scenario started in the background; a thread reads its output and notes when it
-    ended, so its Run's seconds are its own however late a test asks."""
+    """A scenario started (forked by the zygote); its Run's seconds are its own however
+    late a test asks."""
 
     def __init__(self, scenario: str, folder: Path) -> None:
         self.folder = folder
+        self.zygote = ZYGOTES[-1]
         self.started = time.monotonic()
-        self.proc = start(scenario, folder)
-        self.waiter = threading.Thread(target=self._wait, daemon=True)
-        self.waiter.start()
-
-    def _wait(self) -> None:
-        self.out, self.err = self.proc.communicate()
-        self.seconds = time.monotonic() - self.started
+        self.n = self.zygote.start(scenario, folder)
 
     def result(self, timeout: float = 60) -> Run:
-        self.waiter.join(timeout)
-        assert not self.waiter.is_alive(), "the scenario hung"
-        done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out, self.err)
-        return Run(done, self.seconds, self.folder)
+        ended = self.zygote.wait(self.n, timeout)
+        assert ended is not None, "the scenario hung"
+        code, when = ended
+        out = (self.zygote.folder / f"{self.n}.out").read_text()
+        err = (self.zygote.folder / f"{self.n}.err").read_text()
+        done = subprocess.CompletedProcess(["buffer_child.py"], code, out, err)
+        return Run(done, when - self.started, self.folder)
+
+
+def run(scenario: str, folder: Path, timeout: float = 60) -> Run:
+    return Started(scenario, folder).result(timeout)
 
 
 # the scenarios that wait out a close timeout at exit (half a second or more each)
@@ -109,15 +204,10 @@ WAITING = (
 
 
 @pytest.fixture(scope="module")
-def waiting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Started]]:
+def waiting(zygote: Zygote, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Started]:
     """WAITING, each in a folder of its own, all started together when the first of
     their tests runs: their waits overlap instead of adding up."""
-    started = {name: Started(name, tmp_path_factory.mktemp(name)) for name in WAITING}
-    yield started
-    for each in started.values():
-        if each.proc.poll() is None:
-            each.proc.kill()
-        each.waiter.join(10)
+    return {name: Started(name, tmp_path_factory.mktemp(name)) for name in WAITING}
 
 
 # --- fork (case 01) -------------------------------------------------------------------------

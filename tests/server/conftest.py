@@ -11,13 +11,13 @@ from starlette.testclient import TestClient
 
 from patientkit.server.app import build_app
 from tests.helpers import Server, default_tls
-from tests.pg import STORES, new_database
+from tests.pg import STORES, new_store
 
 
 @pytest.fixture(scope="module", params=STORES)
 def store_target(request, tmp_path_factory):
     """The API contract tests run on both stores: target(name) is a new store's target,
-    a SQLite file in the module's folder, or the URL of a new PostgreSQL database (each
+    a SQLite file in the module's folder, or the URL of a new PostgreSQL store (a schema, each
     dropped after the module; skipped, with the reason, without PATIENTKIT_TEST_POSTGRES)."""
     folder = tmp_path_factory.mktemp(request.param)
     with contextlib.ExitStack() as stack:
@@ -25,7 +25,7 @@ def store_target(request, tmp_path_factory):
         def target(name: str) -> str:
             if request.param == "sqlite":
                 return str(folder / f"{name}.db")
-            return stack.enter_context(new_database())
+            return stack.enter_context(new_store())
 
         yield target
 
