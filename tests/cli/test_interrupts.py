@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,11 +34,11 @@ REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
 
 
-def readings_and_clean_store(folder: Path, readings: int) -> tuple[Path, Path]:
-    """`readings` readings of 400 devices in folder/r.ndjson, and the store one clean
-    replay of them makes."""
+def readings_and_clean_store(folder: Path, readings: int, devices: int = 400) -> tuple[Path, Path]:
+    """`readings` readings of `devices` devices in folder/r.ndjson, and the store one
+    clean replay of them makes."""
     source, clean = folder / "r.ndjson", folder / "clean.db"
-    generate_readings(source, readings, devices=400)
+    generate_readings(source, readings, devices=devices)
     done = run_cli("readings", "replay", str(source), "--db", str(clean))
     assert done.code == 0, done.err
     return source, clean
@@ -59,14 +59,27 @@ def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 
 @pytest.fixture(scope="module")
-def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """10,000 readings and their clean store: with `--batch-size 50` a replay --to holds
-    up to 6,400 read ahead of what is delivered (batches of 1,600 readings, four pending,
-    each batch some 400 requests of a device's few readings). Its pipe holds back the
-    last 1,000, so at 400 stored the buffer is full (more requests pending than the
-    second it has to deliver them after Ctrl-C) and the reader waits on the rest; a rerun
-    over HTTP is short."""
-    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), API_READINGS)
+def api_readings_file(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int], tuple[Path, Path]]:
+    """10,000 readings of `devices` devices and their clean store, made once a count of
+    devices. With `--batch-size 50` a replay --to holds up to 6,400 read ahead of what
+    is delivered (batches of 1,600 readings, four pending, each batch a request per
+    device of its few readings there). Its pipe holds back the last 1,000, so at 400
+    stored the buffer is full and the reader waits on the rest. With 400 devices, some
+    400 requests a batch, more requests are pending than the second a Ctrl-C gives to
+    deliver them (what one Ctrl-C must show); two Ctrl-Cs need only a job mid-way, and
+    100 devices do: a rerun over HTTP is a request a device (400 of them were 0.5 CPU-s
+    more)."""
+    made: dict[int, tuple[Path, Path]] = {}
+
+    def of(devices: int) -> tuple[Path, Path]:
+        if devices not in made:
+            folder = tmp_path_factory.mktemp("api-interrupts")
+            made[devices] = readings_and_clean_store(folder, API_READINGS, devices)
+        return made[devices]
+
+    return of
 
 
 def start(*args: str) -> subprocess.Popen[bytes]:
@@ -218,20 +231,21 @@ def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("times", "dead_letter"),
+    ("times", "dead_letter", "devices"),
     # pairwise: each number of Ctrl-Cs and each of with and without --dead-letter runs
-    # once (every check of a case without it is made by the case with it too)
-    [(1, True), (2, False)],
+    # once (every check of a case without it is made by the case with it too); devices:
+    # see api_readings_file
+    [(1, True, 400), (2, False, 100)],
     ids=["1-True", "2-False"],
 )
 def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
-    api_readings_file, serve, tmp_path, times, dead_letter
+    api_readings_file, serve, tmp_path, times, dead_letter, devices
 ):
     """`readings replay --to`: after Ctrl-C no new request is started once the time to
     deliver is over (a batch of many devices never keeps it waiting), the readings handed
     back are counted (and written to --dead-letter) without a line of their own; stderr
     is the one error line. A rerun completes the store."""
-    source, clean = api_readings_file
+    source, clean = api_readings_file(devices)
     db = tmp_path / "api.db"
     server = serve("--db", str(db))
     extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
