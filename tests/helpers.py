@@ -156,10 +156,12 @@ class Server:
     def __init__(
         self, log: Path, *args: str, env: dict | None = None, verify: str | bool = True
     ) -> None:
+        from patientkit.client.http import default_context
+
         self.log = log
-        self.verify = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
+        self.verify: ssl.SSLContext | bool = verify is True and default_context()  # once
+        if isinstance(verify, str):  # (loading a bundle for every ping: 25-50 ms of CPU)
+            self.verify = ssl.create_default_context(cafile=verify)
         self.stream = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "patientkit", "serve", "--port", "0", *args],

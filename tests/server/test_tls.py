@@ -5,6 +5,7 @@ trusts PATIENTKIT_CA_CERT for https:// URLs; an untrusted certificate is one lin
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import uuid
 
@@ -138,3 +139,21 @@ def test_cert_without_key_is_a_usage_error(tmp_path):
         2,
         "error: --tls-cert and --tls-key go together: give both or neither\n",
     )
+
+
+def test_the_default_verification_is_loaded_once_and_honours_ssl_cert_file(tls):
+    """Without PATIENTKIT_CA_CERT a client verifies as httpx does by default (the bundle
+    SSL_CERT_FILE names, else certifi's), from one context a process: loading a bundle
+    for every client was 25-50 ms of CPU each (every worker, every records thread)."""
+    from patientkit.client.http import tls_verify
+
+    first = tls_verify("http://127.0.0.1:1")
+    assert isinstance(first, ssl.SSLContext)
+    assert tls_verify("https://example.org") is first
+    # SSL_CERT_FILE still chooses the bundle, as it does for httpx
+    listed = run_cli(
+        "export", "list", "--server", tls.url, env={"SSL_CERT_FILE": str(tls.certs.ca)}
+    )
+    assert (listed.code, listed.json()) == (0, {"export_ids": ["demo"]}), listed.err
+    refused = run_cli("export", "list", "--server", tls.url)
+    assert refused.code == 2 and "certificate" in refused.err, refused.err

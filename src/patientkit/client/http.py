@@ -14,6 +14,7 @@ retried as before (a server restarting mid-run).
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from typing import Any, Self
@@ -102,19 +103,35 @@ def describe_connect(exc: BaseException) -> str:
 CA_VARIABLE = "PATIENTKIT_CA_CERT"
 
 
+@functools.cache
+def default_context(cafile: str | None = None, capath: str | None = None) -> ssl.SSLContext:
+    """What httpx verifies with by default (`verify=True`): the bundle that SSL_CERT_FILE
+    or SSL_CERT_DIR names (`cafile`, `capath`), else certifi's. Made once a process for
+    each: loading a bundle is 25-50 ms of CPU, and httpx loaded it again for every client
+    and transport (each worker's, each records thread's, each of a run's clients), an
+    http:// one too. One context serves any number of them (a forked worker inherits it)."""
+    if cafile:
+        return ssl.create_default_context(cafile=cafile)
+    if capath:
+        return ssl.create_default_context(capath=capath)
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class CertificateError(RemoteError):
     """The server's TLS certificate is not trusted (exit 2, never retried: it would fail
     the same way again)."""
 
 
-def tls_verify(server: str) -> ssl.SSLContext | bool:
+def tls_verify(server: str) -> ssl.SSLContext:
     """What a client of `server` verifies TLS with: for an https:// URL with
     PATIENTKIT_CA_CERT set, a context trusting that CA bundle (instead of the system's);
-    else True (httpx's default, the system store). Raises UsageError for a bundle that
-    cannot be loaded."""
+    else httpx's default, made once a process (`default_context`). Raises UsageError for
+    a bundle that cannot be loaded."""
     path = os.environ.get(CA_VARIABLE)
     if not path or not server.startswith("https://"):
-        return True
+        return default_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     try:
         return ssl.create_default_context(cafile=path)
     except (OSError, ssl.SSLError) as exc:
@@ -214,7 +231,7 @@ def make_client(
 ) -> httpx.Client:
     """An httpx client for our APIs: base URL, user agent, bearer token from the
     environment (PATIENTKIT_TOKEN, never printed), pooled keep-alive connections, TLS
-    verified against PATIENTKIT_CA_CERT when set (`tls_verify`).
+    verified against PATIENTKIT_CA_CERT when set (`tls_verify`), else httpx's default.
 
     With `first_contact` (the default), a first connection that cannot be made raises
     NoServer at once (see FirstContact); pass False where the server has answered this
