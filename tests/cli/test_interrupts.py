@@ -21,6 +21,7 @@ from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
 from tests.helpers import (
     QuietHandler,
+    Server,
     cli_env,
     run_cli,
     stand_in_server,
@@ -34,11 +35,13 @@ REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
 
 
-def readings_and_clean_store(folder: Path, readings: int, devices: int = 400) -> tuple[Path, Path]:
-    """`readings` readings of `devices` devices in folder/r.ndjson, and the store one
-    clean replay of them makes."""
+def readings_and_clean_store(
+    folder: Path, readings: int, devices: int = 400, seed: int = 0
+) -> tuple[Path, Path]:
+    """`readings` readings of `devices` devices in folder/r.ndjson (generate_readings's
+    `seed`), and the store one clean replay of them makes."""
     source, clean = folder / "r.ndjson", folder / "clean.db"
-    generate_readings(source, readings, devices=devices)
+    generate_readings(source, readings, devices=devices, seed=seed)
     done = run_cli("readings", "replay", str(source), "--db", str(clean))
     assert done.code == 0, done.err
     return source, clean
@@ -52,7 +55,7 @@ API_READINGS = 10_000  # in api_readings_file
 def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """10,000 readings and the store one clean replay of them makes. The interrupted run
     reads them from a pipe that holds back the last 2,000 (start_holding_back), so it is
-    mid-way whenever its Ctrl-C comes (0.6 s in, or at 4,000 stored: with `--batch-size
+    mid-way whenever its Ctrl-C comes (as its store opens, or at 4,000 stored: with `--batch-size
     500` it holds at most 2,000 read ahead of the store, of the 8,000 it can read); the
     file need not outlast the wait, and the rerun that completes the store is short."""
     return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), READINGS)
@@ -70,16 +73,42 @@ def api_readings_file(
     400 requests a batch, more requests are pending than the second a Ctrl-C gives to
     deliver them (what one Ctrl-C must show); two Ctrl-Cs need only a job mid-way, and
     100 devices do: a rerun over HTTP is a request a device (400 of them were 0.5 CPU-s
-    more)."""
+    more). Each count has a seed of its own: no device of one is a device of another
+    (they share api_server)."""
     made: dict[int, tuple[Path, Path]] = {}
 
     def of(devices: int) -> tuple[Path, Path]:
         if devices not in made:
             folder = tmp_path_factory.mktemp("api-interrupts")
-            made[devices] = readings_and_clean_store(folder, API_READINGS, devices)
+            made[devices] = readings_and_clean_store(folder, API_READINGS, devices, seed=len(made))
         return made[devices]
 
     return of
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """One `patientkit serve` and its store for the replay --to tests (a start-up each
+    was 0.3 CPU-s): each replays devices of its own and checks only those."""
+    folder = tmp_path_factory.mktemp("api-server")
+    db = folder / "api.db"
+    server = Server(folder / "serve.log", "--db", str(db))
+    yield server, db
+    server.stop()
+
+
+def stored(db: Path) -> int:
+    """The readings a store holds (0 before it is made)."""
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+
+def dump_of(db: Path, devices: set[str]) -> tuple[list, list]:
+    """`dump(db)` of these devices alone."""
+    readings, rows = dump(db)
+    return [r for r in readings if r[0] in devices], [r for r in rows if r[0] in devices]
 
 
 def start(*args: str) -> subprocess.Popen[bytes]:
@@ -239,20 +268,20 @@ def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
     ids=["1-True", "2-False"],
 )
 def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
-    api_readings_file, serve, tmp_path, times, dead_letter, devices
+    api_readings_file, api_server, tmp_path, times, dead_letter, devices
 ):
     """`readings replay --to`: after Ctrl-C no new request is started once the time to
     deliver is over (a batch of many devices never keeps it waiting), the readings handed
     back are counted (and written to --dead-letter) without a line of their own; stderr
     is the one error line. A rerun completes the store."""
     source, clean = api_readings_file(devices)
-    db = tmp_path / "api.db"
-    server = serve("--db", str(db))
+    server, db = api_server
+    before = stored(db)  # the other test's
     extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
     small = ("--batch-size", "50")
     args = ("readings", "replay", "-", "--to", server.url, *small, *extra)
     process, feeder = start_holding_back(source, 1_000, *args)
-    wait_for_rows(db, 400, process)
+    wait_for_rows(db, before + 400, process)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
     assert process.returncode == 130, err
@@ -266,7 +295,9 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
         assert {json.loads(line)["reason"] for line in lines} == {"not delivered: interrupted"}
     again = run_cli("readings", "replay", str(source), "--to", server.url)
     assert again.code == 0, again.err
-    assert dump(db) == dump(clean)
+    readings, devices_of = dump(clean)
+    assert dump_of(db, {row[0] for row in devices_of}) == (readings, devices_of)
+    assert stored(db) == before + len(readings)  # and nothing under other devices
 
 
 def fd_of(pid: int, path: Path, timeout: float = 30) -> int:
