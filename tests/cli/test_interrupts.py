@@ -73,14 +73,14 @@ def api_readings_file(
     400 requests a batch, more requests are pending than the second a Ctrl-C gives to
     deliver them (what one Ctrl-C must show); two Ctrl-Cs need only a job mid-way, and
     100 devices do: a rerun over HTTP is a request a device (400 of them were 0.5 CPU-s
-    more). Each count has a seed of its own: no device of one is a device of another
+    more). Each count is its own seed: no device of one is a device of another
     (they share api_server)."""
     made: dict[int, tuple[Path, Path]] = {}
 
     def of(devices: int) -> tuple[Path, Path]:
         if devices not in made:
             folder = tmp_path_factory.mktemp("api-interrupts")
-            made[devices] = readings_and_clean_store(folder, API_READINGS, devices, seed=len(made))
+            made[devices] = readings_and_clean_store(folder, API_READINGS, devices, seed=devices)
         return made[devices]
 
     return of
