@@ -470,18 +470,19 @@ def big_export(big_folder: Path, exports_root: Path) -> str:
 
 
 # The moments of a Ctrl-C, as CPU seconds a worker has used (interrupt's `busy`): 0, as the
-# pool starts; MID_TASK, into its first task; PAST_A_PIECE, later: for count a piece's
-# result back at the parent and the next piece counting (a piece of big_folder is some
-# 0.16 CPU-s), for aggregate and generate deeper into the first download (each some 1 s).
-# Fixed delays after the start were these moments on an idle machine (pool, 0.3 and 0.6 s
-# after it; generate: 1.0 s after the process began), with two cores working until then.
-MID_TASK, PAST_A_PIECE = 0.05, 0.25
+# pool starts; MID_TASK, into its first task; later, for count PAST_A_PIECE (a piece's
+# result back at the parent and the next piece counting: a piece of big_folder is some
+# 0.16 CPU-s), for aggregate and generate INTO_A_DOWNLOAD (deeper into its first download,
+# of some 1 s). Fixed delays after the start were these moments on an
+# idle machine (pool, 0.3 and 0.6 s after it; generate: 1.0 s after the process began),
+# with two cores working until then.
+MID_TASK, PAST_A_PIECE, INTO_A_DOWNLOAD = 0.05, 0.25, 0.15
 
 
 @pytest.mark.parametrize(
     ("busy", "twice"),
     # a second Ctrl-C well after the first (while the pool is stopped and the command
-    # exits) is the aggregate's (MID_TASK, 0.2) and the generate's (PAST_A_PIECE, 0.5):
+    # exits) is the aggregate's (MID_TASK, 0.2) and the generate's (INTO_A_DOWNLOAD, 0.5):
     # the same `interruptible` and WorkerPool
     [(0.0, None), (MID_TASK, 0.05), (PAST_A_PIECE, None)],
 )
@@ -491,7 +492,7 @@ def test_ctrl_c_ends_export_count_at_once(big_folder, busy, twice):
     assert result[3], "the test never saw the worker processes"
 
 
-@pytest.mark.parametrize(("busy", "twice"), [(0.0, None), (MID_TASK, 0.2), (PAST_A_PIECE, None)])
+@pytest.mark.parametrize(("busy", "twice"), [(0.0, None), (MID_TASK, 0.2), (INTO_A_DOWNLOAD, None)])
 def test_ctrl_c_ends_export_aggregate_at_once(exports_server, big_export, busy, twice):
     server = exports_server
     args = ["export", "aggregate", big_export, "--server", server.url, "--concurrency", "2"]
@@ -500,7 +501,7 @@ def test_ctrl_c_ends_export_aggregate_at_once(exports_server, big_export, busy, 
 
 @pytest.mark.parametrize(
     ("busy", "twice"),
-    [(0.0, None), (MID_TASK, 0.1), (PAST_A_PIECE, None), (PAST_A_PIECE, 0.5)],
+    [(0.0, None), (MID_TASK, 0.1), (INTO_A_DOWNLOAD, None), (INTO_A_DOWNLOAD, 0.5)],
 )
 def test_ctrl_c_ends_export_generate_and_leaves_a_folder_count_refuses(tmp_path, busy, twice):
     result = interrupt(["export", "generate", "small", str(tmp_path)], busy, twice)
