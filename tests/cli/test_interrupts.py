@@ -93,8 +93,20 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
     folder = tmp_path_factory.mktemp("api-server")
     db = folder / "api.db"
     server = Server(folder / "serve.log", "--db", str(db))
+    on_one_core(server.process.pid)
     yield server, db
     server.stop()
+
+
+ONE_CORE = {min(os.sched_getaffinity(0))}
+
+
+def on_one_core(pid: int) -> None:
+    """Run every thread of process `pid` (and those it starts) on ONE_CORE: the replay
+    --to and its server take turns there, not a core each."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended
+            os.sched_setaffinity(int(task.name), ONE_CORE)
 
 
 def stored(db: Path) -> int:
@@ -281,6 +293,7 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
     small = ("--batch-size", "50")
     args = ("readings", "replay", "-", "--to", server.url, *small, *extra)
     process, feeder = start_holding_back(source, 1_000, *args)
+    on_one_core(process.pid)
     wait_for_rows(db, before + 400, process)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
