@@ -257,7 +257,8 @@ def test_cr_only_line_ends_count_the_same_locally_over_http_and_in_the_metadata(
         assert json.loads(piped.out) == CR_REPORT, name
     server = exports_server
     for name in variants:
-        meta = httpx.get(f"{server.url}/api/export/{name}/{ids[name]}").json()["data"]
+        url = f"{server.url}/api/export/{name}/{ids[name]}"
+        meta = httpx.get(url, verify=server.verify).json()["data"]  # (a bundle loaded once)
         assert meta["rows"] == 3, name
         remote = run_cli("export", "aggregate", name, "--server", server.url, "--attempts", "1")
         assert (remote.code, json.loads(remote.out)) == (0, CR_REPORT), (name, remote.err)
@@ -372,10 +373,21 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def interrupt(args: list[str], when: str, after: float, twice: float | None = None) -> tuple:
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process pid has used (user and system, /proc; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def interrupt(args: list[str], busy: float, twice: float | None = None) -> tuple:
     """Run the CLI in its own process group and press Ctrl-C there (SIGINT to the whole
-    group, as a terminal does) `after` seconds past `when`: "start" (the process began)
-    or "pool" (its worker processes appeared); again `twice` seconds later.
+    group, as a terminal does) once its worker processes appeared and one of them has
+    used `busy` CPU seconds: 0 as the pool starts, more mid-task (a forked worker spends
+    its CPU on its task, so this is the moment whatever the machine's speed or load,
+    and no counting is paid for past it); again `twice` seconds later.
     Returns (exit code, stderr, seconds from the first Ctrl-C to the exit, workers seen)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "patientkit", *args],
@@ -387,13 +399,11 @@ def interrupt(args: list[str], when: str, after: float, twice: float | None = No
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 30
-        while when == "pool" and not children(process.pid):
-            assert process.poll() is None and time.monotonic() < deadline, "no pool started"
-            time.sleep(0.005)
-        started = time.monotonic()
-        while time.monotonic() < started + after:
+        while not seen or max(map(cpu_seconds, seen)) < busy:
+            assert process.poll() is None, "the command ended before its Ctrl-C"
+            assert time.monotonic() < deadline, "no pool started" if not seen else "stalled"
             seen.update(children(process.pid))
-            time.sleep(0.01)
+            time.sleep(0.005)
         seen.update(children(process.pid))
         assert process.poll() is None, "the command ended before its Ctrl-C"
         os.killpg(process.pid, signal.SIGINT)
@@ -423,8 +433,8 @@ def assert_interrupted(result: tuple, line: str) -> None:
 @pytest.fixture(scope="module")
 def big_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 220 MB of export CSV (5.2 M rows, some 1.3 s to count on two idle cores, in
-    2026): a Ctrl-C 0.6 s after the pool starts still lands mid-task (no later: at 1.0 s
-    the count had ended first on an idle machine)."""
+    2026; pieces of 13.75 MB, 16 of them): a Ctrl-C at PAST_A_PIECE still lands with
+    most of the count to do."""
     folder = tmp_path_factory.mktemp("big") / "big"
     folder.mkdir()
     block = b"".join(
@@ -459,34 +469,42 @@ def big_export(big_folder: Path, exports_root: Path) -> str:
     return folder.name
 
 
+# The moments of a Ctrl-C, as CPU seconds a worker has used (interrupt's `busy`): 0, as the
+# pool starts; MID_TASK, into its first task; later, for count PAST_A_PIECE (a piece's
+# result back at the parent and the next piece counting: a piece of big_folder is some
+# 0.16 CPU-s), for aggregate and generate INTO_A_DOWNLOAD (deeper into its first download,
+# of some 1 s). Fixed delays after the start were these moments on an
+# idle machine (pool, 0.3 and 0.6 s after it; generate: 1.0 s after the process began),
+# with two cores working until then.
+MID_TASK, PAST_A_PIECE, INTO_A_DOWNLOAD = 0.05, 0.25, 0.15
+
+
 @pytest.mark.parametrize(
-    ("when", "after", "twice"),
+    ("busy", "twice"),
     # a second Ctrl-C well after the first (while the pool is stopped and the command
-    # exits) is the aggregate's (0.3, 0.2) and the generate's (start, 1.0, 0.5): the same
-    # `interruptible` and WorkerPool; each second of counting here is two of CPU
-    [("pool", 0.0, None), ("pool", 0.3, 0.05), ("pool", 0.6, None)],
+    # exits) is the aggregate's (MID_TASK, 0.2) and the generate's (INTO_A_DOWNLOAD, 0.5):
+    # the same `interruptible` and WorkerPool
+    [(0.0, None), (MID_TASK, 0.05), (PAST_A_PIECE, None)],
 )
-def test_ctrl_c_ends_export_count_at_once(big_folder, when, after, twice):
-    result = interrupt(["export", "count", str(big_folder), "--workers", "2"], when, after, twice)
+def test_ctrl_c_ends_export_count_at_once(big_folder, busy, twice):
+    result = interrupt(["export", "count", str(big_folder), "--workers", "2"], busy, twice)
     assert_interrupted(result, "nothing was counted")
     assert result[3], "the test never saw the worker processes"
 
 
-@pytest.mark.parametrize(("after", "twice"), [(0.0, None), (0.3, 0.2), (0.6, None)])
-def test_ctrl_c_ends_export_aggregate_at_once(exports_server, big_export, after, twice):
+@pytest.mark.parametrize(("busy", "twice"), [(0.0, None), (MID_TASK, 0.2), (INTO_A_DOWNLOAD, None)])
+def test_ctrl_c_ends_export_aggregate_at_once(exports_server, big_export, busy, twice):
     server = exports_server
     args = ["export", "aggregate", big_export, "--server", server.url, "--concurrency", "2"]
-    assert_interrupted(interrupt(args, "pool", after, twice), "nothing was counted")
+    assert_interrupted(interrupt(args, busy, twice), "nothing was counted")
 
 
 @pytest.mark.parametrize(
-    ("when", "after", "twice"),
-    [("pool", 0.0, None), ("pool", 0.3, 0.1), ("start", 1.0, None), ("start", 1.0, 0.5)],
+    ("busy", "twice"),
+    [(0.0, None), (MID_TASK, 0.1), (INTO_A_DOWNLOAD, None), (INTO_A_DOWNLOAD, 0.5)],
 )
-def test_ctrl_c_ends_export_generate_and_leaves_a_folder_count_refuses(
-    tmp_path, when, after, twice
-):
-    result = interrupt(["export", "generate", "small", str(tmp_path)], when, after, twice)
+def test_ctrl_c_ends_export_generate_and_leaves_a_folder_count_refuses(tmp_path, busy, twice):
+    result = interrupt(["export", "generate", "small", str(tmp_path)], busy, twice)
     assert_interrupted(result, "run the same command again to finish the folder")
     folder = tmp_path / "small"
     assert not list(folder.glob(".*")), "temporary files left behind"

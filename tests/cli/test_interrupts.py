@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from tests.cli.test_read_errors import records_lines
 from tests.cli.test_readings import dump, processes_using, wait_for_rows
 from tests.helpers import (
     QuietHandler,
+    Server,
     cli_env,
     run_cli,
     stand_in_server,
@@ -34,11 +35,13 @@ REPLAY_LINE = "error: interrupted; run the same command again to finish"
 PROMPT = 3.5  # seconds from the first SIGINT to the exit: "about 2 s", with room for load
 
 
-def readings_and_clean_store(folder: Path, readings: int) -> tuple[Path, Path]:
-    """`readings` readings of 400 devices in folder/r.ndjson, and the store one clean
-    replay of them makes."""
+def readings_and_clean_store(
+    folder: Path, readings: int, devices: int = 400, seed: int = 0
+) -> tuple[Path, Path]:
+    """`readings` readings of `devices` devices in folder/r.ndjson (generate_readings's
+    `seed`), and the store one clean replay of them makes."""
     source, clean = folder / "r.ndjson", folder / "clean.db"
-    generate_readings(source, readings, devices=400)
+    generate_readings(source, readings, devices=devices, seed=seed)
     done = run_cli("readings", "replay", str(source), "--db", str(clean))
     assert done.code == 0, done.err
     return source, clean
@@ -52,21 +55,72 @@ API_READINGS = 10_000  # in api_readings_file
 def readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """10,000 readings and the store one clean replay of them makes. The interrupted run
     reads them from a pipe that holds back the last 2,000 (start_holding_back), so it is
-    mid-way whenever its Ctrl-C comes (0.6 s in, or at 4,000 stored: with `--batch-size
+    mid-way whenever its Ctrl-C comes (as its store opens, or at 4,000 stored: with `--batch-size
     500` it holds at most 2,000 read ahead of the store, of the 8,000 it can read); the
     file need not outlast the wait, and the rerun that completes the store is short."""
     return readings_and_clean_store(tmp_path_factory.mktemp("interrupts"), READINGS)
 
 
 @pytest.fixture(scope="module")
-def api_readings_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """10,000 readings and their clean store: with `--batch-size 50` a replay --to holds
-    up to 6,400 read ahead of what is delivered (batches of 1,600 readings, four pending,
-    each batch some 400 requests of a device's few readings). Its pipe holds back the
-    last 1,000, so at 400 stored the buffer is full (more requests pending than the
-    second it has to deliver them after Ctrl-C) and the reader waits on the rest; a rerun
-    over HTTP is short."""
-    return readings_and_clean_store(tmp_path_factory.mktemp("api-interrupts"), API_READINGS)
+def api_readings_file(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int], tuple[Path, Path]]:
+    """10,000 readings of `devices` devices and their clean store, made once a count of
+    devices. With `--batch-size 50` a replay --to holds up to 6,400 read ahead of what
+    is delivered (batches of 1,600 readings, four pending, each batch a request per
+    device of its few readings there). Its pipe holds back the last 1,000, so at 400
+    stored the buffer is full and the reader waits on the rest. With 400 devices, some
+    400 requests a batch, more requests are pending than the second a Ctrl-C gives to
+    deliver them (what one Ctrl-C must show); two Ctrl-Cs need only a job mid-way, and
+    100 devices do: a rerun over HTTP is a request a device (400 of them were 0.5 CPU-s
+    more). Each count is its own seed: no device of one is a device of another
+    (they share api_server)."""
+    made: dict[int, tuple[Path, Path]] = {}
+
+    def of(devices: int) -> tuple[Path, Path]:
+        if devices not in made:
+            folder = tmp_path_factory.mktemp("api-interrupts")
+            made[devices] = readings_and_clean_store(folder, API_READINGS, devices, seed=devices)
+        return made[devices]
+
+    return of
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """One `patientkit serve` and its store for the replay --to tests (a start-up each
+    was 0.3 CPU-s): each replays devices of its own and checks only those."""
+    folder = tmp_path_factory.mktemp("api-server")
+    db = folder / "api.db"
+    server = Server(folder / "serve.log", "--db", str(db))
+    on_one_core(server.process.pid)
+    yield server, db
+    server.stop()
+
+
+ONE_CORE = {min(os.sched_getaffinity(0))}
+
+
+def on_one_core(pid: int) -> None:
+    """Run every thread of process `pid` (and those it starts) on ONE_CORE: the replay
+    --to and its server take turns there, not a core each."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended
+            os.sched_setaffinity(int(task.name), ONE_CORE)
+
+
+def stored(db: Path) -> int:
+    """The readings a store holds (0 before it is made)."""
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+
+def dump_of(db: Path, devices: set[str]) -> tuple[list, list]:
+    """`dump(db)` of these devices alone."""
+    readings, rows = dump(db)
+    return [r for r in readings if r[0] in devices], [r for r in rows if r[0] in devices]
 
 
 def start(*args: str) -> subprocess.Popen[bytes]:
@@ -96,6 +150,15 @@ def interrupt(
     finally:
         process.kill()
     return time.monotonic() - first, out.decode(), err.decode()
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> None:
+    """Poll until `path` exists (not a fixed time: start-up varies)."""
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert process.poll() is None, "the command ended before it made " + str(path)
+        assert time.monotonic() < deadline, f"{path} was not made within 60 s"
+        time.sleep(0.005)
 
 
 def wait_for_records(db: Path, process: subprocess.Popen[bytes]) -> None:
@@ -133,8 +196,8 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
     db = tmp_path / "r.db"
     args = ("readings", "replay", "-", "--db", str(db), "--batch-size", "500")
     process, feeder = start_holding_back(source, 2_000, *args)
-    if moment == "starting":
-        time.sleep(0.6)  # the command runs (start-up done), little or nothing stored yet
+    if moment == "starting":  # start-up done, its store process opening the store (not a
+        wait_for_file(db, process)  # fixed 0.6 s: by then 6,000-8,000 were stored here)
     else:
         wait_for_rows(db, 4_000, process)
     seconds, out, err = interrupt(process, times, stdin_open=True)
@@ -151,15 +214,19 @@ def test_replay_ends_promptly_leaves_no_process_and_a_rerun_completes(
     assert dump(db) == dump(clean)
 
 
+RECORDS = 30_000  # of the submit test (was 50,000, holding back 10,000: 0.2 CPU-s more)
+
+
 @pytest.mark.parametrize("times", [1, 2])
 def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, times):
-    """The first run reads the records from a pipe that holds back the last 10,000: it
-    is mid-job (storing, or waiting for the rest) whenever the Ctrl-C comes."""
-    lines = records_lines(50_000)
+    """The first run reads the records from a pipe that holds back the last 5,000: it is
+    mid-job (storing, or waiting for the rest) whenever the Ctrl-C comes. The 25,000 it
+    gets are more than a store batch (20,000): a batch is in flight or pending then."""
+    lines = records_lines(RECORDS)
     source = tmp_path / "t.ndjson"
     source.write_bytes(lines)
     db = tmp_path / "s.db"
-    process, feeder = start_holding_back(source, 10_000, "records", "submit", "-", "--db", str(db))
+    process, feeder = start_holding_back(source, 5_000, "records", "submit", "-", "--db", str(db))
     wait_for_records(db, process)  # the job began (not a fixed time: start-up varies)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
@@ -169,11 +236,11 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     line = f"error: interrupted{lost}: run the same command again to finish the job"
     assert_ended_cleanly(seconds, err, line)
     first = json.loads(out)
-    assert first["read"] < 50_000
+    assert first["read"] < RECORDS
     again = run_cli("records", "submit", str(source), "--db", str(db))
     assert again.code == 0, again.err
     summary = again.json()
-    assert summary["created"] + summary["duplicates"] == summary["read"] == 50_000
+    assert summary["created"] + summary["duplicates"] == summary["read"] == RECORDS
     # what the first run confirmed is a duplicate now; records it gave up on in flight
     # (counted failed) may have landed too
     assert first["created"] <= summary["duplicates"] <= first["created"] + first["failed"]
@@ -205,27 +272,29 @@ def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("times", "dead_letter"),
+    ("times", "dead_letter", "devices"),
     # pairwise: each number of Ctrl-Cs and each of with and without --dead-letter runs
-    # once (every check of a case without it is made by the case with it too)
-    [(1, True), (2, False)],
+    # once (every check of a case without it is made by the case with it too); devices:
+    # see api_readings_file
+    [(1, True, 400), (2, False, 100)],
     ids=["1-True", "2-False"],
 )
 def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
-    api_readings_file, serve, tmp_path, times, dead_letter
+    api_readings_file, api_server, tmp_path, times, dead_letter, devices
 ):
     """`readings replay --to`: after Ctrl-C no new request is started once the time to
     deliver is over (a batch of many devices never keeps it waiting), the readings handed
     back are counted (and written to --dead-letter) without a line of their own; stderr
     is the one error line. A rerun completes the store."""
-    source, clean = api_readings_file
-    db = tmp_path / "api.db"
-    server = serve("--db", str(db))
+    source, clean = api_readings_file(devices)
+    server, db = api_server
+    before = stored(db)  # the other test's
     extra = ("--dead-letter", str(tmp_path / "dead.ndjson")) if dead_letter else ()
     small = ("--batch-size", "50")
     args = ("readings", "replay", "-", "--to", server.url, *small, *extra)
     process, feeder = start_holding_back(source, 1_000, *args)
-    wait_for_rows(db, 400, process)
+    on_one_core(process.pid)
+    wait_for_rows(db, before + 400, process)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     feeder.join()
     assert process.returncode == 130, err
@@ -239,7 +308,9 @@ def test_replay_to_an_api_ends_promptly_with_one_line_and_a_rerun_completes(
         assert {json.loads(line)["reason"] for line in lines} == {"not delivered: interrupted"}
     again = run_cli("readings", "replay", str(source), "--to", server.url)
     assert again.code == 0, again.err
-    assert dump(db) == dump(clean)
+    readings, devices_of = dump(clean)
+    assert dump_of(db, {row[0] for row in devices_of}) == (readings, devices_of)
+    assert stored(db) == before + len(readings)  # and nothing under other devices
 
 
 def fd_of(pid: int, path: Path, timeout: float = 30) -> int:

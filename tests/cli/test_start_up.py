@@ -119,3 +119,21 @@ def test_rich_writes_when_it_may_differ(monkeypatch, case):
         output.err_console()
     assert not output._plain("submitted 1 records: 1 created, 0 duplicates in 0.01s")
     assert stderr.getvalue() == ""
+
+
+def test_a_replay_into_the_store_imports_no_http_client(tmp_path):
+    """httpx (and, through it, its own command line's imports) is some 90 ms of a
+    replay's start-up: imported for --to alone."""
+    code = (
+        "import sys; from patientkit.cli.app import run;"
+        "code = run(['readings', 'replay', '-', '--db', sys.argv[1]]);"
+        "print(code, 'httpx' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s.db")],
+        input="",
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr

@@ -30,9 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from patientkit.client.readings import Answer, ReadingsClient
 from patientkit.core import interrupts, validation
 from patientkit.core.buffer import BatchBuffer
 from patientkit.core.delivery import BufferFull, BufferStopped
@@ -42,6 +41,9 @@ from patientkit.errors import PatientkitError
 from patientkit.inputs import Item, read_items
 from patientkit.rejects import Rejects, entry_line
 from patientkit.workflows.store_process import StoreProcess, StoreRefused, StoreUnavailable
+
+if TYPE_CHECKING:  # httpx is imported with --to alone (a replay into the store starts faster)
+    from patientkit.client.readings import ReadingsClient
 
 CSV_FIELDS = ("id", "count", "timestamp")
 Event = tuple[Reading, str, int]  # the reading (a plain tuple: it pickles fast), source, line
@@ -243,6 +245,8 @@ class ApiSink:
         failure (they must be retried, in order) and that failure."""
         for start in range(0, len(indices), self.batch_size):
             if self._stopping.is_set():
+                from patientkit.client.readings import Answer
+
                 return indices[start:], Answer(0, "interrupted")
             chunk = indices[start : start + self.batch_size]
             done, failed = self._deliver(device_id, batch, chunk, rejected)
@@ -258,6 +262,8 @@ class ApiSink:
         try:
             answer = self.client.create(device_id, [batch[i][0] for i in chunk])
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            from patientkit.client.readings import Answer
+
             # the body cannot be encoded: a reading of the chunk can never be sent
             answer = Answer(UNENCODABLE, f"cannot be encoded as JSON ({type(exc).__name__})")
         if answer.ok:
@@ -526,6 +532,8 @@ def run_replay(
     check_paths(paths)
     destination: ReadingsClient | StoreProcess
     if to is not None:
+        from patientkit.client.readings import ReadingsClient
+
         destination = ReadingsClient(to)
         destination.ping()
         batch_size = batch_size or API_BATCH
