@@ -4,10 +4,7 @@ bounded schemathesis run against a real `serve` finds no 5xx and no answer outsi
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -34,21 +31,6 @@ def app_operations(app) -> set[tuple[str, str]]:
             if method != "HEAD":
                 found.add((route.path, method.lower()))
     return found
-
-
-@contextlib.contextmanager
-def without_assert_rewriting() -> Iterator[None]:
-    """Imports without pytest's assertion rewriting: pytest rewrites every module of a
-    package that has a pytest plugin, schemathesis's too (its plugin is off: addopts), and
-    rewriting schemathesis on an import is about 4 CPU-seconds (then kept in its
-    __pycache__, if pytest may write there)."""
-    hooks = [hook for hook in sys.meta_path if type(hook).__name__ == "AssertionRewritingHook"]
-    for hook in hooks:
-        sys.meta_path.remove(hook)
-    try:
-        yield
-    finally:
-        sys.meta_path[:0] = hooks
 
 
 def document_operations(doc) -> set[tuple[str, str]]:
@@ -93,30 +75,29 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(serve, tmp_path, e
         env={"PATIENTKIT_TOKEN": TOKEN},
     )
     assert httpx.get(f"{server.url}/openapi.json").status_code == 401
-    with without_assert_rewriting():
-        from click.testing import CliRunner
-        from schemathesis.cli import schemathesis
+    from click.testing import CliRunner  # schemathesis's asserts are not rewritten (addopts)
+    from schemathesis.cli import schemathesis
 
-        done = CliRunner().invoke(
-            schemathesis,
-            [
-                "run",
-                f"{server.url}/openapi.json",
-                "--header",
-                f"Authorization: Bearer {TOKEN}",
-                "--checks",
-                "not_a_server_error,status_code_conformance,content_type_conformance,"
-                "response_schema_conformance,response_headers_conformance",
-                "--max-examples",
-                "5",
-                "--seed",
-                "13",
-                "--generation-database",
-                "none",
-                "--no-color",
-            ],
-            catch_exceptions=False,
-        )
+    done = CliRunner().invoke(
+        schemathesis,
+        [
+            "run",
+            f"{server.url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {TOKEN}",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance,response_headers_conformance",
+            "--max-examples",
+            "5",
+            "--seed",
+            "13",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        catch_exceptions=False,
+    )
     assert done.exit_code == 0, done.output[-6000:]
     assert "Tested: 12" in done.output
     text = server.log.read_text()
