@@ -1,5 +1,6 @@
 """Every command has help text with a working example, and exits 0 on --help."""
 
+import functools
 import itertools
 import re
 from typing import Any
@@ -17,6 +18,13 @@ def invoke(runner: CliRunner, args: list[str], columns: int) -> Any:
         return runner.invoke(app, args, env={"COLUMNS": str(columns)})
 
 
+@functools.cache
+def wide_help(command: tuple[str, ...]) -> Any:
+    """`patientkit COMMAND --help` at 250 columns (no option's help wraps), rendered once
+    for the tests that read it whole."""
+    return invoke(CliRunner(), [*command, "--help"], 250)
+
+
 def all_commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = [(*prefix, c.name or c.callback.__name__) for c in group.registered_commands]
     for sub in group.registered_groups:
@@ -27,9 +35,8 @@ def all_commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple
 def test_every_command_shows_an_example():
     commands = all_commands(app)
     assert ("export", "aggregate") in commands and ("serve",) in commands
-    runner = CliRunner()
     for command in commands:
-        result = invoke(runner, [*command, "--help"], 200)
+        result = wide_help(command)
         assert result.exit_code == 0, command
         assert "Example" in result.output, command
         assert "patientkit " + " ".join(command) in result.output, command
@@ -70,10 +77,9 @@ def test_help_prose_fills_a_narrow_terminal():
 def test_help_shows_square_brackets_as_written():
     """Rich markup would swallow `[dask]` in `patientkit[dask]`: every option's help
     shows its bracketed text."""
-    runner = CliRunner()
     seen = 0
     for command in every_help():
-        result = invoke(runner, [*command, "--help"], 250)
+        result = wide_help(command)
         group = whole_root_command()
         for name in command:
             group = group.commands[name]

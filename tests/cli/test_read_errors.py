@@ -222,6 +222,13 @@ def test_a_generic_eof_is_never_a_bare_aborted(tmp_path):
 
 # --- the reader itself, under any cut or corruption ---------------------------------------
 
+
+@pytest.fixture(scope="module")
+def gz_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for every example's file (each example writes its own over the last)."""
+    return tmp_path_factory.mktemp("gz")
+
+
 _LINES = records_lines(400)
 _GZ = gzip.compress(_LINES)
 
@@ -234,14 +241,14 @@ _GZ = gzip.compress(_LINES)
         max_size=3,
     ),
 )
-def test_a_damaged_gzip_yields_items_then_at_most_unreadable_input(tmp_path_factory, end, flips):
+def test_a_damaged_gzip_yields_items_then_at_most_unreadable_input(gz_folder, end, flips):
     """Any cut and any flipped bytes: the reader yields items, then either ends or raises
     ReadError naming the file; never another exception."""
     data = bytearray(_GZ[:end])
     for at, xor in flips:
         if at < len(data):
             data[at] ^= xor
-    path = tmp_path_factory.mktemp("gz") / "in.ndjson.gz"
+    path = gz_folder / "in.ndjson.gz"
     path.write_bytes(bytes(data))
     items = []
     try:
@@ -254,11 +261,17 @@ def test_a_damaged_gzip_yields_items_then_at_most_unreadable_input(tmp_path_fact
         ]
 
 
-_MANY = "".join(  # 4,000 records that compress to about 150 KB: many steps of gzip's 8 KB
-    json.dumps({"test_id": f"T{n:06d}", "patient_id": f"P{random.Random(n).getrandbits(128):x}"})
-    + "\n"
-    for n in range(4_000)
-).encode()
+@functools.cache
+def _many() -> bytes:
+    """4,000 records that compress to about 150 KB: many steps of gzip's 8 KB (made when
+    first used, not when the module is collected: in every process of a run)."""
+    return "".join(
+        json.dumps(
+            {"test_id": f"T{n:06d}", "patient_id": f"P{random.Random(n).getrandbits(128):x}"}
+        )
+        + "\n"
+        for n in range(4_000)
+    ).encode()
 
 
 @functools.cache
@@ -268,32 +281,35 @@ def _compressed(kind: str) -> bytes:
 
 
 def _as(kind: str) -> bytes:
-    records = [json.loads(line) for line in _MANY.splitlines()]
+    records = [json.loads(line) for line in _many().splitlines()]
     if kind == "csv":
         rows = "".join(f"{r['test_id']},{r['patient_id']}\n" for r in records)
         return f"test_id,patient_id\n{rows}".encode()
     if kind == "array":
         return json.dumps(records).encode()
-    return _MANY
+    return _many()
+
+
+_IDS = [f"T{n:06d}" for n in range(4_000)]  # _many()'s test ids, in order
 
 
 @pytest.mark.parametrize("kind", ["ndjson", "csv", "array"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(keep=st.floats(min_value=0.0, max_value=1.0))
-def test_a_cut_gzip_yields_every_whole_record_before_the_cut(tmp_path_factory, kind, keep):
+def test_a_cut_gzip_yields_every_whole_record_before_the_cut(gz_folder, kind, keep):
     """Nothing readable is lost: every record whole in what the cut stream still gives is
     read, then ReadError. gzip's gathering reads (many 8 KB decompression steps to one
     answer) once dropped everything gathered when a step found the cut: up to a chunk."""
     whole = _compressed(kind)
     data = whole[: int(len(whole) * keep)]
-    text = whole_lines(readable(data))
+    gave = readable(data)
     if kind == "csv":
-        expected = max(text.count(b"\n") - 1, 0)
+        expected = max(whole_lines(gave).count(b"\n") - 1, 0)
     elif kind == "array":
-        expected = readable(data).count(b"}")
+        expected = gave.count(b"}")
     else:
-        expected = text.count(b"\n")
-    path = tmp_path_factory.mktemp("gz") / f"in.{'json' if kind == 'array' else kind}.gz"
+        expected = whole_lines(gave).count(b"\n")
+    path = gz_folder / f"in.{'json' if kind == 'array' else kind}.gz"
     path.write_bytes(data)
     items = []
     try:
@@ -303,4 +319,4 @@ def test_a_cut_gzip_yields_every_whole_record_before_the_cut(tmp_path_factory, k
         assert len(data) < len(whole)
     taken = [item for item in items if item.error is None]
     assert len(taken) == expected
-    assert [item.value["test_id"] for item in taken] == [f"T{n:06d}" for n in range(expected)]
+    assert [item.value["test_id"] for item in taken] == _IDS[:expected]

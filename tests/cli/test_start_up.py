@@ -1,6 +1,6 @@
 """What keeps a command's start-up short changes nothing it prints: the root built with
-the one command a run names (`cli.app._root_for`), and unstyled lines written without rich
-(`output._plain`)."""
+the one command a run names (`cli.app._root_for`), and lines written without rich where it
+would write them plain (`output._plain`)."""
 
 from __future__ import annotations
 
@@ -76,11 +76,12 @@ def test_shell_completion_gets_the_whole_root(monkeypatch):
     assert cli_app._root_for(["records"]) is cli_app.app
 
 
-def rich_writes(message: str, **console: object) -> str:
-    """What `output.info` writes through rich: its console's settings, on a file."""
+def rich_writes(message: str, style: str | None = None, **console: object) -> str:
+    """What `output.info` (no style), `output.warn` (yellow) and `output.error` (bold red)
+    write through rich: its console's settings, on a file."""
     file = io.StringIO()
     Console(file=file, highlight=False, soft_wrap=True, emoji=False, **console).print(
-        message, markup=False
+        message, style=style, markup=False
     )
     return file.getvalue()
 
@@ -89,7 +90,7 @@ def rich_writes(message: str, **console: object) -> str:
 @given(message=st.text(max_size=300) | st.text(alphabet=st.characters(max_codepoint=127)))
 def test_an_unstyled_line_written_plain_is_what_rich_writes(message):
     """Whatever the text: `_plain` either declines (rich writes it) or writes exactly what
-    rich would, on a file that is not a terminal."""
+    rich would, on a file that is not a terminal, in every style the CLI asks for."""
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("FORCE_COLOR", raising=False)
@@ -99,6 +100,8 @@ def test_an_unstyled_line_written_plain_is_what_rich_writes(message):
     if written:
         assert stderr.getvalue() == rich_writes(message)
         assert stderr.getvalue() == rich_writes(message, force_terminal=True)  # colours on
+        for style in ("yellow", "bold red"):  # a warning's, an error's: colours on terminals
+            assert stderr.getvalue() == rich_writes(message, style)
     else:
         assert stderr.getvalue() == ""
         assert not (message.isascii() and message.isprintable())

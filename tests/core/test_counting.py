@@ -115,13 +115,34 @@ def test_a_neighbour_column_with_many_values_still_counts_exactly():
     # value is the last column, glued to the next row's patient_id in the fast path;
     # with a distinct value on every row the counter must change strategy, not answer wrong
     rng = random.Random(3)
-    rows = [
-        (f"P{rng.randint(1, 3)}", rng.choice(["a", "b"]), f"{rng.random():.9f}")
-        for _ in range(60_000)
-    ]
-    data = HEADER + b"".join(f"{p},t,{e},{v}\n".encode() for p, e, v in rows)
+    n = 60_000
+    patients = rng.choices(["P1", "P2", "P3"], k=n)
+    events = rng.choices(["a", "b"], k=n)
+    data = (
+        HEADER
+        + "".join(
+            f"{p},t,{e},{rng.random():.9f}\n" for p, e in zip(patients, events, strict=True)
+        ).encode()
+    )
     result = count(data, size=64 << 10)
-    assert pairs(result) == dict(Counter((p, e) for p, e, _ in rows))
+    assert pairs(result) == dict(Counter(zip(patients, events, strict=True)))
+
+
+# The values of random_rows' columns and their weights: a patient id is P1 or P2 nine times
+# in ten, else any of the four; an event type now and then holds a line end (2%).
+VALUES = {
+    "patient_id": (["P1", "P2", "P,3", 'P"4'], [19, 19, 1, 1]),
+    "event_type": (["spo2", "bp_sys", "heart\nrate"], [149, 149, 2]),
+    "event_time": ([f"2025-08-26T00:00:{s:02d}Z" for s in range(60)], None),
+    "value": ([str(v) for v in range(1, 201)], None),
+}
+
+
+def random_rows(rng: random.Random, columns: list[str], n: int) -> list[tuple[str, ...]]:
+    """`n` rows of `columns`, drawn a column at a time (rng.choices: a tenth of the
+    cost of a draw a value)."""
+    drawn = [rng.choices(VALUES[c][0], weights=VALUES[c][1], k=n) for c in columns]
+    return list(zip(*drawn, strict=True)) if columns else []
 
 
 def test_fast_path_agrees_with_the_csv_module_on_random_files():
@@ -131,25 +152,12 @@ def test_fast_path_agrees_with_the_csv_module_on_random_files():
         if "event_type" not in columns:
             columns.append("event_type")
         rng.shuffle(columns)
-        rows = []
-        for _ in range(rng.randint(0, 2000)):
-            values = {
-                "patient_id": rng.choice(["P1", "P2", "P,3", 'P"4']),
-                "event_type": rng.choice(["spo2", "bp_sys", "heart\nrate"])
-                if rng.random() < 0.02
-                else rng.choice(["spo2", "bp_sys"]),
-                "event_time": f"2025-08-26T00:00:{rng.randint(0, 59):02d}Z",
-                "value": str(rng.randint(1, 200)),
-            }
-            if rng.random() < 0.9:
-                values["patient_id"] = rng.choice(["P1", "P2"])
-            rows.append([values[c] for c in columns])
+        rows = random_rows(rng, columns, rng.randint(0, 2000))
         text = io.StringIO()
         csv.writer(text, lineterminator=rng.choice(["\n", "\r\n"])).writerows([columns, *rows])
         data = text.getvalue().encode()
-        want = Counter(
-            (r[columns.index("patient_id")], r[columns.index("event_type")]) for r in rows
-        )
+        p, e = columns.index("patient_id"), columns.index("event_type")
+        want = Counter((r[p], r[e]) for r in rows)
         result = count(data, size=rng.choice([7, 300, 4096, 1 << 20]))
         assert pairs(result) == dict(want)
         assert result.rows == len(rows)
@@ -248,31 +256,38 @@ def reference(text: str) -> tuple[int, dict[tuple[str, str], int]] | None:
 
 FIELD = st.text(alphabet='aP1é ,"\r\n', max_size=5)
 LINE_END = st.sampled_from(["\n", "\r\n", "\r"])
+# csv_texts' other strategies, made once (not once a draw: a lookup in hypothesis's cache
+# of strategies each time, a sixth of an example's cost)
+COLUMNS = st.permutations(["patient_id", "event_type", "event_time", "value"])
+KEPT, RECORDS = st.integers(2, 4), st.integers(0, 12)
+KEY = st.sampled_from(["P1", "P2", "P,3", 'P"4', "P\r\n5", "P\r6"])
+ONE_IN_16, ONE_IN_5 = st.integers(0, 15), st.integers(0, 4)
+QUOTING = st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])
+BOOLEANS = st.booleans()
 
 
 @st.composite
 def csv_texts(draw: st.DrawFn) -> str:
-    columns = draw(st.permutations(["patient_id", "event_type", "event_time", "value"]))
-    columns = columns[: draw(st.integers(2, 4))]
+    columns = draw(COLUMNS)
+    columns = columns[: draw(KEPT)]
     if "patient_id" not in columns or "event_type" not in columns:
         columns = ["patient_id", "event_type"]
-    key = st.sampled_from(["P1", "P2", "P,3", 'P"4', "P\r\n5", "P\r6"])
     records = [columns]
-    for _ in range(draw(st.integers(0, 12))):
-        row = [draw(key) if c in ("patient_id", "event_type") else draw(FIELD) for c in columns]
-        if draw(st.integers(0, 15)) == 0:
+    for _ in range(draw(RECORDS)):
+        row = [draw(KEY) if c in ("patient_id", "event_type") else draw(FIELD) for c in columns]
+        if draw(ONE_IN_16) == 0:
             row = row[:-1] or ["x", "y", "z"]  # now and then a malformed row
         records.append(row)
     out = []
     for record in records:
-        while draw(st.integers(0, 4)) == 0:
+        while draw(ONE_IN_5) == 0:
             out.append(draw(LINE_END))  # blank lines anywhere
-        style = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]))
+        style = draw(QUOTING)
         line = io.StringIO()
         csv.writer(line, quoting=style, lineterminator="").writerow(record)
         out.append(line.getvalue() + draw(LINE_END))
     text = "".join(out)
-    if draw(st.booleans()):
+    if draw(BOOLEANS):
         text = text.rstrip("\r\n")  # the last record may lack its line end
     return text
 

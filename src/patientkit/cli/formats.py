@@ -29,7 +29,6 @@ from patientkit.cli import output
 
 RECORD_FIELDS = ("test_id", "patient_id", "clinic_id", "test_type", "result", "created_at")
 REPORT_HEADER = ("patient_id", "event_type", "count")
-WIDEST_TABLE = 1_000  # characters at least: a table is drawn at its natural width
 
 
 class ReportFormat(StrEnum):
@@ -130,20 +129,19 @@ def _cell(value: Any) -> str:
 
 def _draw(renderable: Any) -> str:
     """Render to plain text (no colour codes, so that a file or a pipe gets clean text)
-    at the table's natural width."""
+    at the table's natural width: on a console wider than any table, where it is never
+    squeezed, never cut with … (one pass: measuring it first at such a width, then
+    drawing it at the width measured, gave the same text for a third more time)."""
     from rich.console import Console
-    from rich.measure import Measurement
 
     console = Console(
         file=io.StringIO(),
-        width=WIDEST_TABLE,
+        width=1 << 30,
         color_system=None,
         force_terminal=False,
         highlight=False,
         emoji=False,
     )
-    natural = Measurement.get(console, console.options.update_width(1 << 30), renderable)
-    console.width = max(WIDEST_TABLE, natural.maximum)  # never squeezed, never cut with …
     with console.capture() as capture:
         console.print(renderable)
     return "\n".join(line.rstrip() for line in capture.get().splitlines()) + "\n"
