@@ -91,13 +91,17 @@ def run_cli(
     input: bytes | str | None = None,
     env: dict | None = None,
     cwd: Path | None = None,
+    terminal: int | None = None,
 ) -> Result:
     """Run `patientkit ARGS` in this process (see the module's docstring); return exit
     code, stdout, stderr as `run_cli_process` does. For the call: stdin holds `input`
     (else nothing), stdout and stderr are captured (not a terminal), the environment is
     `run_cli_process`'s, the working folder `cwd` if given; SIGINT's and SIGTERM's
-    handlers, all of these and the environment are put back after. Main thread only."""
+    handlers, all of these and the environment are put back after. Main thread only.
+    With `terminal` (a pty's descriptor, drained by the caller meanwhile) stderr is
+    written there instead, a terminal (the Result's err is then empty)."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers: main only
+        assert terminal is None, "run_cli(terminal=...) runs in the main thread alone"
         return run_cli_process(*args, input=input, env=env, cwd=cwd)
     from patientkit.cli import app, output
 
@@ -120,8 +124,14 @@ def run_cli(
         sys.stdout = io.TextIOWrapper(
             io.BufferedWriter(raw_out), encoding="utf-8", errors="surrogateescape"
         )
-        sys.stderr = io.TextIOWrapper(
-            io.BufferedWriter(raw_err), encoding="utf-8", errors="backslashreplace"
+        sys.stderr = (
+            io.TextIOWrapper(
+                io.BufferedWriter(raw_err), encoding="utf-8", errors="backslashreplace"
+            )
+            if terminal is None
+            else open(  # noqa: SIM115 - closed below, after the command
+                terminal, "w", encoding="utf-8", errors="backslashreplace", closefd=False
+            )
         )
         output.set_quiet(False)
         code = app.run(list(args))
@@ -129,6 +139,9 @@ def run_cli(
             with contextlib.suppress(ValueError):  # closed by the command: written through
                 stream.flush()
     finally:
+        if terminal is not None:
+            with contextlib.suppress(ValueError, OSError):
+                sys.stderr.close()
         sys.stdin, sys.stdout, sys.stderr = streams
         os.chdir(here)
         os.environ.clear()

@@ -246,31 +246,6 @@ def test_submit_into_the_store_ends_promptly_and_a_rerun_completes(tmp_path, tim
     assert first["created"] <= summary["duplicates"] <= first["created"] + first["failed"]
 
 
-def test_a_command_waiting_on_stdin_ends_on_ctrl_c(tmp_path):
-    """Nothing to read yet (an idle pipe): Ctrl-C still ends it, one line, exit 130."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "patientkit",
-            "readings",
-            "replay",
-            "-",
-            "--db",
-            str(tmp_path / "i.db"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env(),
-    )
-    wait_until_reading(process.pid)  # past start-up: the replay waits for its first line
-    seconds, out, err = interrupt(process, 2)
-    assert process.returncode == 130, err
-    assert_ended_cleanly(seconds, err, REPLAY_LINE)
-    assert json.loads(out)["read"] == 0
-
-
 @pytest.mark.parametrize(
     ("times", "dead_letter", "devices"),
     # pairwise: each number of Ctrl-Cs and each of with and without --dead-letter runs
@@ -326,8 +301,12 @@ def fd_of(pid: int, path: Path, timeout: float = 30) -> int:
     raise AssertionError(f"process {pid} did not open {path} within {timeout} s")
 
 
-@pytest.mark.parametrize("lines", [0, 5])
-@pytest.mark.parametrize("command", ["replay", "submit"])
+@pytest.mark.parametrize(
+    ("command", "lines"),
+    # pairwise: each command and each of before and after some lines runs once (a
+    # command waiting on an idle pipe before its first line: test_..._on_idle_stdin)
+    [("replay", 0), ("submit", 5)],
+)
 def test_one_ctrl_c_ends_a_command_waiting_on_an_idle_named_pipe(tmp_path, command, lines):
     """A named pipe held open with no data (or after some lines): Python retries a read
     a signal interrupted, so one Ctrl-C went unseen until more input came. Now it ends
@@ -365,8 +344,13 @@ def test_one_ctrl_c_ends_a_command_waiting_on_an_idle_named_pipe(tmp_path, comma
     assert delivered == lines
 
 
-@pytest.mark.parametrize("command", ["replay", "submit", "count"])
-def test_one_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
+@pytest.mark.parametrize(
+    ("command", "times"),
+    # two Ctrl-Cs for the replay: it was test_a_command_waiting_on_stdin_ends_on_ctrl_c,
+    # a process of its own (one Ctrl-C of a replay on an idle pipe: the named pipe's test)
+    [("replay", 2), ("submit", 1), ("count", 1)],
+)
+def test_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command, times):
     args = {
         "replay": ["readings", "replay", "-", "--db", str(tmp_path / "i.db")],
         "submit": ["records", "submit", "-", "--db", str(tmp_path / "i.db")],
@@ -380,7 +364,7 @@ def test_one_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
         env=cli_env(),
     )
     wait_until_reading(process.pid)
-    seconds, out, err = interrupt(process, 1, stdin_open=True)
+    seconds, out, err = interrupt(process, times, stdin_open=True)
     assert process.returncode == 130, err
     line = {
         "replay": REPLAY_LINE,

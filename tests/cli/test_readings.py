@@ -565,9 +565,9 @@ def test_replay_tells_its_progress_as_it_reads(tmp_path, name):
     from patientkit.workflows.replay import run_replay
 
     source = tmp_path / name
-    generate_readings(source, 12_500, devices=20, duplicates=0.0)
+    generate_readings(source, 8_500, devices=20, duplicates=0.0)  # two 4,096s (was 12,500)
     told: list[int] = []
     run = run_replay([str(source)], db=str(tmp_path / "p.db"), on_progress=told.append)
-    assert run.tally.read == run.tally.delivered == 12_500
+    assert run.tally.read == run.tally.delivered == 8_500
     header = 1 if name.endswith(".csv") else 0  # told before the line: what came before it
-    assert told == [n * 4096 - 1 - header for n in (1, 2, 3)]
+    assert told == [n * 4096 - 1 - header for n in (1, 2)]

@@ -11,12 +11,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Server, cli_env, run_cli, run_cli_process
+from tests.helpers import Result, Server, cli_env, run_cli, run_forked_at_once
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -426,6 +425,10 @@ def test_chaos_ends_like_a_clean_run(chaos_server, tmp_path, mode):
 # --- many writers --------------------------------------------------------------------------
 
 
+CLI = "from patientkit.cli.app import main\nmain()"  # python -m patientkit's
+SUBMIT_MODULES = ("patientkit.cli.app", "patientkit.workflows.submit", "patientkit.core.storage")
+
+
 def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
     db = tmp_path / "shared.db"
     files = []
@@ -434,15 +437,15 @@ def test_eight_processes_into_one_file_lose_and_double_nothing(tmp_path):
         path = tmp_path / f"part{n}.ndjson"
         path.write_text(ndjson(rec(f"T{i:05d}", clinic=f"C{i % 13}", result=str(i)) for i in ids))
         files.append(path)
-    with ThreadPoolExecutor(8) as pool:
-        results = list(
-            pool.map(
-                lambda path: run_cli_process(
-                    "records", "submit", str(path), "--db", str(db), timeout=300
-                ),
-                files,
-            )
-        )
+    # eight processes, forked once the CLI is imported (one start-up, not eight: 0.8
+    # CPU-s), all starting their submits together
+    outcomes = run_forked_at_once(
+        CLI,
+        [["records", "submit", str(path), "--db", str(db)] for path in files],
+        imports=SUBMIT_MODULES,
+        env=cli_env(),
+    )
+    results = [Result(code, out.decode(), err.decode()) for code, out, err in outcomes]
     assert [r.code for r in results] == [0] * 8, [r.err for r in results]
     unique = {(n * 750 + i) % 7500 for n in range(8) for i in range(3000)}
     assert sum(r.json()["created"] for r in results) == len(unique) == 7500

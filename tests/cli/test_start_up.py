@@ -140,3 +140,26 @@ def test_a_replay_into_the_store_imports_no_http_client(tmp_path):
         env=cli_env(),
     )
     assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
+
+
+def test_a_supervisor_of_workers_imports_no_app(tmp_path):
+    """`serve --workers N`: the process that starts the workers (each builds its own app,
+    server/worker.py) imports neither the app's modules nor Starlette's application nor
+    prometheus-client (some 0.06 CPU-s of its start-up). The supervisor's run is replaced
+    here by a look at what is imported by then."""
+    code = (
+        "import sys; from uvicorn.supervisors import Multiprocess;"
+        "Multiprocess.run = lambda self: print(sorted(m for m in ("
+        "'patientkit.server.app', 'patientkit.server.metrics', 'starlette.applications',"
+        "'prometheus_client') if m in sys.modules), flush=True);"
+        "from patientkit.cli.app import run;"
+        "print(run(['serve', '--port', '0', '--workers', '2', '--db', sys.argv[1]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s.db")],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert done.stdout.splitlines() == ["[]", "0"], done.stdout + done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_progress import ROWS, frames, on_a_terminal, read_for
+from tests.cli.test_progress import ROWS, frames, read_for
 from tests.cluster.conftest import BULK_DOWNLOADS, scheduler_here
 from tests.helpers import ROOT, Result, cli_env, run_cli
 
@@ -86,25 +87,37 @@ def test_under_chaos_equals_a_clean_run(cluster, serve, bulk_server):
 
 
 def test_bulk_equals_the_local_count_and_its_progress_reaches_the_terminal(cluster, bulk_server):
-    """The bulk export on the cluster, its progress on a terminal (stderr) and its JSON
-    on stdout (a pipe): the local count's, and rows shown as they came in."""
-    process, main = on_a_terminal(
-        "export", "aggregate", "bulk", "--server", bulk_server.url, "--scheduler", cluster.address
-    )
+    """The bulk export on the cluster, its progress on a terminal (stderr: a pty's, in
+    this process, drained by a thread meanwhile; not a process of its own, which imported
+    distributed again, 0.5 CPU-s) and its JSON on stdout: the local count's, and rows
+    shown as they came in."""
+    main, child = pty.openpty()
+    screen = bytearray()
+    done_reading = threading.Event()
+
+    def drain() -> None:
+        while not done_reading.is_set():
+            screen.extend(read_for(main, 0.1))
+        screen.extend(read_for(main, 0.2))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     try:
-        screen = read_for(main, 0.5)
-        while process.poll() is None:
-            screen += read_for(main, 0.1)
-        screen += read_for(main, 0.2)
+        done = run_cli(
+            "export", "aggregate", "bulk", "--server", bulk_server.url,
+            "--scheduler", cluster.address, terminal=child,
+        )  # fmt: skip
     finally:
+        done_reading.set()
+        reader.join(timeout=30)
+        os.close(child)
         os.close(main)
-    out, _ = process.communicate(timeout=30)
-    assert process.returncode == 0
+    assert done.code == 0
     expected = local_count(bulk_server.root / "bulk")
-    assert json.loads(out) == expected
+    assert json.loads(done.out) == expected
     assert sum(expected["totals"].values()) == BULK_DOWNLOADS * 199_995 + sum(range(BULK_DOWNLOADS))
-    total = sum(json.loads(out)["totals"].values())
-    found = [m for f in frames(screen) if (m := ROWS.search(f))]
+    total = sum(json.loads(done.out)["totals"].values())
+    found = [m for f in frames(bytes(screen)) if (m := ROWS.search(f))]
     shown = [int(m.group(1).replace(",", "")) for m in found]
     assert any(0 < rows < total for rows in shown), shown  # rows came in while counting
     assert max(shown) <= total  # never more than there are
@@ -112,19 +125,33 @@ def test_bulk_equals_the_local_count_and_its_progress_reaches_the_terminal(clust
 
 
 def test_ctrl_c_cancels_the_tasks_and_exits_130(cluster, bulk_server):
-    run = subprocess.Popen(
-        [sys.executable, "-m", "patientkit", "export", "aggregate", "bulk",
-         "--server", bulk_server.url, "--scheduler", cluster.address],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not any(cluster.client.processing().values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    run.send_signal(signal.SIGINT)
-    out, err = run.communicate(timeout=30)
-    assert run.returncode == 130, err.decode()
-    assert out == b""
-    assert err.decode().strip().splitlines()[-1] == "error: interrupted: nothing was counted"
+    """A SIGINT to the process running the command (this one: run_cli, whose handlers the
+    command sets; not a process of its own, which imported distributed again, 0.5 CPU-s)
+    once its tasks are on the cluster. A SIGINT that came after the command ended is
+    swallowed here, not pytest's KeyboardInterrupt: the command then exited 0 and the test
+    fails."""
+    sent: list[bool] = []
+
+    def interrupt_once_processing() -> None:
+        deadline = time.monotonic() + 60
+        while not any(cluster.client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+        sent.append(True)
+
+    late: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: late.append(signum))
+    try:
+        watcher = threading.Thread(target=interrupt_once_processing, daemon=True)
+        watcher.start()
+        done = on_cluster(cluster.address, bulk_server.url, "bulk")
+        watcher.join(timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent and not late, "the Ctrl-C came after the command ended"
+    assert done.code == 130, done.err
+    assert done.out == ""
+    assert done.err.strip().splitlines()[-1] == "error: interrupted: nothing was counted"
     deadline = time.monotonic() + 10
     while any(cluster.client.processing().values()):  # cancelled: none left on the cluster
         assert time.monotonic() < deadline, cluster.client.processing()

@@ -134,7 +134,6 @@ def serve(
     import uvicorn
 
     from patientkit.server import auth, logs
-    from patientkit.server.app import build_app
     from patientkit.stores import shown
 
     tokens = auth.load_tokens(token_file)
@@ -186,6 +185,8 @@ def serve(
         )
 
     if workers == 1:
+        from patientkit.server.app import build_app  # not in a supervisor of workers
+
         app = build_app(**settings)  # type: ignore[arg-type]
         config = uvicorn.Config(app, **common)  # type: ignore[arg-type]
         _server_class(ready)(config).run(sockets=[sock])
@@ -214,8 +215,7 @@ def _serve_workers(
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from patientkit.server.app import worker_app
-    from patientkit.server.metrics import MULTIPROCESS_VARIABLE
+    from patientkit.server.worker import MULTIPROCESS_VARIABLE, worker_app
     from patientkit.stores import open_store
 
     open_store(settings["db"]).close()  # type: ignore[arg-type]  # create and migrate, here

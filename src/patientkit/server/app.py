@@ -89,12 +89,3 @@ def build_app(
     if tokens:
         app = BearerAuth(app, tokens)
     return RequestLog(app, routes, counters.observe if counters is not None else None)
-
-
-def worker_app(settings: dict[str, object], log_format: str, quiet: bool, level: str) -> ASGIApp:
-    """The app of one `serve --workers N` process (uvicorn calls it there, as a factory):
-    its logs configured as the parent's, then build_app(**settings)."""
-    from patientkit.server import logs
-
-    logs.configure(log_format, quiet=quiet, level=level, chaos=bool(settings.get("chaos")))
-    return build_app(**settings)  # type: ignore[arg-type]
