@@ -1,6 +1,8 @@
 """`patientkit records submit` and `records list`, run as users run them, against real
 SQLite files and a real `patientkit serve`."""
 
+import array
+import fcntl
 import gzip
 import json
 import re
@@ -8,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Server, cli_env, run_cli, run_cli_process
+from tests.helpers import Server, cli_env, run_cli, run_cli_process, wait_until_reading
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -472,6 +475,20 @@ def wait_for(condition, timeout=30.0):
         time.sleep(0.05)
 
 
+def read_all_written(process):
+    """Until the job has read everything written to its stdin (the pipe holds nothing)
+    and waits for more: every record written is taken by the job (it reads and hands
+    records on in one thread)."""
+
+    def unread() -> int:
+        size = array.array("i", [0])
+        fcntl.ioctl(process.stdin.fileno(), termios.FIONREAD, size)
+        return size[0]
+
+    wait_for(lambda: unread() == 0)
+    wait_until_reading(process.pid)
+
+
 def count_rows(db, clinic=None):
     """The records in a store (of `clinic` only, when given)."""
     where, args = ("", ()) if clinic is None else (" WHERE clinic_id = ?", (clinic,))
@@ -495,7 +512,7 @@ def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(listed):
         blocker.execute("BEGIN IMMEDIATE")  # the server's writes now wait for this lock
         process.stdin.write(ndjson(records[20:24]).encode())
         process.stdin.flush()
-        time.sleep(1.0)  # read, sent (flushed each 0.2 s), and waiting on the lock in the server
+        read_all_written(process)  # the four taken: they wait on the lock in the server
         process.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert process.poll() is None  # still settling the four
