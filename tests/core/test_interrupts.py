@@ -121,7 +121,7 @@ def test_a_stop_whose_handler_waits_for_the_main_thread_ends_a_read_of_an_idle_p
     waiting for the read to return: on a pipe kept open and idle, never (a replay seen
     hanging past 60 s after its Ctrl-C, under load). Here the signal lands in another
     thread while the main thread is blocked reading: the read ends with StopReading
-    within about a second, not when input comes 10 s later."""
+    within a slice (0.1 s), not when input comes 10 s later."""
     read_end, write_end = os.pipe()
     stream = io.BufferedReader(interrupts.Waiting(io.FileIO(read_end, "rb")), 16)
     main = threading.get_native_id()
@@ -151,4 +151,4 @@ def test_a_stop_whose_handler_waits_for_the_main_thread_ends_a_read_of_an_idle_p
         other.join()
         stream.close()
         os.close(write_end)
-    assert ended - sent[0] < 1.0
+    assert ended - sent[0] < 2.0  # SPEC.md: a Ctrl-C ends any command within about 2 s
