@@ -5,6 +5,7 @@ import array
 import fcntl
 import gzip
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -489,6 +490,33 @@ def read_all_written(process):
     wait_until_reading(process.pid)
 
 
+# /proc/PID/task/TID/syscall's numbers: futex(2) (a lock or condition), select(2) and
+# pselect6(2) (glibc's select)
+_FUTEX = {"x86_64": 202, "aarch64": 98}
+_SELECT = {"x86_64": (23, 270), "aarch64": (72,)}
+
+
+def idle(pid, looks=3):
+    """Process `pid` waits with nothing to do, at `looks` looks 0.05 s apart (Linux /proc):
+    each of its threads asleep, on a lock or condition (futex) or in select (the main
+    thread's wait for stdin), none waiting for an answer or running. (Rows in the store
+    are not yet answers the job has: it settles a record once it has read its answer.)"""
+    machine = os.uname().machine
+    waits = (_FUTEX[machine], *_SELECT[machine])
+    for look in range(looks):
+        if look:
+            time.sleep(0.05)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+                call = (task / "syscall").read_text().split()[0]
+            except OSError:
+                return False  # a thread ended as we looked
+            if stat[stat.rindex(")") + 2] != "S" or not call.isdigit() or int(call) not in waits:
+                return False
+    return True
+
+
 def count_rows(db, clinic=None):
     """The records in a store (of `clinic` only, when given)."""
     where, args = ("", ()) if clinic is None else (" WHERE clinic_id = ?", (clinic,))
@@ -508,6 +536,7 @@ def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(listed):
         process.stdin.write(ndjson(records[:20]).encode())
         process.stdin.flush()
         wait_for(lambda: count_rows(db, "CTRL") == 20)
+        wait_for(lambda: idle(process.pid))  # and it has the answers: none of the 20 in flight
         blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # the server's writes now wait for this lock
         process.stdin.write(ndjson(records[20:24]).encode())
