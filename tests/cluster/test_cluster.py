@@ -204,7 +204,7 @@ def test_no_workers_then_a_worker_of_another_version(cluster, demo_server, tmp_p
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: patientkit\nVersion: 9.9.9\n")
     address = cluster.address
-    [other, *_] = sorted(cluster.client.scheduler_info(n_workers=-1)["workers"])
+    [other, *_] = cluster.worker_addresses()
     path = str(fake.parent)
     cluster.client.run(exec, f"import sys; sys.path.insert(0, {path!r})", workers=[other])
     try:
