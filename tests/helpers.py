@@ -220,6 +220,14 @@ class Server:
             json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
         ]
 
+    def answered(self) -> list[dict]:
+        """Its log's JSON lines up to a ping of the caller's own (`mark`, waited for first):
+        every request answered before this call is among them. (The server logs a request
+        after it has sent the answer: a log read as soon as a client has its last answer
+        may lack that request.)"""
+        end = self.mark()
+        return self.log_lines()[:end]
+
     def mark(self, timeout: float = 20) -> int:
         """How many JSON lines its log holds up to a ping of the caller's own (waited for):
         `log_lines()[mark:]` is what it logged after, for a test that shares the server

@@ -289,7 +289,7 @@ def test_server_side_rejections_carry_their_request_id(serve, tmp_path):
     assert f"{source}:2: {reason}" in result.err.splitlines()
     logged = [
         entry
-        for entry in server.log_lines()[: server.mark()]  # the 413, logged after it was answered
+        for entry in server.answered()  # the 413 among them
         if entry.get("request_id") == line["request_id"]
     ]
     assert [entry["status"] for entry in logged if entry["event"] == "request"] == [413]
@@ -419,7 +419,7 @@ def test_chaos_ends_like_a_clean_run(chaos_server, tmp_path, mode):
     assert chaotic.json()["retries"] > 0
     ours = [row for row in stored(server.db) if row[0].startswith(prefix)]
     assert ours == stored(clean_db)
-    lines = server.log_lines()[: server.mark()]  # every request answered, logged
+    lines = server.answered()
     path = "/tests/batch" if mode == "batches" else "/tests"
     cut = {
         line["request_id"] for line in lines if line.get("chaos") == "cut" and line["route"] == path

@@ -45,7 +45,7 @@ def local_count(folder: Path) -> dict:
 def data_requests(server) -> int:
     return sum(
         1
-        for line in server.log_lines()[: server.mark()]  # every request answered, logged
+        for line in server.answered()
         if line.get("event") == "request" and str(line.get("route", "")).endswith("/data")
     )
 
