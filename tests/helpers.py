@@ -233,6 +233,14 @@ class Server:
             json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
         ]
 
+    def answered(self) -> list[dict]:
+        """Its log's JSON lines up to a ping of the caller's own (`mark`, waited for first):
+        every request answered before this call is among them. (The server logs a request
+        after it has sent the answer: a log read as soon as a client has its last answer
+        may lack that request.)"""
+        end = self.mark()
+        return self.log_lines()[:end]
+
     def mark(self, timeout: float = 20) -> int:
         """How many JSON lines its log holds up to a ping of the caller's own (waited for):
         `log_lines()[mark:]` is what it logged after, for a test that shares the server
@@ -423,14 +431,21 @@ def whole_root_built_once() -> Iterator[None]:
         typer.testing._get_command = build
 
 
-_READ = {"x86_64": 0, "aarch64": 63}  # the read(2) system call's number (/proc/PID/syscall)
+# /proc/PID/syscall's numbers of read(2), and of select(2) and pselect6(2) (glibc's select)
+_READ = {"x86_64": 0, "aarch64": 63}
+_SELECT = {"x86_64": (23, 270), "aarch64": (72,)}
 
 
 def wait_until_reading(pid: int, fd: int = 0, timeout: float = 30) -> None:
-    """Until a thread of process `pid` waits in read(2) on `fd` (Linux /proc): the
-    program got past its start-up to reading its input. Raises AssertionError after
-    `timeout` seconds or when the process is gone."""
-    waiting = f"{_READ[os.uname().machine]} {fd:#x} "
+    """Until a thread of process `pid` waits for input on `fd` (Linux /proc): in read(2)
+    on it, or in select(2) on it alone (its first argument, nfds, is fd + 1: how
+    core/interrupts.Waiting waits for input on a pipe, FIFO or terminal). The program got
+    past its start-up to reading its input, and read all there was. Raises AssertionError
+    after `timeout` seconds or when the process is gone."""
+    machine = os.uname().machine
+    waiting = tuple(
+        [f"{_READ[machine]} {fd:#x} "] + [f"{call} {fd + 1:#x} " for call in _SELECT[machine]]
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

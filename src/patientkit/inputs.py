@@ -92,10 +92,10 @@ def check_paths(paths: Iterable[str]) -> None:
 def open_input(path: str) -> IO[bytes]:
     """A buffered binary stream of a file or of stdin (`-`), gunzipped if it is gzip."""
     if path == "-":
-        raw: IO[bytes] = _waiting(sys.stdin.buffer, owned=False)
+        raw: IO[bytes] = waiting_stream(sys.stdin.buffer, owned=False)
     else:
         try:
-            raw = _waiting(Path(path).open("rb"))  # noqa: SIM115 - read_items closes it
+            raw = waiting_stream(Path(path).open("rb"))  # noqa: SIM115 - read_items closes it
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file") from None
         except IsADirectoryError:
@@ -106,7 +106,7 @@ def open_input(path: str) -> IO[bytes]:
     return stream
 
 
-def _waiting(stream: IO[bytes], owned: bool = True) -> IO[bytes]:
+def waiting_stream(stream: IO[bytes], owned: bool = True) -> IO[bytes]:
     """`stream` itself for a regular file (a read never waits long); for a pipe, FIFO,
     socket or terminal, a buffered stream whose reads are wait points that a Ctrl-C
     ends (core/interrupts.py: Python retries a read a signal interrupted, so a replay

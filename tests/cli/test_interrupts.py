@@ -3,6 +3,7 @@ one or two SIGINTs end the job within about two seconds, exit 130, one error lin
 traceback, no process left behind (the replay's store process); a rerun completes it."""
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -372,6 +373,65 @@ def test_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command, times):
         "count": "error: interrupted: nothing was counted",
     }[command]
     assert_ended_cleanly(seconds, err, line)
+    if command != "count":
+        assert json.loads(out)["read"] == 0
+
+
+# Runs the CLI with a thread of its own started first (it waits, and never reads): a
+# signal can be made to land there rather than in the main thread.
+WITH_A_BYSTANDER = (
+    "import threading, time\n"
+    "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+    "from patientkit.cli.app import main\n"
+    "main()\n"
+)
+
+
+def tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send `sig` to thread `tid` of process `pid` alone (Linux tgkill(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(TGKILL[os.uname().machine], pid, tid, sig) == 0, ctypes.get_errno()
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}  # the tgkill(2) system call's number
+
+
+@pytest.mark.parametrize("command", ["replay", "submit", "count"])
+def test_a_ctrl_c_handled_in_another_thread_ends_a_command_waiting_on_idle_stdin(tmp_path, command):
+    """Python runs a signal's handler in the main thread, between two bytecodes: a
+    Ctrl-C that did not interrupt the main thread's read of stdin (it landed in another
+    thread, or came as the main thread was on its way into the read) waited for that
+    read to return, for ever on a pipe kept open. Here it lands in another thread."""
+    args = {
+        "replay": ["readings", "replay", "-", "--db", str(tmp_path / "i.db")],
+        "submit": ["records", "submit", "-", "--db", str(tmp_path / "i.db")],
+        "count": ["export", "count", "-"],
+    }[command]
+    process = subprocess.Popen(
+        [sys.executable, "-c", WITH_A_BYSTANDER, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    try:
+        wait_until_reading(process.pid)
+        other = min(int(task.name) for task in Path(f"/proc/{process.pid}/task").iterdir()
+                    if int(task.name) != process.pid)  # fmt: skip
+        first = time.monotonic()
+        tgkill(process.pid, other, signal.SIGINT)
+        process.wait(timeout=10)  # stdin stays open: only the Ctrl-C can end it
+        seconds = time.monotonic() - first
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    line = {
+        "replay": REPLAY_LINE,
+        "submit": "error: interrupted: run the same command again to finish the job",
+        "count": "error: interrupted: nothing was counted",
+    }[command]
+    assert_ended_cleanly(seconds, err.decode(), line)
     if command != "count":
         assert json.loads(out)["read"] == 0
 

@@ -1,13 +1,17 @@
 """`patientkit records submit` and `records list`, run as users run them, against real
 SQLite files and a real `patientkit serve`."""
 
+import array
+import fcntl
 import gzip
 import json
+import os
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Result, Server, cli_env, run_cli, run_forked_at_once
+from tests.helpers import (
+    Result,
+    Server,
+    cli_env,
+    run_cli,
+    run_forked_at_once,
+    wait_until_reading,
+)
 
 pytestmark = pytest.mark.slow  # long waits: scheduled first (tests/conftest.py)
 
@@ -195,7 +206,8 @@ def test_mixed_file_to_the_api(listed, no_bulk, tmp_path, mode):
     )
     check_mixed(result, rejects, str(source), p)
     assert [row for row in stored(db) if row[0].startswith(p)] == mixed_stored(p)
-    requests = [line for line in server.log_lines()[mark:] if line["event"] == "request"]
+    end = server.mark()  # every request of the two runs logged: the last may be answered first
+    requests = [line for line in server.log_lines()[mark:end] if line["event"] == "request"]
     posts = [line for line in requests if line["route"] == "/tests" and line["method"] == "POST"]
     # a server without bulk logs its 404s under no route ("unmatched": never a raw path)
     batches = [line for line in requests if line["route"] in ("/tests/batch", "unmatched")]
@@ -282,7 +294,9 @@ def test_server_side_rejections_carry_their_request_id(serve, tmp_path):
     }
     assert f"{source}:2: {reason}" in result.err.splitlines()
     logged = [
-        entry for entry in server.log_lines() if entry.get("request_id") == line["request_id"]
+        entry
+        for entry in server.answered()  # the 413 among them
+        if entry.get("request_id") == line["request_id"]
     ]
     assert [entry["status"] for entry in logged if entry["event"] == "request"] == [413]
 
@@ -411,7 +425,7 @@ def test_chaos_ends_like_a_clean_run(chaos_server, tmp_path, mode):
     assert chaotic.json()["retries"] > 0
     ours = [row for row in stored(server.db) if row[0].startswith(prefix)]
     assert ours == stored(clean_db)
-    lines = server.log_lines()
+    lines = server.answered()
     path = "/tests/batch" if mode == "batches" else "/tests"
     cut = {
         line["request_id"] for line in lines if line.get("chaos") == "cut" and line["route"] == path
@@ -475,6 +489,47 @@ def wait_for(condition, timeout=30.0):
         time.sleep(0.05)
 
 
+def read_all_written(process):
+    """Until the job has read everything written to its stdin (the pipe holds nothing)
+    and waits for more: every record written is taken by the job (it reads and hands
+    records on in one thread)."""
+
+    def unread() -> int:
+        size = array.array("i", [0])
+        fcntl.ioctl(process.stdin.fileno(), termios.FIONREAD, size)
+        return size[0]
+
+    wait_for(lambda: unread() == 0)
+    wait_until_reading(process.pid)
+
+
+# /proc/PID/task/TID/syscall's numbers: futex(2) (a lock or condition), select(2) and
+# pselect6(2) (glibc's select)
+_FUTEX = {"x86_64": 202, "aarch64": 98}
+_SELECT = {"x86_64": (23, 270), "aarch64": (72,)}
+
+
+def idle(pid, looks=3):
+    """Process `pid` waits with nothing to do, at `looks` looks 0.05 s apart (Linux /proc):
+    each of its threads asleep, on a lock or condition (futex) or in select (the main
+    thread's wait for stdin), none waiting for an answer or running. (Rows in the store
+    are not yet answers the job has: it settles a record once it has read its answer.)"""
+    machine = os.uname().machine
+    waits = (_FUTEX[machine], *_SELECT[machine])
+    for look in range(looks):
+        if look:
+            time.sleep(0.05)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+                call = (task / "syscall").read_text().split()[0]
+            except OSError:
+                return False  # a thread ended as we looked
+            if stat[stat.rindex(")") + 2] != "S" or not call.isdigit() or int(call) not in waits:
+                return False
+    return True
+
+
 def count_rows(db, clinic=None):
     """The records in a store (of `clinic` only, when given)."""
     where, args = ("", ()) if clinic is None else (" WHERE clinic_id = ?", (clinic,))
@@ -494,11 +549,12 @@ def test_ctrl_c_settles_requests_in_flight_and_a_rerun_finishes(listed):
         process.stdin.write(ndjson(records[:20]).encode())
         process.stdin.flush()
         wait_for(lambda: count_rows(db, "CTRL") == 20)
+        wait_for(lambda: idle(process.pid))  # and it has the answers: none of the 20 in flight
         blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # the server's writes now wait for this lock
         process.stdin.write(ndjson(records[20:24]).encode())
         process.stdin.flush()
-        time.sleep(1.0)  # read, sent (flushed each 0.2 s), and waiting on the lock in the server
+        read_all_written(process)  # the four taken: they wait on the lock in the server
         process.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert process.poll() is None  # still settling the four

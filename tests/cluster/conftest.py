@@ -118,10 +118,17 @@ class Cluster:
     def wait_for(self, n: int, timeout: float = 60) -> None:
         """Until exactly n workers are known to the scheduler."""
         deadline = time.monotonic() + timeout
-        while len(self.client.scheduler_info(n_workers=-1)["workers"]) != n:
+        while len(self.worker_addresses()) != n:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster did not reach {n} workers")
             time.sleep(0.1)
+
+    def worker_addresses(self) -> list[str]:
+        """The workers the scheduler knows, asked of it now. (Not `client.scheduler_info()`:
+        it returns the client's cached identity, which the client's own periodic update
+        rewrites without workers every 2 s; caught between its fetch and its return, under
+        load, it said the cluster had none.)"""
+        return sorted(self.client.nthreads())
 
     def add_worker(self) -> None:
         self.workers.append(start_worker(self.folder, self.address))

@@ -46,7 +46,7 @@ def local_count(folder: Path) -> dict:
 def data_requests(server) -> int:
     return sum(
         1
-        for line in server.log_lines()
+        for line in server.answered()
         if line.get("event") == "request" and str(line.get("route", "")).endswith("/data")
     )
 
@@ -231,7 +231,7 @@ def test_no_workers_then_a_worker_of_another_version(cluster, demo_server, tmp_p
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: patientkit\nVersion: 9.9.9\n")
     address = cluster.address
-    [other, *_] = sorted(cluster.client.scheduler_info(n_workers=-1)["workers"])
+    [other, *_] = cluster.worker_addresses()
     path = str(fake.parent)
     cluster.client.run(exec, f"import sys; sys.path.insert(0, {path!r})", workers=[other])
     try:
@@ -304,32 +304,104 @@ def test_bad_downloads_fail_as_they_do_locally(cluster, bulk_server):
             assert done.err.splitlines()[-1] == last
 
 
+class HoldingRelay:
+    """A TCP relay to a server at `url`, for the CLI's and the workers' requests: the
+    answer to the first download request that passes it (`GET .../DOWNLOAD_ID/data`) is
+    forwarded up to `hold_after` bytes and then held until `release()`, the connection
+    closed then; every other connection is relayed whole. `holding` is set once that
+    download is held, `held` is its id. A download stopped mid-way for as long as a test
+    needs: its worker is still counting it however loaded the machine is."""
+
+    def __init__(self, url: str, hold_after: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.hold_after = hold_after
+        self.held = ""
+        self.holding = threading.Event()
+        self.released = threading.Event()
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                inside, _ = self.listener.accept()
+                outside = socket.create_connection(self.target)
+                claimed = threading.Event()  # this connection carries the held download
+                args = (inside, outside, claimed)
+                threading.Thread(target=self._requests, args=args, daemon=True).start()
+                threading.Thread(target=self._answers, args=args, daemon=True).start()
+
+    def _requests(self, inside: socket.socket, outside: socket.socket, claimed) -> None:
+        with contextlib.suppress(OSError):
+            while data := inside.recv(65536):
+                if b"/data " in data and not claimed.is_set():
+                    with self.lock:
+                        if not self.held:  # the first download request: hold its answer
+                            path = data.split(b" ", 2)[1].decode()
+                            self.held = path.split("/")[-2]
+                            claimed.set()
+                outside.sendall(data)
+        with contextlib.suppress(OSError):
+            outside.shutdown(socket.SHUT_WR)
+
+    def _answers(self, inside: socket.socket, outside: socket.socket, claimed) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := outside.recv(65536):
+                if claimed.is_set():
+                    if sent + len(data) >= self.hold_after:
+                        inside.sendall(data[: self.hold_after - sent])
+                        self.holding.set()
+                        self.released.wait(60)
+                        break
+                    sent += len(data)
+                inside.sendall(data)
+        for end in (inside, outside):
+            end.close()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.listener.close()
+
+
 def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
     """SIGKILL the worker counting a download, mid-download: Dask re-runs its task on the
-    other worker; the totals are still exact. (The command runs in this process; a thread
-    watches the cluster for the first download under way and kills its worker. Last in
-    the module: no test after it waits for a new worker.)"""
+    other worker; the totals are still exact. (The command runs in this process, its
+    requests through a relay that holds the first download after 6 MB of its 8.7: a
+    thread waits for that download's progress on the cluster and kills its worker, then
+    lets the relay go on. Last in the module: no test after it waits for a new worker.)"""
     before = data_requests(bulk_server)
     old_topics = set(cluster.client.get_events())  # of earlier runs
+    relay = HoldingRelay(bulk_server.url, hold_after=6 << 20)  # past a progress event (4 MB)
     victims: list[str] = []
 
-    def kill_the_first_counting_worker() -> None:
+    def kill_the_worker_of_the_held_download() -> None:
         deadline = time.monotonic() + 60
-        while not victims and time.monotonic() < deadline:
+        relay.holding.wait(60)
+        while relay.holding.is_set() and not victims and time.monotonic() < deadline:
             for topic, events in cluster.client.get_events().items():
-                if topic.startswith("patientkit-progress-") and topic not in old_topics and events:
-                    victims.append(events[0][1][4])  # the worker of the first download under way
-                    break
+                if topic.startswith("patientkit-progress-") and topic not in old_topics:
+                    mine = [event[1][4] for event in events if event[1][0] == relay.held]
+                    if mine:
+                        victims.append(mine[0])  # the worker of the held download
+                        break
             else:
                 time.sleep(0.02)
         if victims:
             pids = cluster.client.run(os.getpid, workers=victims[:1])
             os.kill(pids[victims[0]], signal.SIGKILL)
+        relay.release()
 
-    killer = threading.Thread(target=kill_the_first_counting_worker, daemon=True)
+    killer = threading.Thread(target=kill_the_worker_of_the_held_download, daemon=True)
     killer.start()
     try:
-        done = on_cluster(cluster.address, bulk_server.url, "bulk")
+        done = on_cluster(cluster.address, relay.url, "bulk")
         killer.join(timeout=60)
         assert victims, "no download started"
         assert done.code == 0, done.err
@@ -337,4 +409,5 @@ def test_a_worker_killed_mid_run_is_counted_once(cluster, bulk_server):
         # each download once, and the killed one again
         assert data_requests(bulk_server) - before == BULK_DOWNLOADS + 1
     finally:
+        relay.close()
         killer.join(timeout=60)  # the next test of the cluster starts another worker

@@ -3,8 +3,13 @@ command within about two seconds, exit 130, one line, no traceback): an interrup
 lands in a finalizer is never lost nor printed, a shut-down sink ends delivery at once."""
 
 import gc
+import io
+import os
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +20,7 @@ from patientkit.core.delivery import BufferStopped
 from patientkit.core.sinks import SinkClosed, settle
 from patientkit.core.workers import WorkerPool
 from patientkit.workflows.replay import SINK_STOPPED, ApiSink
+from patientkit.workflows.signals import stop_requests
 
 
 class RaisesWhenCollected:
@@ -100,3 +106,49 @@ def test_a_stopped_or_shut_down_api_sink_says_closed_never_a_retryable_error(how
         sink([event])  # type: ignore[list-item]
     assert closed.value.reason == SINK_STOPPED
     sink.close()
+
+
+def asleep(tid: int) -> bool:
+    """Thread `tid` of this process is blocked (Linux /proc: state S), not running."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "S"
+
+
+def test_a_stop_whose_handler_waits_for_the_main_thread_ends_a_read_of_an_idle_pipe():
+    """Python runs a signal's handler in the main thread, between two bytecodes. A Ctrl-C
+    that came while the main thread was not in its read (landing in another thread, or
+    while the main thread waited for the GIL on its way into the read) left its handler
+    waiting for the read to return: on a pipe kept open and idle, never (a replay seen
+    hanging past 60 s after its Ctrl-C, under load). Here the signal lands in another
+    thread while the main thread is blocked reading: the read ends with StopReading
+    within a slice (0.1 s), not when input comes 10 s later."""
+    read_end, write_end = os.pipe()
+    stream = io.BufferedReader(interrupts.Waiting(io.FileIO(read_end, "rb")), 16)
+    main = threading.get_native_id()
+    sent: list[float] = []
+    done = threading.Event()
+
+    def stop_from_another_thread() -> None:
+        asleep_since = time.monotonic()
+        while time.monotonic() - asleep_since < 0.3:  # blocked for 0.3 s: in its read
+            if not asleep(main):
+                asleep_since = time.monotonic()
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # handled in this thread
+        sent.append(time.monotonic())
+        done.wait(10)
+        os.write(write_end, b"late\n")  # ends a read that missed the stop
+
+    other = threading.Thread(target=stop_from_another_thread)
+    try:
+        with stop_requests(lambda: None):
+            other.start()
+            with pytest.raises(interrupts.StopReading):
+                stream.read1(16)
+            ended = time.monotonic()
+    finally:
+        done.set()
+        other.join()
+        stream.close()
+        os.close(write_end)
+    assert ended - sent[0] < 2.0  # SPEC.md: a Ctrl-C ends any command within about 2 s

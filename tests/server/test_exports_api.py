@@ -80,7 +80,7 @@ def test_every_request_is_logged_as_json_with_a_correlation_id(demo_server):
     assert response.headers["x-request-id"] == "trace-me-42"
     generated = web.get(f"{demo_server.url}/api/export").headers["x-request-id"]
     assert str(uuid.UUID(generated)) == generated
-    lines = [line for line in demo_server.log_lines() if line.get("request_id") == "trace-me-42"]
+    lines = [line for line in demo_server.answered() if line.get("request_id") == "trace-me-42"]
     assert len(lines) == 1
     assert lines[0]["route"] == "/api/export" and lines[0]["status"] == 200
 

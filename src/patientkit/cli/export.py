@@ -188,7 +188,9 @@ def count(
         each = count_each(files, workers or cpu_count(), meter.advance)
         _check_rows(each)
         if "-" in paths:
-            stdin = sniff_gzip(sys.stdin.buffer)
+            from patientkit.inputs import waiting_stream
+
+            stdin = sniff_gzip(waiting_stream(sys.stdin.buffer, owned=False))
             each["-"] = count_stream(read_chunks(stdin), CsvCounter("<stdin>"), meter.advance)
     total = Counts()
     for counts in each.values():

@@ -15,6 +15,7 @@ exit 130, one line, no traceback.) Main thread only; standard library only.
 from __future__ import annotations
 
 import io
+import select
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,12 +111,32 @@ def catching_lost() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
+READ_SLICE = 0.1  # seconds a read waits for input before it looks for a stop request
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` has input (or its end) within `timeout` seconds: select(2), poll(2)
+    past select's descriptor limit."""
+    if fd < 1024:  # FD_SETSIZE
+        return bool(select.select([fd], [], [], timeout)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 class Waiting(io.RawIOBase):
     """A raw stream over a pipe, FIFO or terminal whose every read is a wait point (see
     above): a stop request that comes while it waits for input ends the read with
     StopReading, and one that came before ends it before it blocks. (Python retries a
     read a signal interrupted, PEP 475: without this, a Ctrl-C on an idle pipe went
-    unseen until more input came.)"""
+    unseen until more input came.)
+
+    It waits for input in slices of READ_SLICE seconds and reads only what is there: the
+    handler of a signal runs in the main thread between two bytecodes, so a signal that
+    did not interrupt the read itself (it landed in another thread, or came as the main
+    thread waited for the GIL on its way into the read) had its handler wait for the
+    read to return: on a pipe kept open and idle, forever. Now it runs when the slice
+    ends."""
 
     def __init__(self, raw: Any, owned: bool = True) -> None:
         self._raw, self._owned = raw, owned
@@ -126,10 +147,13 @@ class Waiting(io.RawIOBase):
     def readinto(self, buffer: Any) -> int | None:
         _state.waiting += 1
         try:
-            if _state.stop:
-                raise StopReading
-            checkpoint()
-            return int(self._raw.readinto(buffer))
+            fd = self._raw.fileno()
+            while True:
+                if _state.stop:
+                    raise StopReading
+                checkpoint()
+                if _readable(fd, READ_SLICE):
+                    return int(self._raw.readinto(buffer))
         finally:
             _state.waiting -= 1
 
