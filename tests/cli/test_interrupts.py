@@ -345,6 +345,23 @@ def test_one_ctrl_c_ends_a_command_waiting_on_an_idle_named_pipe(tmp_path, comma
     assert delivered == lines
 
 
+def reading_stdin(command: str, db: Path) -> list[str]:
+    """The arguments of `command` (replay, submit, count) reading stdin, into `db`."""
+    return {
+        "replay": ["readings", "replay", "-", "--db", str(db)],
+        "submit": ["records", "submit", "-", "--db", str(db)],
+        "count": ["export", "count", "-"],
+    }[command]
+
+
+# What each of them says when a Ctrl-C ends it before it read anything.
+IDLE_STDIN_LINES = {
+    "replay": REPLAY_LINE,
+    "submit": "error: interrupted: run the same command again to finish the job",
+    "count": "error: interrupted: nothing was counted",
+}
+
+
 @pytest.mark.parametrize(
     ("command", "times"),
     # two Ctrl-Cs for the replay: it was test_a_command_waiting_on_stdin_ends_on_ctrl_c,
@@ -352,11 +369,7 @@ def test_one_ctrl_c_ends_a_command_waiting_on_an_idle_named_pipe(tmp_path, comma
     [("replay", 2), ("submit", 1), ("count", 1)],
 )
 def test_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command, times):
-    args = {
-        "replay": ["readings", "replay", "-", "--db", str(tmp_path / "i.db")],
-        "submit": ["records", "submit", "-", "--db", str(tmp_path / "i.db")],
-        "count": ["export", "count", "-"],
-    }[command]
+    args = reading_stdin(command, tmp_path / "i.db")
     process = subprocess.Popen(
         [sys.executable, "-m", "patientkit", *args],
         stdin=subprocess.PIPE,
@@ -367,11 +380,7 @@ def test_ctrl_c_ends_a_command_waiting_on_idle_stdin(tmp_path, command, times):
     wait_until_reading(process.pid)
     seconds, out, err = interrupt(process, times, stdin_open=True)
     assert process.returncode == 130, err
-    line = {
-        "replay": REPLAY_LINE,
-        "submit": "error: interrupted: run the same command again to finish the job",
-        "count": "error: interrupted: nothing was counted",
-    }[command]
+    line = IDLE_STDIN_LINES[command]
     assert_ended_cleanly(seconds, err, line)
     if command != "count":
         assert json.loads(out)["read"] == 0
@@ -402,11 +411,7 @@ def test_a_ctrl_c_handled_in_another_thread_ends_a_command_waiting_on_idle_stdin
     Ctrl-C that did not interrupt the main thread's read of stdin (it landed in another
     thread, or came as the main thread was on its way into the read) waited for that
     read to return, for ever on a pipe kept open. Here it lands in another thread."""
-    args = {
-        "replay": ["readings", "replay", "-", "--db", str(tmp_path / "i.db")],
-        "submit": ["records", "submit", "-", "--db", str(tmp_path / "i.db")],
-        "count": ["export", "count", "-"],
-    }[command]
+    args = reading_stdin(command, tmp_path / "i.db")
     process = subprocess.Popen(
         [sys.executable, "-c", WITH_A_BYSTANDER, *args],
         stdin=subprocess.PIPE,
@@ -426,11 +431,7 @@ def test_a_ctrl_c_handled_in_another_thread_ends_a_command_waiting_on_idle_stdin
     finally:
         process.kill()
     assert process.returncode == 130, err
-    line = {
-        "replay": REPLAY_LINE,
-        "submit": "error: interrupted: run the same command again to finish the job",
-        "count": "error: interrupted: nothing was counted",
-    }[command]
+    line = IDLE_STDIN_LINES[command]
     assert_ended_cleanly(seconds, err.decode(), line)
     if command != "count":
         assert json.loads(out)["read"] == 0
