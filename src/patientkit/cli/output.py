@@ -26,19 +26,21 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
-_consoles: dict[int, Console] = {}
+_console: tuple[object, Console] | None = None  # (the stderr it writes to, the console)
 
 
 def err_console() -> Console:
     """The one console on the current sys.stderr (tests swap it), so that warnings print
-    above a live progress bar rather than through it."""
-    key = id(sys.stderr)
-    if key not in _consoles:
+    above a live progress bar rather than through it. Kept with the stream itself, not its
+    id(): a stream swapped in after the first was freed may get the same id, and was then
+    given the first one's console (made for a terminal: colour codes in a captured error)."""
+    global _console
+    if _console is None or _console[0] is not sys.stderr:
         from rich.console import Console
 
-        _consoles.clear()
-        _consoles[key] = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
-    return _consoles[key]
+        console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+        _console = (sys.stderr, console)
+    return _console[1]
 
 
 def info(message: str) -> None:
@@ -59,7 +61,7 @@ def _plain(message: str) -> bool:
     pipe). False when it did not write: the caller prints through rich. A broken pipe is
     handled as rich handles it (`Console.on_broken_pipe`)."""
     if (
-        id(sys.stderr) in _consoles
+        (_console is not None and _console[0] is sys.stderr)
         or not (message.isascii() and message.isprintable())
         or "FORCE_COLOR" in os.environ
         or "TTY_COMPATIBLE" in os.environ
